@@ -1,0 +1,2 @@
+"""EarthLoc: the command line and, later, the retrieval model that consumes the
+pipeline's outputs."""

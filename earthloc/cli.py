@@ -1,0 +1,129 @@
+"""The `earthloc` command: one subcommand per pipeline stage, plus tools.
+
+Stage modules are imported only when their subcommand runs, so `earthloc --help`
+and the light stages start fast (no torch, no dask unless needed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipeline.errors import EarthLocError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _params_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+
+
+def cmd_grid(args: argparse.Namespace) -> None:
+    from pipeline.params import load_params, section
+    from pipeline.stages import grid
+
+    sec = dict(section(load_params(args.params), "grid"))
+    if args.bbox is not None:
+        sec["bbox"] = args.bbox
+    if args.world:
+        sec["bbox"] = None
+    grid.run(args.out, grid.GridParams.from_section(sec))
+
+
+def cmd_queries(args: argparse.Namespace) -> None:
+    from pipeline.params import load_params, section
+    from pipeline.stages import queries
+
+    sec = section(load_params(args.params), "queries")
+    params = queries.QueriesParams.from_section(sec)
+    csv = args.csv if args.csv is not None else Path(params.csv)
+    queries.run(csv, args.out, args.rejected, params)
+
+
+def cmd_intersect(args: argparse.Namespace) -> None:
+    from pipeline.params import load_params, section
+    from pipeline.stages import intersect
+
+    sec = dict(section(load_params(args.params), "intersect"))
+    if args.scheduler is not None:
+        sec["scheduler_address"] = args.scheduler
+    intersect.run(args.queries, args.grid, args.out_dir, intersect.IntersectParams.from_section(sec))
+
+
+def cmd_evalset(args: argparse.Namespace) -> None:
+    from pipeline.stages import evalset
+
+    evalset.main(args)
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from pipeline.stages import audit
+
+    return audit.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="earthloc",
+        description="Build the EarthLoc database pipeline stage by stage (see dvc.yaml), or inspect its outputs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("grid", help="database regions -> GeoParquet", description="Build the region grid.")
+    _params_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="output GeoParquet")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"), help="only regions meeting this box (W > E crosses ±180)")
+    g.add_argument("--world", action="store_true", help="ignore grid.bbox from params")
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("queries", help="NASA photo metadata -> footprints", description="Ingest astronaut-photo metadata (NASA CSV) into footprints; every rejected row is recorded with its reason.")
+    _params_arg(p)
+    p.add_argument("csv", type=Path, nargs="?", help="NASA metadata CSV (default: queries.csv in params)")
+    p.add_argument("--out", type=Path, required=True, help="output GeoParquet")
+    p.add_argument("--rejected", type=Path, required=True, help="output CSV of rejected rows")
+    p.set_defaults(func=cmd_queries)
+
+    p = sub.add_parser("intersect", help="query x region overlaps", description="Exact footprint intersections of every query with every region, on dask.distributed.")
+    _params_arg(p)
+    p.add_argument("--queries", type=Path, required=True, help="queries GeoParquet")
+    p.add_argument("--grid", type=Path, required=True, help="regions GeoParquet")
+    p.add_argument("--out-dir", type=Path, required=True, help="output directory")
+    p.add_argument("--scheduler", default=None, help="dask scheduler address (else params, DASK_SCHEDULER_ADDRESS, or a LocalCluster)")
+    p.set_defaults(func=cmd_intersect)
+
+    p = sub.add_parser("evalset", help="one POI evaluation set", description="Build one point-of-interest evaluation set (queries, database, positives, summary, map).")
+    _params_arg(p)
+    p.add_argument("name", help="set name, a key of evalset.sets in params (texas, alps, ..., val)")
+    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
+    p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
+    p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
+    p.add_argument("--out-dir", type=Path, default=None, help="default: data/evalsets/<name>")
+    p.set_defaults(func=cmd_evalset)
+
+    p = sub.add_parser("audit", help="inspect an intersection file", description="Show the regions a query overlaps (km², IoU, fractions) with a GeoJSON and a PNG map, or --check a file against the footprints.")
+    p.add_argument("intersections", type=Path, help="intersections Parquet or upstream .pt file")
+    p.add_argument("query_id", nargs="?", help="query id (MISSION-ROLL-FRAME) or upstream query filename")
+    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
+    p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
+    p.add_argument("--out-dir", type=Path, default=Path("audit"), help="where the GeoJSON and PNG go")
+    p.add_argument("--check", action="store_true", help="re-derive a sample of pairs from the footprints and report disagreements")
+    p.add_argument("--sample", type=int, default=2000, help="queries to re-derive with --check (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except EarthLocError as exc:
+        print(f"earthloc {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

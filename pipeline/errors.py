@@ -1,0 +1,24 @@
+"""One exception hierarchy for everything the pipeline raises on purpose.
+
+The CLI catches `EarthLocError` and prints its message on one line; anything else
+is a bug and keeps its traceback."""
+
+
+class EarthLocError(Exception):
+    """Base class of the project's deliberate errors."""
+
+
+class ConfigError(EarthLocError):
+    """params.yaml (or a CLI flag) holds a value the pipeline cannot use."""
+
+
+class InputError(EarthLocError):
+    """An input file is missing, unreadable or has the wrong structure."""
+
+
+class RejectedShareError(InputError):
+    """More input rows were rejected than the configured share allows."""
+
+
+class IntegrityError(EarthLocError):
+    """A stored result disagrees with what its inputs say it should be."""

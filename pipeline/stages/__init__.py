@@ -1,0 +1,1 @@
+"""Pipeline stages: thin wrappers that read inputs, call `pipeline.geo`, write outputs."""
