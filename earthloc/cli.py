@@ -45,10 +45,12 @@ def cmd_intersect(args: argparse.Namespace) -> None:
     from pipeline.params import load_params, section
     from pipeline.stages import intersect
 
-    sec = dict(section(load_params(args.params), "intersect"))
+    params = load_params(args.params)
+    sec = dict(section(params, "intersect"))
     if args.scheduler is not None:
         sec["scheduler_address"] = args.scheduler
-    intersect.run(args.queries, args.grid, args.out_dir, intersect.IntersectParams.from_section(sec))
+    densify = section(params, "queries").get("densify_deg", 0.1)
+    intersect.run(args.queries, args.grid, args.out_dir, intersect.IntersectParams.from_section(sec, densify))
 
 
 def cmd_evalset(args: argparse.Namespace) -> None:

@@ -1,0 +1,741 @@
+"""audit: inspect an intersection file (our Parquet table or upstream's `.pt`).
+
+Three modes, chosen by the arguments of `earthloc audit`:
+- a query id: print the regions the query overlaps (km², IoU, fractions), write
+  `<out_dir>/<query_id>.geojson` (the query and those regions, with the numbers) and
+  `<out_dir>/<query_id>.png` (a map zoomed on the query, one panel per zoom);
+- `--check`: re-derive the overlaps of a random sample of queries from the footprints
+  with the same exact-overlap code as the intersect stage and report every missing,
+  extra or differing pair (plus whole-file checks that cost nothing: duplicates,
+  unknown ids, values out of range, fractions that do not agree with the IoU);
+- neither: print a summary of the file.
+
+Both file formats are read into one table with the Parquet columns (`COLUMNS`), plus
+`db_relpath` for `.pt` files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import pickle
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.geo.names import SAFE_ID_RE, db_relpath, parse_filename
+from pipeline.io import atomic_path, read_geoparquet, write_text
+
+COLUMNS = ["query_id", "region_id", "zoom", "intersection_km2", "iou", "query_fraction", "region_fraction"]
+VALUE_COLUMNS = ["intersection_km2", "iou", "query_fraction", "region_fraction"]
+REL_TOL = 1e-6
+ABS_TOL = 1e-6  # km² for intersection_km2, plain units for the ratios
+MAX_PRINTED = 50
+DISAGREEMENT_COLUMNS = ["kind", "query_id", "region_id", "field", "file_value", "recomputed_value", "detail"]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Intersections:
+    """An intersection file normalised to one table.
+
+    `pairs`: COLUMNS (+ `db_relpath` for `.pt`). `listed`: every query id the file
+    names, including `.pt` keys with an empty list. `keys`: query id -> upstream key
+    (`.pt` only)."""
+
+    path: Path
+    source: str  # "parquet" or "pt"
+    pairs: pd.DataFrame
+    listed: set[str]
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+def _zoom_of(region_ids: pd.Series) -> pd.Series:
+    """Zoom from `ZZ_RRRR_CCCC` ids (parsed once per distinct id); <NA> if malformed."""
+    codes, uniq = pd.factorize(region_ids)
+    zz = pd.to_numeric(pd.Series([str(r).split("_", 1)[0] for r in uniq], dtype=object), errors="coerce")
+    zoom = np.append(zz.to_numpy(dtype=np.float64), np.nan)[codes]  # code -1 (missing id) -> NaN
+    return pd.Series(zoom, index=region_ids.index).astype("Int64")
+
+
+def load_parquet(path: Path, only: set[str] | None = None) -> Intersections:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises many types; report one line
+        raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: not an intersections table, missing columns {missing}")
+    df = df[COLUMNS].copy()
+    df["query_id"] = df["query_id"].astype(str)
+    df["region_id"] = df["region_id"].astype(str)
+    listed = set(df["query_id"].unique())
+    if only is not None:
+        df = df[df["query_id"].isin(only)]
+    return Intersections(path, "parquet", df.reset_index(drop=True), listed)
+
+
+class _PrimitiveUnpickler(pickle.Unpickler):
+    """The C unpickler with every global refused: it can only build str, numbers,
+    lists, tuples and dicts, which is all an intersection file holds."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+
+def _read_pt(path: Path) -> Any:
+    """The object in a torch.save file holding only primitives.
+
+    `torch.load(weights_only=True)` runs a pure-Python unpickler (about 20 s for the
+    world file); a torch.save zip archive of primitives is read here with the C
+    unpickler restricted as above, which is as safe and several times faster. Any
+    other layout (legacy format, tensors) goes to torch.load(weights_only=True)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(names) == 1 and not any("/data/" in n for n in zf.namelist()):
+                return _PrimitiveUnpickler(io.BytesIO(zf.read(names[0]))).load()
+    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError):
+        pass
+    import torch  # heavy; only when the fast path does not apply
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # unpickling errors come in many types
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"{path}: not a readable .pt file ({type(exc).__name__}: {msg})") from exc
+
+
+def load_pt(path: Path, only: set[str] | None = None) -> Intersections:
+    """Read an upstream intersection dict; with `only`, convert only those queries' pairs
+    (every key is still parsed, so `listed` and `keys` are complete)."""
+    data = _read_pt(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a dict of query file name -> list of pairs, got {type(data).__name__}")
+    keys: dict[str, str] = {}
+    qids: list[str] = []
+    counts: list[int] = []
+    rows: list[Any] = []
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise InputError(f"{path}: key {key!r} is not a query file name")
+        try:
+            qid = parse_filename(key).image_id
+        except ValueError as exc:
+            raise InputError(f"{path}: key {key!r} is not an upstream query file name") from exc
+        if not isinstance(value, list):
+            raise InputError(f"{path}: value of {qid} is a {type(value).__name__}, expected a list")
+        keys[qid] = key
+        if only is not None and qid not in only:
+            continue
+        if set(map(type, value)) - {tuple} or set(map(len, value)) - {6}:  # map() runs in C: fast
+            item = next(it for it in value if type(it) is not tuple or len(it) != 6)
+            raise InputError(
+                f"{path}: entry {item!r:.120} of {qid} is not a 6-tuple "
+                "(db_relpath, region_id, km2, iou, query_fraction, region_fraction)"
+            )
+        qids.append(qid)
+        counts.append(len(value))
+        rows.extend(value)
+    cols = list(zip(*rows)) if rows else [()] * 6
+    try:
+        df = pd.DataFrame(
+            {
+                "query_id": np.repeat(np.array(qids, dtype=object), counts),
+                "region_id": np.array(cols[1], dtype=object),
+                "intersection_km2": np.asarray(cols[2], dtype=np.float64),
+                "iou": np.asarray(cols[3], dtype=np.float64),
+                "query_fraction": np.asarray(cols[4], dtype=np.float64),
+                "region_fraction": np.asarray(cols[5], dtype=np.float64),
+                "db_relpath": np.array(cols[0], dtype=object),
+            }
+        )
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: a pair holds a non-numeric value ({exc})") from exc
+    bad = [c for c in ("region_id", "db_relpath") if len(df) and not all(isinstance(v, str) for v in df[c].unique())]
+    if bad:
+        raise InputError(f"{path}: {bad[0]} values must be strings")
+    df.insert(2, "zoom", _zoom_of(df["region_id"]))
+    return Intersections(path, "pt", df, set(keys), keys)
+
+
+def load_intersections(path: Path, only: set[str] | None = None) -> Intersections:
+    """Either format as one table; `only` limits the pairs read to those query ids."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file (run the intersect stage first)")
+    if path.suffix == ".pt":
+        return load_pt(path, only)
+    if path.suffix == ".parquet":
+        return load_parquet(path, only)
+    raise InputError(f"{path}: expected a .parquet intersections table or an upstream .pt file")
+
+
+# --------------------------------------------------------------------------- params
+
+
+@dataclass(frozen=True)
+class AuditParams:
+    densify_deg: float = 0.1
+    min_intersection_km2: float = 0.0
+    year: int = 2021
+    source: str = "defaults"
+
+
+def load_audit_params(path: Path | None) -> AuditParams:
+    """The parameters the intersect stage runs with (defaults when there is no params file)."""
+    from pipeline.params import load_params
+
+    path = Path(path) if path is not None else Path("params.yaml")
+    if not path.exists():
+        return AuditParams(source="defaults, no params file")
+    p = load_params(path)
+    q = p.get("queries") if isinstance(p.get("queries"), dict) else {}
+    i = p.get("intersect") if isinstance(p.get("intersect"), dict) else {}
+    try:
+        return AuditParams(
+            densify_deg=float(q.get("densify_deg", 0.1)),
+            min_intersection_km2=float(i.get("min_intersection_km2", 0.0)),
+            year=int(i.get("year", 2021)),
+            source=str(path),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: queries.densify_deg / intersect.min_intersection_km2 / intersect.year: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- one query
+
+
+def resolve_query_id(arg: str, queries: gpd.GeoDataFrame) -> str:
+    """A query id from an id or an upstream file name; an InputError if unknown."""
+    qid = arg.strip()
+    if "@" in qid:
+        try:
+            qid = parse_filename(qid).image_id
+        except ValueError as exc:
+            raise InputError(f"{arg!r}: neither a query id (MISSION-ROLL-FRAME) nor an upstream query file name") from exc
+    if not SAFE_ID_RE.match(qid):
+        raise InputError(f"{arg!r}: not a query id (MISSION-ROLL-FRAME)")
+    if not (queries["query_id"] == qid).any():
+        raise InputError(f"unknown query id {qid!r}: not in the queries file")
+    return qid
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _feature(geom: shapely.Geometry, props: dict[str, Any]) -> dict[str, Any]:
+    # RFC 7946 §3.1.6: exterior rings counterclockwise, holes clockwise.
+    oriented = shapely.orient_polygons(geom, exterior_cw=False)
+    return {
+        "type": "Feature",
+        "geometry": shapely.geometry.mapping(oriented),
+        "properties": {k: _jsonable(v) for k, v in props.items()},
+    }
+
+
+def query_geojson(query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFrame) -> dict[str, Any]:
+    """FeatureCollection: the query footprint first, then every overlapping region."""
+    qprops = {"role": "query", **{k: v for k, v in query.items() if k != "geometry"}}
+    features = [_feature(query.geometry, qprops)]
+    merged = pairs.merge(
+        regions.drop(columns=["zoom"]), on="region_id", how="left", validate="many_to_one"
+    )
+    keep = ["region_id", "zoom", *VALUE_COLUMNS]
+    if "db_relpath" in merged:
+        keep.append("db_relpath")
+    keep += [c for c in ("row", "col", "center_lat", "center_lon", "area_km2", "land_fraction") if c in merged]
+    for _, r in merged.iterrows():
+        if not isinstance(r["geometry"], shapely.Geometry):
+            continue  # region not in the grid: reported by --check, nothing to draw
+        features.append(_feature(r.geometry, {"role": "region", "query_id": r["query_id"], **{k: r[k] for k in keep}}))
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _shift_lon(geom: shapely.Geometry, ref_lon: float) -> shapely.Geometry:
+    """Move each polygon part by a multiple of 360° so it lies next to `ref_lon`
+    (regions and queries split at ±180 draw as one piece around the antimeridian)."""
+    parts = []
+    for p in shapely.get_parts(geom):
+        cx = p.centroid.x
+        shift = 360.0 * round((ref_lon - cx) / 360.0)
+        parts.append(shapely.transform(p, lambda c, s=shift: c + np.array([s, 0.0])) if shift else p)
+    # Pieces that meet at the antimeridian become one polygon again.
+    return parts[0] if len(parts) == 1 else shapely.union_all(parts, grid_size=1e-9)
+
+
+def _lon_label(v: float, _pos: Any = None) -> str:
+    w = (v + 180.0) % 360.0 - 180.0
+    return "±180" if abs(abs(w) - 180.0) < 1e-9 else f"{w:g}"
+
+
+def _fmt_date(value: Any) -> str:
+    s = str(value)
+    return f"{s[:4]}-{s[4:6]}-{s[6:]}" if len(s) == 8 and s.isdigit() else s
+
+
+def _draw_coastlines(ax: Any, extent: tuple[float, float, float, float]) -> None:
+    """Coastlines from `pipeline.coastlines` when that module is there; nothing otherwise.
+
+    `extent` may run past ±180 (maps of antimeridian queries): the box is wrapped for
+    the lookup and every line shifted by a multiple of 360° onto the axes."""
+    try:
+        from pipeline import coastlines
+    except ImportError:
+        return
+    w, s, e, n = extent
+    try:
+        step = float(np.clip((e - w) / 80.0, 0.02, 0.1))
+        segs = coastlines.coastline_segments(_wrap(w), max(s, -90.0), _wrap(e), min(n, 90.0), step)
+        mid = (w + e) / 2.0
+        moved = [seg + np.array([360.0 * round((mid - seg[:, 0].mean()) / 360.0), 0.0]) for seg in segs if len(seg)]
+        coastlines.draw_segments(ax, moved, colors="0.2", linewidths=0.8, zorder=2.5)
+    except Exception:  # a map decoration must never fail the audit
+        return
+
+
+def _wrap(lon: float) -> float:
+    w = (lon + 180.0) % 360.0 - 180.0
+    return 180.0 if w == -180.0 and lon > 0 else w
+
+
+def query_png(dest: Path, query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.cm
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Polygon as MplPolygon
+
+    qgeom = query.geometry
+    qb = shapely.bounds(qgeom)
+    ref_lon = 180.0 if qb[2] - qb[0] > 180.0 else float(qgeom.centroid.x)
+    qgeom = _shift_lon(qgeom, ref_lon)
+    qb = shapely.bounds(qgeom)
+    mid_lat = (qb[1] + qb[3]) / 2.0
+    aspect = 1.0 / max(math.cos(math.radians(mid_lat)), 0.05)
+    nadir_lon = float(query["nadir_lon"])
+    nadir_lon += 360.0 * round((ref_lon - nadir_lon) / 360.0)
+    nadir_lat = float(query["nadir_lat"])
+
+    merged = pairs.merge(regions[["region_id", "geometry"]], on="region_id", how="left")
+    merged = merged[merged["geometry"].notna()]
+    zooms = sorted(int(z) for z in merged["zoom"].dropna().unique()) or [None]
+    vmax = float(merged["iou"].max()) if len(merged) else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    cmap = plt.get_cmap("viridis")
+    norm = matplotlib.colors.Normalize(vmin=0.0, vmax=vmax)
+
+    fig, axes = plt.subplots(
+        1, len(zooms), figsize=(5.2 * len(zooms) + 1.2, 5.8), squeeze=False, layout="constrained"
+    )
+    for ax, z in zip(axes[0], zooms):
+        sub = merged[merged["zoom"] == z].sort_values("iou") if z is not None else merged.iloc[:0]
+        geoms = [_shift_lon(g, ref_lon) for g in sub["geometry"]]
+        patches, colours = [], []
+        for g, iou in zip(geoms, sub["iou"]):
+            for p in shapely.get_parts(g):
+                patches.append(MplPolygon(np.asarray(p.exterior.coords), closed=True))
+                colours.append(iou)
+        if patches:
+            # Same-zoom regions overlap (stride < size), so fills are faint and each
+            # region's IoU is read from the marker at its centre.
+            fill = PatchCollection(patches, cmap=cmap, norm=norm, alpha=0.12, linewidths=0)
+            fill.set_array(np.asarray(colours))
+            ax.add_collection(fill)
+            edges = PatchCollection(patches, facecolor="none", linewidths=1.0, alpha=0.9)
+            edges.set_edgecolor(cmap(norm(np.asarray(colours))))
+            ax.add_collection(edges)
+            cx = np.array([(shapely.bounds(g)[0] + shapely.bounds(g)[2]) / 2 for g in geoms])
+            cy = np.array([(shapely.bounds(g)[1] + shapely.bounds(g)[3]) / 2 for g in geoms])
+            ax.scatter(cx, cy, c=sub["iou"], cmap=cmap, norm=norm, s=70, edgecolors="k", linewidths=0.5, zorder=4)
+            if len(sub) <= 30:
+                for x, y, v in zip(cx, cy, sub["iou"]):
+                    ax.annotate(f"{v:.2f}", (x, y), xytext=(0, 6), textcoords="offset points", ha="center",
+                                fontsize=6.5, zorder=8)
+            best = sub.iloc[-1]
+            for p in shapely.get_parts(geoms[-1]):
+                x, y = p.exterior.xy
+                ax.plot(x, y, color="tab:red", lw=1.8, ls="--", zorder=5)
+            title = f"zoom {z}: {len(sub)} regions\nbest IoU {best['iou']:.3f} ({best['region_id']}, red dashes)"
+            bounds = np.array([shapely.bounds(g) for g in geoms] + [qb])
+        else:
+            title = "no overlapping regions"
+            bounds = np.array([qb])
+        for p in shapely.get_parts(qgeom):
+            x, y = p.exterior.xy
+            ax.plot(x, y, color="black", lw=2.6, zorder=6)
+        w, s = bounds[:, 0].min(), bounds[:, 1].min()
+        e, n = bounds[:, 2].max(), bounds[:, 3].max()
+        pad = 0.06 * max(e - w, n - s)
+        w, s, e, n = w - pad, s - pad, e + pad, n + pad
+        if w <= nadir_lon <= e and s <= nadir_lat <= n:
+            ax.plot(nadir_lon, nadir_lat, marker="*", ms=14, color="orange", mec="black", zorder=7, label="nadir")
+        else:
+            ax.annotate(
+                f"nadir ({nadir_lat:.1f}, {nadir_lon:.1f}) off map",
+                xy=(0.02, 0.02), xycoords="axes fraction", fontsize=8,
+                bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8},
+            )
+        _draw_coastlines(ax, (w, s, e, n))
+        ax.set_xlim(w, e)
+        ax.set_ylim(s, n)
+        ax.set_aspect(aspect)
+        ax.xaxis.set_major_formatter(
+            matplotlib.ticker.FuncFormatter(_lon_label)
+        )
+        ax.set_xlabel("longitude (°)")
+        ax.set_ylabel("latitude (°)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, lw=0.3, alpha=0.5)
+    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.8, label="IoU with the query")
+    area = query.get("area_km2", float("nan"))
+    fig.suptitle(
+        f"{query['query_id']}   {_fmt_date(query.get('date', ''))}   footprint {area:,.0f} km²   "
+        f"nadir ({nadir_lat:.1f}, {float(query['nadir_lon']):.1f})   {len(merged)} overlapping regions\n"
+        "query footprint: bold black; nadir: star; dots: region centres coloured by IoU; grey: coastlines",
+        fontsize=10,
+    )
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def format_pairs(pairs: pd.DataFrame) -> str:
+    cols = ["region_id", "zoom", *VALUE_COLUMNS] + (["db_relpath"] if "db_relpath" in pairs else [])
+    df = pairs[cols].copy()
+    df["intersection_km2"] = df["intersection_km2"].map(lambda v: f"{v:,.3f}")
+    for c in ("iou", "query_fraction", "region_fraction"):
+        df[c] = df[c].map(lambda v: f"{v:.6f}")
+    return df.to_string(index=False)
+
+
+def audit_query(
+    qid: str, inter: Intersections, queries: gpd.GeoDataFrame, regions: gpd.GeoDataFrame, out_dir: Path
+) -> pd.DataFrame:
+    query = queries[queries["query_id"] == qid].iloc[0]
+    pairs = inter.pairs[inter.pairs["query_id"] == qid].sort_values(["iou", "region_id"], ascending=[False, True])
+    pairs = pairs.reset_index(drop=True)
+    listed = "" if qid in inter.listed else " (the query is not in this file)"
+    print(
+        f"{qid}  date {_fmt_date(query.get('date', ''))}  footprint {query.get('area_km2', float('nan')):,.0f} km²  "
+        f"nadir ({query['nadir_lat']}, {query['nadir_lon']}): {len(pairs)} overlapping regions{listed}"
+    )
+    if len(pairs):
+        print(format_pairs(pairs))
+    out_dir = Path(out_dir)
+    gj, png = out_dir / f"{qid}.geojson", out_dir / f"{qid}.png"
+    write_text(gj, json.dumps(query_geojson(query, pairs, regions)) + "\n")
+    query_png(png, query, pairs, regions)
+    print(f"wrote {gj} and {png}")
+    return pairs
+
+
+# --------------------------------------------------------------------------- check
+
+
+def _differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """True where a and b differ beyond both the relative and the absolute tolerance."""
+    diff = np.abs(a - b)
+    scale = np.maximum(np.abs(a), np.abs(b))
+    return ~(diff <= np.maximum(REL_TOL * scale, ABS_TOL)) & ~(np.isnan(a) & np.isnan(b))
+
+
+def _rows(kind: str, df: pd.DataFrame, **cols: Any) -> pd.DataFrame:
+    out = pd.DataFrame({"kind": kind, "query_id": df["query_id"].to_numpy(), "region_id": df["region_id"].to_numpy()})
+    for c in DISAGREEMENT_COLUMNS[3:]:
+        v = cols.get(c, "")
+        out[c] = v.to_numpy() if isinstance(v, pd.Series) else v
+    return out
+
+
+def file_wide_checks(inter: Intersections, queries: gpd.GeoDataFrame, regions: gpd.GeoDataFrame) -> list[pd.DataFrame]:
+    """Checks over every pair of the file that need no geometry."""
+    pairs = inter.pairs
+    found: list[pd.DataFrame] = []
+    dup = pairs[pairs.duplicated(["query_id", "region_id"], keep="first")]
+    if len(dup):
+        found.append(_rows("duplicate", dup, detail="pair listed more than once"))
+    known_q = set(queries["query_id"])
+    unknown_q = sorted(inter.listed - known_q)
+    if unknown_q:
+        found.append(
+            pd.DataFrame({"kind": "unknown_query", "query_id": unknown_q, "region_id": "", "field": "query_id",
+                          "file_value": unknown_q, "recomputed_value": "", "detail": "not in the queries file"})
+        )
+    codes, uniq = pd.factorize(pairs["region_id"])
+    zoom_of = pd.Series(regions["zoom"].to_numpy(np.float64), index=regions["region_id"].to_numpy())
+    zoom_of = zoom_of[~zoom_of.index.duplicated()]
+    grid_zoom = pd.Series(np.append(zoom_of.reindex(uniq).to_numpy(), np.nan)[codes], index=pairs.index)
+    unknown_r = pairs[grid_zoom.isna()]
+    if len(unknown_r):
+        found.append(_rows("unknown_region", unknown_r, field="region_id", file_value=unknown_r["region_id"],
+                           detail="not in the grid"))
+    bad_zoom = pairs[grid_zoom.notna() & (pairs["zoom"].astype("float64") != grid_zoom.astype("float64"))]
+    if len(bad_zoom):
+        found.append(_rows("value", bad_zoom, field="zoom", file_value=bad_zoom["zoom"],
+                           recomputed_value=grid_zoom[bad_zoom.index], detail="zoom differs from the grid"))
+    v = {c: pairs[c].to_numpy(dtype=np.float64) for c in VALUE_COLUMNS}
+    slack = 1e-9
+    out_of_range = ~np.isfinite(v["intersection_km2"]) | (v["intersection_km2"] <= 0)
+    for c in ("iou", "query_fraction", "region_fraction"):
+        out_of_range |= ~np.isfinite(v[c]) | (v[c] <= 0) | (v[c] > 1 + slack)
+    if out_of_range.any():
+        bad = pairs[out_of_range]
+        found.append(_rows("out_of_range", bad, detail=bad[VALUE_COLUMNS].apply(
+            lambda r: "km2 must be > 0, ratios in (0, 1]: " + ", ".join(f"{k}={r[k]:.6g}" for k in VALUE_COLUMNS),
+            axis=1)))
+    # I/(Aq + Ar - I) with Aq = I/qf and Ar = I/rf: IoU = 1 / (1/qf + 1/rf - 1).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        implied = 1.0 / (1.0 / v["query_fraction"] + 1.0 / v["region_fraction"] - 1.0)
+    inconsistent = ~out_of_range & _differs(implied, v["iou"])
+    if inconsistent.any():
+        bad = pairs[inconsistent]
+        found.append(_rows("inconsistent", bad, field="iou", file_value=bad["iou"],
+                           recomputed_value=pd.Series(implied[inconsistent]),
+                           detail="iou disagrees with query_fraction and region_fraction"))
+    return found
+
+
+def sample_queries(queries: gpd.GeoDataFrame, sample: int, seed: int) -> np.ndarray:
+    n = len(queries)
+    if sample <= 0 or sample >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+
+
+def check(
+    inter: Intersections,
+    queries: gpd.GeoDataFrame,
+    regions: gpd.GeoDataFrame,
+    params: AuditParams,
+    picked: np.ndarray,
+) -> tuple[pd.DataFrame, int]:
+    """Disagreements between the file and a re-derivation of the `picked` queries
+    (positions in `queries`), plus the file-wide checks. Returns (table, pairs checked)."""
+    from pipeline.geo.overlap import overlap_table
+
+    found = file_wide_checks(inter, queries, regions)
+    sel = queries.iloc[picked].reset_index(drop=True)
+    got = overlap_table(
+        np.asarray(sel.geometry.values, dtype=object),
+        np.asarray(regions.geometry.values, dtype=object),
+        densify_deg=params.densify_deg,
+        min_intersection_km2=params.min_intersection_km2,
+    )
+    truth = pd.DataFrame(
+        {
+            "query_id": sel["query_id"].to_numpy()[got["query_index"].to_numpy()],
+            "region_id": regions["region_id"].to_numpy()[got["region_index"].to_numpy()],
+            **{c: got[c].to_numpy(dtype=np.float64) for c in VALUE_COLUMNS},
+        }
+    )
+    ids = set(sel["query_id"])
+    mine = inter.pairs[inter.pairs["query_id"].isin(ids)].drop_duplicates(["query_id", "region_id"])
+    m = mine.merge(truth, on=["query_id", "region_id"], how="outer", suffixes=("_file", "_true"), indicator=True)
+    near_threshold = params.min_intersection_km2 + np.maximum(ABS_TOL, REL_TOL * params.min_intersection_km2)
+
+    missing = m[(m["_merge"] == "right_only") & (m["intersection_km2_true"] > near_threshold)]
+    if len(missing):
+        absent = ~missing["query_id"].isin(inter.listed)
+        detail = missing.apply(
+            lambda r: f"overlap of {r['intersection_km2_true']:,.3f} km² (iou {r['iou_true']:.6f}) not in the file", axis=1
+        ) + np.where(absent, "; the query is not in the file at all", "")
+        found.append(_rows("missing", missing, field="pair", recomputed_value=missing["intersection_km2_true"],
+                           detail=detail))
+    extra = m[(m["_merge"] == "left_only") & (m["intersection_km2_file"] > near_threshold)]
+    if len(extra):
+        found.append(_rows("extra", extra, field="pair", file_value=extra["intersection_km2_file"],
+                           detail=f"in the file, but the footprints do not overlap by more than "
+                                  f"{params.min_intersection_km2:g} km²"))
+    both = m[m["_merge"] == "both"]
+    for c in VALUE_COLUMNS:
+        a, b = both[f"{c}_file"].to_numpy(np.float64), both[f"{c}_true"].to_numpy(np.float64)
+        bad = _differs(a, b)
+        if bad.any():
+            d = both[bad]
+            found.append(_rows("value", d, field=c, file_value=d[f"{c}_file"], recomputed_value=d[f"{c}_true"],
+                               detail=(d[f"{c}_file"] - d[f"{c}_true"]).map(lambda x: f"difference {x:+.6g}")))
+    if inter.source == "pt":
+        found.extend(_pt_name_checks(inter, sel, regions, params, mine))
+    table = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=DISAGREEMENT_COLUMNS)
+    return table[DISAGREEMENT_COLUMNS], int(len(m))
+
+
+def _pt_name_checks(
+    inter: Intersections, sel: gpd.GeoDataFrame, regions: gpd.GeoDataFrame, params: AuditParams, mine: pd.DataFrame
+) -> list[pd.DataFrame]:
+    """Upstream names of the sampled queries: the key is the query's file name, each
+    db path is the one upstream's layout gives the region."""
+    found: list[pd.DataFrame] = []
+    if "filename" in sel:
+        expected = dict(zip(sel["query_id"], sel["filename"]))
+        bad = [(q, k, expected[q]) for q, k in inter.keys.items() if q in expected and k != expected[q]]
+        if bad:
+            q, k, e = zip(*bad)
+            found.append(pd.DataFrame({"kind": "name", "query_id": q, "region_id": "", "field": "key",
+                                       "file_value": k, "recomputed_value": e,
+                                       "detail": "key differs from the query's file name"}))
+    corner_cols = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
+    need = ["region_id", "zoom", *corner_cols, "center_lat", "center_lon", "area_km2"]
+    if not all(c in regions for c in need):
+        return found
+    used = regions[regions["region_id"].isin(pd.unique(mine["region_id"]))]
+    r = mine[mine["region_id"].isin(used["region_id"])].copy()  # unknown regions are reported elsewhere
+    if not len(r):
+        return found
+    expected = {
+        rid: db_relpath(c, rid, int(z), params.year, float(la), float(lo), float(a))
+        for rid, z, c, la, lo, a in zip(
+            used["region_id"], used["zoom"], used[corner_cols].to_numpy().tolist(), used["center_lat"],
+            used["center_lon"], used["area_km2"],
+        )
+    }
+    r["expected"] = r["region_id"].map(expected)
+    bad = r[r["db_relpath"] != r["expected"]]
+    if len(bad):
+        found.append(_rows("name", bad, field="db_relpath", file_value=bad["db_relpath"],
+                           recomputed_value=bad["expected"], detail="db path differs from the region's upstream path"))
+    return found
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.9g}"
+    return str(v)
+
+
+def print_disagreements(table: pd.DataFrame, limit: int = MAX_PRINTED) -> None:
+    for row in table.head(limit).itertuples(index=False):
+        pair = f"{row.query_id} x {row.region_id}" if row.region_id else row.query_id
+        vals = ""
+        if row.file_value != "" or row.recomputed_value != "":
+            vals = f" file={_fmt(row.file_value)} recomputed={_fmt(row.recomputed_value)}"
+        fld = f" {row.field}" if row.field else ""
+        print(f"  {row.kind:<14} {pair}{fld}{vals}: {row.detail}")
+    if len(table) > limit:
+        print(f"  ... and {len(table) - limit} more")
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def print_summary(inter: Intersections) -> None:
+    p = inter.pairs
+    per_query = p.groupby("query_id").size().reindex(sorted(inter.listed), fill_value=0)
+    print(f"{inter.path}: {len(inter.listed):,} queries, {len(p):,} pairs ({inter.source})")
+    if len(per_query):
+        print(
+            f"  regions per query: min {per_query.min()}, median {per_query.median():g}, max {per_query.max()}; "
+            f"{int((per_query == 0).sum())} queries without any"
+        )
+    if len(p):
+        by_zoom = p.groupby("zoom").agg(pairs=("iou", "size"), median_iou=("iou", "median"), max_iou=("iou", "max"))
+        print(by_zoom.to_string())
+    print("give a query id for its regions and map, or --check to re-derive a sample")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _read_inputs(args: argparse.Namespace) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    queries = read_geoparquet(args.queries)
+    regions = read_geoparquet(args.grid)
+    for path, gdf, cols in ((args.queries, queries, ["query_id", "nadir_lat", "nadir_lon"]),
+                            (args.grid, regions, ["region_id", "zoom"])):
+        missing = [c for c in cols if c not in gdf.columns]
+        if missing:
+            raise InputError(f"{path}: missing columns {missing}")
+    return queries, regions
+
+
+def main(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    path = Path(args.intersections)
+    query_arg = getattr(args, "query_id", None)
+    do_check = bool(getattr(args, "check", False))
+    if query_arg is None and not do_check:
+        print_summary(load_intersections(path))
+        return 0
+    if not path.exists():
+        raise InputError(f"{path}: no such file (run the intersect stage first)")
+    queries, regions = _read_inputs(args)
+    out_dir = Path(args.out_dir)
+    qid = resolve_query_id(query_arg, queries) if query_arg is not None else None
+    # Auditing one query reads only its pairs; --check needs the whole file.
+    inter = load_intersections(path, only=None if do_check or qid is None else {qid})
+    if qid is not None:
+        audit_query(qid, inter, queries, regions, out_dir)
+    if not do_check:
+        return 0
+
+    params = load_audit_params(getattr(args, "params", None))
+    if qid is not None:
+        picked = np.flatnonzero(queries["query_id"].to_numpy() == qid)
+    else:
+        picked = sample_queries(queries, int(args.sample), int(args.seed))
+    table, n_pairs = check(inter, queries, regions, params, picked)
+    dest = out_dir / "check_disagreements.csv"
+    with atomic_path(dest) as tmp:
+        table.to_csv(tmp, index=False)
+    print(
+        f"check: {len(picked):,} of {len(queries):,} queries re-derived, {n_pairs:,} pairs checked, "
+        f"{len(table):,} disagreements ({time.perf_counter() - t0:.1f} s) -> {dest}"
+    )
+    print(
+        f"  (re-derived with queries.densify_deg={params.densify_deg:g}, "
+        f"intersect.min_intersection_km2={params.min_intersection_km2:g}, year {params.year}"
+        f" from {params.source})"
+    )
+    print_disagreements(table)
+    value_pairs = table.loc[table["kind"] == "value", ["query_id", "region_id"]].drop_duplicates()
+    if n_pairs and len(value_pairs) > 0.5 * n_pairs:
+        print(
+            "hint: most pairs differ slightly, which usually means the file was made with other parameters "
+            "(e.g. queries.densify_deg) or older footprints; rerun the intersect stage (dvc repro)"
+        )
+    return 1 if len(table) else 0
+
+
+__all__ = [
+    "COLUMNS",
+    "AuditParams",
+    "Intersections",
+    "audit_query",
+    "check",
+    "file_wide_checks",
+    "load_intersections",
+    "main",
+    "query_geojson",
+    "query_png",
+    "resolve_query_id",
+]
