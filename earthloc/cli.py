@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evalset)
 
     p = sub.add_parser("audit", help="inspect an intersection file", description="Show the regions a query overlaps (km², IoU, fractions) with a GeoJSON and a PNG map, or --check a file against the footprints.")
+    _params_arg(p)
     p.add_argument("intersections", type=Path, help="intersections Parquet or upstream .pt file")
     p.add_argument("query_id", nargs="?", help="query id (MISSION-ROLL-FRAME) or upstream query filename")
     p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
@@ -124,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EarthLocError as exc:
         print(f"earthloc {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as other CLI tools do.
+        sys.stderr.close()
+        return 0
     return int(rc or 0)
 
 

@@ -117,13 +117,15 @@ def check_quads(quads: GeomArray, min_area_deg2: float = 1e-10) -> QuadCheck:
     tri = np.stack([cross(a, b, c), cross(b, c, d), cross(c, d, a), cross(d, a, b)], axis=1)
     collinear = (np.abs(tri) < min_area_deg2).any(axis=1)
     area = shapely.area(quads)
-    tiny = area < min_area_deg2
+    valid = shapely.is_valid(quads)
+    # Only a valid ring's area means anything: a bow-tie's lobes cancel (a rectangle
+    # with two corners swapped has area 0) and it is self-intersecting, not degenerate.
+    tiny = (area < min_area_deg2) & valid
     degenerate = repeated | collinear | tiny
     reason[degenerate] = "degenerate_footprint"
     detail[repeated] = "two corners coincide"
     detail[collinear & ~repeated] = "three corners are collinear"
     detail[tiny & ~repeated & ~collinear] = f"area below {min_area_deg2} deg^2"
-    valid = shapely.is_valid(quads)
     bad = ~valid & ~degenerate
     reason[bad] = "self_intersecting_footprint"
     for i in np.flatnonzero(bad):

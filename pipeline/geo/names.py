@@ -114,6 +114,8 @@ def swap_year(relpath: str, year: int) -> str:
     parsed = parse_filename(parts[3])
     if int(folder_year) != parsed.year:
         raise ValueError(f"folder year and file year differ in {relpath!r}")
+    if parsed.year != 2021:
+        raise ValueError(f"not a 2021 database path: {relpath!r}")
     tokens = parts[3].split("@")
     tokens[10] = str(year)
     return f"database/{year}_{zz}/{parts[2]}/{'@'.join(tokens)}"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -77,6 +78,9 @@ class IntersectParams:
         return cls.from_section(section(params, "intersect"), densify_deg=densify)
 
 
+# Bounds of the equal-area plane (EPSG:6933), for Hilbert ordering of footprints.
+_EA_WORLD = (-17367530.45, -7342230.14, 17367530.45, 7342230.14)
+
 # Worker-side cache: the region tree is built once per worker process and reused by
 # every partition that worker runs.
 _TREE_CACHE: dict[str, shapely.STRtree] = {}
@@ -85,7 +89,7 @@ _TREE_CACHE: dict[str, shapely.STRtree] = {}
 def _partition_overlaps(
     query_wkb: npt.NDArray[np.object_],
     query_area: npt.NDArray[np.float64],
-    offset: int,
+    query_index: npt.NDArray[np.int64],
     region_wkb: npt.NDArray[np.object_],
     region_area: npt.NDArray[np.float64],
     token: str,
@@ -102,7 +106,7 @@ def _partition_overlaps(
         _TREE_CACHE[token] = tree
     queries = shapely.from_wkb(query_wkb)
     pairs = overlap_pairs(queries, tree.geometries, query_area, region_area, min_intersection_km2, tree=tree)
-    pairs["query_index"] += offset
+    pairs["query_index"] = query_index[pairs["query_index"].to_numpy()]
     return pairs
 
 
@@ -139,6 +143,12 @@ def intersect_queries(
     # Identifies this region set in the workers' tree cache.
     token = hashlib.sha256(b"".join(region_wkb.tolist())).hexdigest()
     n_parts = max(1, min(params.partitions, len(q_ea)))
+    # Partitions of nearby queries (Hilbert order of their bounding boxes): each
+    # partition then meets few distinct regions, which is what the clipping loop costs.
+    if len(q_ea):
+        order = np.asarray(gpd.GeoSeries(q_ea).hilbert_distance(total_bounds=_EA_WORLD), dtype=np.int64).argsort(kind="stable")
+    else:
+        order = np.arange(0, dtype=np.int64)
     bounds = np.linspace(0, len(q_ea), n_parts + 1).astype(int)
     client, cluster = _client(params)
     try:
@@ -148,9 +158,9 @@ def intersect_queries(
         futures = [
             client.submit(
                 _partition_overlaps,
-                query_wkb[a:b],
-                q_area[a:b],
-                int(a),
+                query_wkb[order[a:b]],
+                q_area[order[a:b]],
+                order[a:b],
                 region_future,
                 area_future,
                 token,
@@ -239,8 +249,10 @@ def run(queries_path: Path, grid_path: Path, out_dir: Path, params: IntersectPar
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / f"intersections_{params.year}.parquet") as tmp:
         table.to_parquet(tmp, index=False, compression="zstd")
-    with atomic_path(out_dir / f"queries_intersections_with_db_{params.year}.pt") as tmp:
-        torch.save(upstream_dict(table, queries, regions, params.year), tmp)
+    with atomic_path(out_dir / f"queries_intersections_with_db_{params.year}.pt") as tmp, open(tmp, "wb") as fh:
+        # A file object, not the temp path: torch names the archive's inner folder after
+        # the path, which would make every run's bytes differ.
+        torch.save(upstream_dict(table, queries, regions, params.year), fh)
     per_query = table.groupby("query_id").size()
     summary = {
         "num_queries": int(len(queries)),
