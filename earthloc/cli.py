@@ -42,6 +42,7 @@ def cmd_queries(args: argparse.Namespace) -> None:
 
 
 def cmd_intersect(args: argparse.Namespace) -> None:
+    from pipeline.geo.area import DEFAULT_DENSIFY_DEG
     from pipeline.params import load_params, section
     from pipeline.stages import intersect
 
@@ -49,7 +50,7 @@ def cmd_intersect(args: argparse.Namespace) -> None:
     sec = dict(section(params, "intersect"))
     if args.scheduler is not None:
         sec["scheduler_address"] = args.scheduler
-    densify = section(params, "queries").get("densify_deg", 0.1)
+    densify = section(params, "queries").get("densify_deg", DEFAULT_DENSIFY_DEG)
     intersect.run(args.queries, args.grid, args.out_dir, intersect.IntersectParams.from_section(sec, densify))
 
 

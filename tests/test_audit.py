@@ -15,6 +15,7 @@ import torch
 from earthloc import cli
 from pipeline.errors import InputError
 from pipeline.geo import tiles
+from pipeline.geo.area import DEFAULT_DENSIFY_DEG
 from pipeline.geo.footprints import quads_from_corners, split_antimeridian, unwrap_ring_lons
 from pipeline.geo.names import query_filename
 from pipeline.geo.overlap import overlap_table
@@ -83,7 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     grid, queries = make_grid(), make_queries()
     grid.to_parquet(d / "regions.parquet")
     queries.to_parquet(d / "queries.parquet")
-    pairs = overlap_table(queries.geometry.values, grid.geometry.values, densify_deg=0.1)
+    pairs = overlap_table(queries.geometry.values, grid.geometry.values, densify_deg=DEFAULT_DENSIFY_DEG)
     table = pairs_table(pairs, queries, grid)
     table = table[table["query_id"] != "ISS004-E-4444"].reset_index(drop=True)  # a query the file forgot
     table.to_parquet(d / "intersections.parquet", index=False)
@@ -226,7 +227,7 @@ def test_summary(world: dict[str, object], tmp_path: Path, capsys: pytest.Captur
 def _complete(world: dict[str, object], tmp_path: Path) -> tuple[Path, Path]:
     """Both files with the forgotten query put back: fully correct."""
     grid, queries = world["grid"], world["queries"]
-    table = pairs_table(overlap_table(queries.geometry.values, grid.geometry.values, 0.1), queries, grid)
+    table = pairs_table(overlap_table(queries.geometry.values, grid.geometry.values, DEFAULT_DENSIFY_DEG), queries, grid)
     pq, pt = tmp_path / "full.parquet", tmp_path / "full.pt"
     table.to_parquet(pq, index=False)
     torch.save(upstream_dict(table, queries, grid, 2021), pt)

@@ -27,6 +27,9 @@ FloatArray = npt.NDArray[np.float64]
 
 EQUAL_AREA_CRS = "EPSG:6933"
 M2_PER_KM2 = 1e6
+# Default step (degrees) to which footprint edges are densified; params.yaml
+# queries.densify_deg overrides it. 0.25 deg keeps edges within ~15 m of the lon/lat line.
+DEFAULT_DENSIFY_DEG = 0.25
 
 
 @functools.lru_cache(maxsize=1)

@@ -33,6 +33,7 @@ import pandas as pd
 import shapely
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.geo.area import DEFAULT_DENSIFY_DEG
 from pipeline.geo.names import SAFE_ID_RE, db_relpath, parse_filename
 from pipeline.io import atomic_path, read_geoparquet, write_text
 
@@ -188,7 +189,7 @@ def load_intersections(path: Path, only: set[str] | None = None) -> Intersection
 
 @dataclass(frozen=True)
 class AuditParams:
-    densify_deg: float = 0.1
+    densify_deg: float = DEFAULT_DENSIFY_DEG
     min_intersection_km2: float = 0.0
     year: int = 2021
     source: str = "defaults"
@@ -206,7 +207,7 @@ def load_audit_params(path: Path | None) -> AuditParams:
     i = p.get("intersect") if isinstance(p.get("intersect"), dict) else {}
     try:
         return AuditParams(
-            densify_deg=float(q.get("densify_deg", 0.1)),
+            densify_deg=float(q.get("densify_deg", DEFAULT_DENSIFY_DEG)),
             min_intersection_km2=float(i.get("min_intersection_km2", 0.0)),
             year=int(i.get("year", 2021)),
             source=str(path),

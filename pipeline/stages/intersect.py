@@ -34,7 +34,7 @@ import pandas as pd
 import shapely
 
 from pipeline.errors import ConfigError, InputError
-from pipeline.geo.area import M2_PER_KM2, to_equal_area
+from pipeline.geo.area import DEFAULT_DENSIFY_DEG, M2_PER_KM2, to_equal_area
 from pipeline.geo.names import db_relpath
 from pipeline.geo.overlap import overlap_pairs
 from pipeline.io import atomic_path, read_geoparquet, write_json
@@ -51,7 +51,7 @@ class IntersectParams:
     scheduler_address: str | None = None
     n_workers: int = 2
     threads_per_worker: int = 1
-    densify_deg: float = 0.1  # from the queries section: footprints are densified as ingested
+    densify_deg: float = DEFAULT_DENSIFY_DEG  # from the queries section: footprints are densified as ingested
 
     @classmethod
     def from_section(cls, sec: dict[str, Any], densify_deg: float | None = None) -> IntersectParams:
@@ -74,7 +74,7 @@ class IntersectParams:
     @classmethod
     def from_params_file(cls, path: Path) -> IntersectParams:
         params = load_params(path)
-        densify = section(params, "queries").get("densify_deg", 0.1)
+        densify = section(params, "queries").get("densify_deg", DEFAULT_DENSIFY_DEG)
         return cls.from_section(section(params, "intersect"), densify_deg=densify)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError, InputError, RejectedShareError
-from pipeline.geo.area import area_km2, geod_quad_area_km2
+from pipeline.geo.area import DEFAULT_DENSIFY_DEG, area_km2, geod_quad_area_km2
 from pipeline.geo.footprints import check_quads, quads_from_corners, split_antimeridian, unwrap_ring_lons
 from pipeline.geo.names import SAFE_ID_RE, query_filename
 from pipeline.io import atomic_path, write_geoparquet
@@ -36,7 +36,7 @@ class QueriesParams:
     csv: str = "data/inputs/metadata_queries_images.csv"
     max_rejected_fraction: float = 0.01
     max_area_rel_diff: float = 0.05
-    densify_deg: float = 0.1
+    densify_deg: float = DEFAULT_DENSIFY_DEG
 
     @classmethod
     def from_section(cls, sec: dict[str, Any]) -> QueriesParams:
