@@ -10,7 +10,6 @@ editable finder (which setuptools appends to sys.meta_path after the path finder
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import texas_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,30 +29,6 @@ ALL_STAGES = {"grid", "queries", "intersect", "evalset@texas", "evalset@val"}
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
 pytestmark = pytest.mark.slow
-
-
-def texas_csv(dest: Path, n: int) -> None:
-    """Header + the first `n` real rows whose nadir lies near Texas."""
-    with open(SOURCE_CSV, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        ilat, ilon = header.index("NADIR_LAT"), header.index("NADIR_LON")
-        rows = []
-        for rec in reader:
-            try:
-                lat, lon = float(rec[ilat]), float(rec[ilon])
-            except (ValueError, IndexError):
-                continue
-            if 26 <= lat <= 34 and -99 <= lon <= -91:
-                rows.append(rec)
-                if len(rows) == n:
-                    break
-    assert len(rows) == n
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
 
 
 def make_params(dest: Path) -> None:

@@ -13,6 +13,7 @@ from pipeline.geo import tiles
 from pipeline.geo.area import area_km2
 from pipeline.geo.regions import GridSpec, describe_regions, parse_region_id
 from pipeline.stages.grid import GridParams, bbox_geometry, build_grid, parse_bbox
+from support import geod_km2
 
 GEOD = pyproj.Geod(ellps="WGS84")
 COLUMNS = [
@@ -21,14 +22,6 @@ COLUMNS = [
 ]
 ALPS = (5.0, 43.0, 15.0, 48.0)
 FIJI = (175.0, -20.0, -175.0, -10.0)
-
-
-def geod_km2(geom: shapely.Geometry, step: float = 0.01) -> float:
-    total = 0.0
-    for part in shapely.get_parts(shapely.segmentize(geom, step)):
-        a, _ = GEOD.geometry_area_perimeter(part)
-        total += abs(a)
-    return total / 1e6
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ LocalCluster, whether the address comes from --scheduler or DASK_SCHEDULER_ADDRE
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ import shapely
 import yaml
 
 from earthloc.cli import main
+from support import texas_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -28,30 +28,6 @@ EARTHLOC = str(BIN / "earthloc")
 DASK = str(BIN / "dask")
 SOURCE_CSV = ROOT / "data" / "inputs" / "metadata_queries_images.csv"
 BBOX = ["-100", "25", "-90", "35"]
-
-
-def texas_csv(dest: Path, n: int) -> Path:
-    """Header + the first `n` real rows whose nadir lies in Texas/Louisiana/Gulf."""
-    with open(SOURCE_CSV, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        ilat, ilon = header.index("NADIR_LAT"), header.index("NADIR_LON")
-        rows = []
-        for rec in reader:
-            try:
-                lat, lon = float(rec[ilat]), float(rec[ilon])
-            except (ValueError, IndexError):
-                continue
-            if 26 <= lat <= 34 and -99 <= lon <= -91:
-                rows.append(rec)
-                if len(rows) == n:
-                    break
-    assert len(rows) == n, f"only {len(rows)} rows near Texas in {SOURCE_CSV}"
-    with open(dest, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return dest
 
 
 def clean_env(**extra: str) -> dict[str, str]:

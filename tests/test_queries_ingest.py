@@ -19,6 +19,7 @@ from earthloc import cli
 from pipeline.errors import ConfigError, InputError, RejectedShareError
 from pipeline.stages import queries
 from pipeline.stages.queries import QueriesParams, ingest, read_nasa_csv, run
+from support import geod_km2
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CSV = ROOT / "data" / "inputs" / "metadata_queries_images.csv"
@@ -30,14 +31,6 @@ with open(REAL_CSV, newline="", encoding="utf-8") as _fh:
     HEADER = next(_reader)
     REAL_ROWS = [next(_reader) for _ in range(N_GOOD_REAL + 1)]
 COL = {name: i for i, name in enumerate(HEADER)}
-
-
-def geod_km2(geom: shapely.Geometry, step: float = 0.01) -> float:
-    total = 0.0
-    for part in shapely.get_parts(shapely.segmentize(geom, step)):
-        a, _ = GEOD.geometry_area_perimeter(part)
-        total += abs(a)
-    return total / 1e6
 
 
 def variant(frame: str, **changes: str) -> list[str]:
