@@ -24,7 +24,6 @@ from support import texas_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SOURCE_CSV = ROOT / "data" / "inputs" / "metadata_queries_images.csv"
 ALL_STAGES = {"grid", "queries", "intersect", "evalset@texas", "evalset@val"}
 RUNNING = re.compile(r"Running stage '([^']+)'")
 

@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EARTHLOC = str(BIN / "earthloc")
 DASK = str(BIN / "dask")
-SOURCE_CSV = ROOT / "data" / "inputs" / "metadata_queries_images.csv"
 BBOX = ["-100", "25", "-90", "35"]
 
 
