@@ -22,3 +22,11 @@ class RejectedShareError(InputError):
 
 class IntegrityError(EarthLocError):
     """A stored result disagrees with what its inputs say it should be."""
+
+
+class FetchError(EarthLocError):
+    """A tile source or the tile store misbehaved in a way the fetcher will not work around."""
+
+
+class SourceRefusedError(FetchError):
+    """The tile server keeps refusing (403/429/5xx across many tiles): stop instead of hammering it."""

@@ -262,7 +262,6 @@ def run(queries_path: Path, grid_path: Path, out_dir: Path, params: IntersectPar
         "num_queries_without_overlap": int(len(queries) - per_query.size),
         "mean_regions_per_query": float(per_query.reindex(queries["query_id"], fill_value=0).mean()),
         "pairs_per_zoom": {str(k): int(v) for k, v in table.groupby("zoom").size().items()},
-        "seconds_intersect": round(t_pairs - t_read, 3),
     }
     write_json(out_dir / "intersections_summary.json", summary)
     print(
