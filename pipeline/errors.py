@@ -30,3 +30,7 @@ class FetchError(EarthLocError):
 
 class SourceRefusedError(FetchError):
     """The tile server keeps refusing (403/429/5xx across many tiles): stop instead of hammering it."""
+
+
+class ModelError(EarthLocError):
+    """A model config, checkpoint or weights file the model code cannot use."""
