@@ -66,6 +66,12 @@ def cmd_audit(args: argparse.Namespace) -> None:
     return audit.main(args)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from pipeline import export
+
+    export.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="earthloc",
@@ -116,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=2000, help="queries to re-derive with --check (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("export", help="region images -> GeoTIFF for GIS", description="Write region images (by id, one query's positives, or a whole shard) as Cloud-Optimized GeoTIFFs in EPSG:3857, one per region or one --mosaic.")
+    _params_arg(p)
+    p.add_argument("region_ids", nargs="*", metavar="REGION_ID", help="regions ZZ_RRRR_CCCC (one zoom for --mosaic)")
+    p.add_argument("--query", metavar="QUERY_ID", help="one mosaic of this query's 2021 positives at --zoom, plus its footprint as GeoJSON")
+    p.add_argument("--all", action="store_true", help="every image of the shard (--year, --zoom)")
+    p.add_argument("--year", type=int, default=2021, help="image year (default 2021)")
+    p.add_argument("--zoom", type=int, help="zoom for --query and --all")
+    p.add_argument("--mosaic", action="store_true", help="one COG of all regions instead of one per region")
+    p.add_argument("--tiles", type=Path, default=Path("tiles"), help="tile store root (default tiles/)")
+    p.add_argument("--out", type=Path, default=Path("export"), help="output directory (default export/)")
+    p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
+    p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"), help="footprints for --query")
+    p.add_argument("--no-footprint", action="store_true", help="with --query, skip the footprint GeoJSON")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
