@@ -1,0 +1,179 @@
+"""earthloc.retrieval: TTA id mapping and recall against upstream's vectors (§10.5-10.6),
+collapsed vs uncollapsed counting, the -1 guard, index options, the exact random
+baseline, orientation errors, image loading and memmapped embedding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from retrieval_support import TinyNet
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from earthloc import retrieval as R
+from pipeline.errors import InputError
+
+
+# -- upstream test vectors -------------------------------------------------------------------
+def test_tta_index_mapping_vector() -> None:
+    db, angle = R.map_raw_ids([7, 4, 1, 10, 0], num_db=3)
+    assert db.tolist() == [1, 1, 1, 1, 0]
+    assert angle.tolist() == [180, 90, 0, 270, 0]
+
+
+@pytest.mark.parametrize("angle", [0, 90, 180, 270])
+def test_rot90_equals_torchvision_rotate(angle: int) -> None:
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+    expected = TF.rotate(x, angle, interpolation=InterpolationMode.NEAREST)
+    assert torch.equal(R.rotate_batch(x, angle), expected)
+    # counter-clockwise: the top-right pixel goes to the top-left after +90°.
+    if angle == 90:
+        assert R.rotate_batch(x, 90)[0, 0, 0, 0] == x[0, 0, 0, -1]
+
+
+def test_recall_vector_uncollapsed_and_collapsed() -> None:
+    pred = np.array([[2, 0, 1], [1, 1, 0], [1, 1, 1]])
+    pos = [np.array([2]), np.array([0]), np.array([0, 2])]
+    up = R.recalls(pred, pos, ns=(1, 2, 3))
+    assert up == pytest.approx({1: 100 / 3, 2: 100 / 3, 3: 200 / 3})
+    # Collapsed: q1's list becomes [1, 0], so its positive moves from rank 3 to rank 2.
+    col = R.recalls(pred, pos, ns=(1, 2, 3), collapse=True)
+    assert col == pytest.approx({1: 100 / 3, 2: 200 / 3, 3: 200 / 3})
+    assert R.recall_curve(pred, pos).tolist() == pytest.approx([100 / 3, 100 / 3, 200 / 3])
+    with pytest.raises(ValueError):
+        R.recalls(pred, pos, ns=(4,))
+
+
+def test_minus_one_guard_when_index_smaller_than_k() -> None:
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(4, 2, 16)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=-1, keepdims=True)
+    res = R.search(db, db[0], k=10)  # only 8 vectors in the index
+    assert (res.raw_id[:, 8:] == -1).all() and (res.db_index[:, 8:] == -1).all()
+    assert (res.angle[:, 8:] == -1).all() and np.isneginf(res.score[:, 8:]).all()
+    assert set(res.db_index[:, :8].ravel().tolist()) == {0, 1}
+    # Upstream mapped -1 to image N-1 at -90°, which would count as a hit for a query whose
+    # positive is image N-1; here padding never counts.
+    pred = np.array([[0, -1, -1]])
+    assert R.recalls(pred, [np.array([1])], ns=(1, 3)) == {1: 0.0, 3: 0.0}
+    assert R.map_raw_ids([-1, 5], 3)[0].tolist() == [-1, 2]
+
+
+# -- search ----------------------------------------------------------------------------------
+def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    a = rng.normal(size=shape).astype(np.float32)
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def test_search_is_exact_and_rotation_major() -> None:
+    rng = np.random.default_rng(1)
+    db = _unit(rng, 4, 30, 24)
+    q = _unit(rng, 7, 24)
+    res = R.search(db, q, k=12)
+    scores = np.einsum("md,rnd->mrn", q, db).reshape(7, -1)  # raw id = r * N + n
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :12]
+    assert np.array_equal(res.raw_id, order)
+    assert np.array_equal(res.db_index, order % 30) and np.array_equal(res.angle, 90 * (order // 30))
+    np.testing.assert_allclose(res.score, np.take_along_axis(scores, order, 1), rtol=1e-5)
+
+
+def test_collapse_keeps_best_rotation_and_is_exact() -> None:
+    rng = np.random.default_rng(2)
+    db = _unit(rng, 4, 40, 16)
+    q = _unit(rng, 5, 16)
+    k = 6
+    col = R.collapse_rotations(R.search(db, q, k=4 * k), k)
+    per_image = np.einsum("md,rnd->mrn", q, db)  # (M, R, N)
+    best = per_image.max(axis=1)
+    expect = np.argsort(-best, axis=1, kind="stable")[:, :k]
+    assert np.array_equal(col.db_index, expect)
+    assert np.array_equal(col.angle, 90 * per_image.argmax(axis=1)[np.arange(5)[:, None], expect])
+    assert all(len(set(row)) == k for row in col.db_index.tolist())
+
+
+@pytest.mark.parametrize("kind", ["flat", "sq_fp16", "ivf_flat", "ivf_pq", "pq"])
+def test_index_kinds_find_their_own_vectors(kind: str) -> None:
+    # Clustered data (the shape real descriptors have): 20 centres, 400 vectors near them.
+    rng = np.random.default_rng(3)
+    centres = _unit(rng, 20, 64)
+    label = rng.integers(0, 20, size=100)
+    db = centres[np.broadcast_to(label, (4, 100))] + 0.05 * rng.normal(size=(4, 100, 64)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=-1, keepdims=True)
+    spec = R.IndexSpec(kind=kind, nlist=8, nprobe=8, pq_m=16)
+    index = R.build_index(db, spec)
+    assert index.ntotal == 400 and R.index_bytes(index) > 0
+    res = R.search(None, db[2, :50], k=5, index=index, num_db=100)
+    assert res.db_index.shape == (50, 5) and (res.db_index >= 0).all()
+    top1 = np.mean((res.db_index[:, 0] == np.arange(50)) & (res.angle[:, 0] == 180))
+    if kind in ("flat", "sq_fp16", "ivf_flat"):  # exact or exact within the probed cells (all)
+        assert top1 == 1.0
+    else:  # lossy codes blur near-duplicates, but the cluster structure must survive
+        assert np.mean(label[res.db_index[:, 0]] == label[:50]) >= 0.95
+
+
+# -- random baseline -------------------------------------------------------------------------
+def test_random_recall_closed_form_and_simulation() -> None:
+    # One positive among 10 images: R@n = n/10 exactly.
+    np.testing.assert_allclose(R.random_recall_curve(10, [1], 10), 10.0 * np.arange(1, 11), rtol=1e-6)
+    # Against a seeded simulation of random rankings of 4 copies per image.
+    num_db, pos, k = 25, [1, 3, 6], 20
+    expect = R.random_recall_curve(num_db, pos, k, copies=4)
+    rng = np.random.default_rng(0)
+    hits = np.zeros(k)
+    sims = 4000
+    for _ in range(sims):
+        for p in pos:
+            order = rng.permutation(4 * num_db) % num_db  # rotation-major copies
+            first = np.flatnonzero(order < p)[0]  # images 0..p-1 are the positives
+            hits[first:] += first < k
+    np.testing.assert_allclose(100 * hits / (sims * len(pos)), expect, atol=1.5)
+    # More ranks than the list holds: everything is found.
+    assert R.random_recall_curve(2, [1], 10, copies=4)[-1] == pytest.approx(100.0)
+
+
+# -- orientation -----------------------------------------------------------------------------
+def test_circular_error_and_summary() -> None:
+    assert R.circular_error_deg([0, 90, 270, 0], [350, -90, -90, 180]).tolist() == [10, 180, 0, 180]
+    s = R.orientation_summary([0, 90, 180, -1], [30, 150, np.nan, 0])
+    assert s["num_scored"] == 2 and s["within_45deg"] == 50.0 and s["within_90deg"] == 100.0
+
+
+# -- images and embedding ----------------------------------------------------------------------
+def test_load_image_rgb_square_normalised(tmp_path: Path) -> None:
+    Image.new("L", (60, 40), 128).save(tmp_path / "g.png")
+    Image.new("RGBA", (40, 40), (255, 0, 0, 10)).save(tmp_path / "a.png")
+    g = R.load_image(tmp_path / "g.png", 20)
+    assert g.shape == (3, 20, 20)
+    np.testing.assert_allclose(g[:, 0, 0].numpy(), (128 / 255 - np.array(R.IMAGENET_MEAN)) / R.IMAGENET_STD, atol=1e-5)
+    a = R.load_image(tmp_path / "a.png", 20)
+    assert a.shape == (3, 20, 20) and a[0].mean() > 2.0  # red, alpha dropped
+    with pytest.raises(InputError, match="missing.jpg"):
+        R.load_image(tmp_path / "missing.jpg", 20)
+    with pytest.raises(InputError, match="missing.jpg"):
+        R.check_images_exist([tmp_path / "g.png", tmp_path / "missing.jpg"], "test")
+
+
+def test_embed_memmap_and_rotated_copy_retrieved(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(6):
+        arr = rng.integers(0, 255, size=(24, 24, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"db{i}.png")
+        paths.append(tmp_path / f"db{i}.png")
+        if i == 4:  # the query: image 4 turned 90° counter-clockwise (PIL's rotate is CCW)
+            Image.fromarray(arr).rotate(90).save(tmp_path / "q.png")
+    model = TinyNet()
+    kw = dict(image_size=24, batch_size=4, num_workers=0)
+    ram = R.embed(model, paths, **kw)
+    mm = R.embed(model, paths, out=tmp_path / "db.npy", **kw)
+    assert ram.shape == (4, 6, 32) and isinstance(mm, np.memmap)
+    np.testing.assert_array_equal(np.load(tmp_path / "db.npy", mmap_mode="r"), ram)
+    np.testing.assert_allclose(np.linalg.norm(ram, axis=-1), 1.0, rtol=1e-5)
+    q = R.embed(model, [tmp_path / "q.png"], rotations=(0,), **kw)
+    res = R.search(ram, q, k=3)
+    assert (res.db_index[0, 0], res.angle[0, 0]) == (4, 90)
+    assert res.score[0, 0] == pytest.approx(1.0, abs=1e-5)
