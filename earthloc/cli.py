@@ -60,10 +60,24 @@ def cmd_evalset(args: argparse.Namespace) -> None:
     evalset.main(args)
 
 
+def cmd_fetch(args: argparse.Namespace) -> None:
+    from pipeline.stages import fetch
+
+    fetch.main(args)
+
+
 def cmd_audit(args: argparse.Namespace) -> None:
     from pipeline.stages import audit
 
     return audit.main(args)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from earthloc import train
+    from pipeline.params import load_params
+
+    paths = train.TrainPaths(args.tiles, args.grid, args.out, args.checkpoints, args.live_dir)
+    train.run(load_params(args.params), paths)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -111,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=None, help="default: data/evalsets/<name>")
     p.set_defaults(func=cmd_evalset)
 
+    p = sub.add_parser("fetch", help="database images of one (year, zoom) shard", description="Fetch the regions of the areas of interest (params fetch.aois) for one year and zoom from the WMTS source (the local synthetic Earth by default) into the tile store, resuming where a previous run stopped.")
+    _params_arg(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--year", type=int, help="layer year (2018..2021)")
+    g.add_argument("--all", action="store_true", help="every shard of fetch.years x fetch.zooms, one after another")
+    p.add_argument("--zoom", default=None, help="zoom, e.g. 09 or 9 (with --year)")
+    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
+    p.add_argument("--root", type=Path, default=Path("tiles"), help="tile store root (default: tiles)")
+    p.add_argument("--summary", type=Path, default=None, help="metrics JSON (default: data/fetch/<YEAR>_<ZZ>.json)")
+    p.add_argument("--scheduler", default=None, help="dask scheduler address (else params fetch.run.scheduler_address or an in-process cluster)")
+    p.set_defaults(func=cmd_fetch)
+
     p = sub.add_parser("audit", help="inspect an intersection file", description="Show the regions a query overlaps (km², IoU, fractions) with a GeoJSON and a PNG map, or --check a file against the footprints.")
     _params_arg(p)
     p.add_argument("intersections", type=Path, help="intersections Parquet or upstream .pt file")
@@ -122,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=2000, help="queries to re-derive with --check (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("train", help="train the EarthLoc model", description="Train (or resume) the EarthLoc model on every region with all four years in the tile store; params sections train, model, augment, loss. Under torchrun, DistributedDataParallel.")
+    _params_arg(p)
+    p.add_argument("--tiles", type=Path, default=Path("tiles"), help="tile store root (default: tiles)")
+    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"), help="regions GeoParquet (footprints)")
+    p.add_argument("--out", type=Path, default=Path("models/earthloc.pt"), help="best model (default: models/earthloc.pt)")
+    p.add_argument("--checkpoints", type=Path, default=Path("models/train/checkpoints"), help="resumable checkpoints")
+    p.add_argument("--live-dir", type=Path, default=Path("models/train/dvclive"), help="dvclive metrics and plots")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="region images -> GeoTIFF for GIS", description="Write region images (by id, one query's positives, or a whole shard) as Cloud-Optimized GeoTIFFs in EPSG:3857, one per region or one --mosaic.")
     _params_arg(p)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class RunConfig:
     max_in_flight: int | None = None  # tasks at once; default 4 x threads
     checkpoint_s: float = 30.0  # manifest write interval
     tiles_per_task: int = 4  # tiles fetched one after another by one dask task (amortises task overhead)
+    writers: int = 2  # threads that decode tiles and encode mosaics in the driver
+    source_id: str = ""  # what produced the images (recorded per region; see stages/fetch.py)
     progress: bool = True
     region_tiles: int = 4
 
@@ -113,6 +116,11 @@ def _jobs_for_shard(df: pd.DataFrame, year: int, size: int) -> list[_Job]:
     return jobs
 
 
+def planned_paths(regions_df: pd.DataFrame, year: int, zoom: int, size: int = 4) -> set[str]:
+    """Store-relative image paths of the regions of `zoom` in `regions_df` for `year`."""
+    return {j.relpath for j in _jobs_for_shard(_describe(regions_df, [zoom], size), year, size)}
+
+
 def _complete_ids(store: TileStore, year: int, zoom: int, jobs: list[_Job]) -> set[str]:
     """Regions already done: manifest says ok, same path, file hash unchanged."""
     man = store.load_manifest(year, zoom)
@@ -140,6 +148,9 @@ class _Run:
         self.failed_by_reason: Counter[str] = Counter()
         self.last_checkpoint = time.monotonic()
         self.bar: tqdm | None = None
+        self.writer = ThreadPoolExecutor(max(1, rc.writers), thread_name_prefix="mosaic")
+        self.writes: deque[tuple[_Job, Future[tuple[str, str | None, int | None, str]]]] = deque()
+        self.max_pending_writes = 8 * max(1, rc.writers)
 
     def add_jobs(self, jobs: list[_Job]) -> None:
         for job in jobs:
@@ -187,21 +198,41 @@ class _Run:
                 self.finish(job)
 
     def finish(self, job: _Job) -> None:
-        """All of a job's tiles are resolved: write its mosaic or record why not."""
-        status, sha, nbytes = "ok", None, None
-        reason = ";".join(dict.fromkeys(job.problems))
+        """All of a job's tiles are resolved: write its mosaic (on the writer pool) or record why not."""
         if job.missing:
             status = "not_found" if all(m.startswith("not_found") for m in job.missing) else "failed"
-            reason = ";".join(job.missing + ([reason] if reason else []))
-        else:
-            layer = self.cfg.layer(job.year)
-            try:
-                data = [self.store.read_tile(layer, k.z, k.y, k.x) for k in job.keys]
-                sha, nbytes = self.store.write_mosaic(job.relpath, data, self.rc.jpeg_quality)
-            except OSError as exc:  # a corrupt cached tile: drop the job's tiles so a rerun refetches
-                for k in job.keys:
-                    self.store.drop_tile(layer, k.z, k.y, k.x)
-                status, reason = "failed", f"cache_corrupt: {exc}"
+            problems = ";".join(dict.fromkeys(job.problems))
+            self.record(job, status, None, None, ";".join(job.missing + ([problems] if problems else [])))
+            return
+        # Decoding 16 tiles and encoding a 1024-px JPEG costs tens of ms; Pillow releases
+        # the GIL while it does so, so a few writer threads keep up with the downloads.
+        self.writes.append((job, self.writer.submit(self.write_mosaic, job)))
+        self.drain(block=len(self.writes) > self.max_pending_writes)
+
+    def write_mosaic(self, job: _Job) -> tuple[str, str | None, int | None, str]:
+        """(status, sha256, bytes, reason) of writing one region image (runs on a writer thread)."""
+        layer = self.cfg.layer(job.year)
+        reason = ";".join(dict.fromkeys(job.problems))
+        try:
+            data = [self.store.read_tile(layer, k.z, k.y, k.x) for k in job.keys]
+            sha, nbytes = self.store.write_mosaic(job.relpath, data, self.rc.jpeg_quality)
+        except OSError as exc:  # a corrupt cached tile: drop the job's tiles so a rerun refetches
+            for k in job.keys:
+                self.store.drop_tile(layer, k.z, k.y, k.x)
+            return "failed", None, None, f"cache_corrupt: {exc}"
+        return "ok", sha, nbytes, reason
+
+    def drain(self, block: bool = False) -> None:
+        """Record finished mosaic writes; with `block`, wait until at most half the window is pending.
+
+        A region's manifest row is added only after its file is in place, so a checkpoint
+        never claims an image that a kill could still lose."""
+        target = self.max_pending_writes // 2 if block else None
+        while self.writes and (self.writes[0][1].done() or (target is not None and len(self.writes) > target)):
+            job, fut = self.writes.popleft()
+            self.record(job, *fut.result())
+
+    def record(self, job: _Job, status: str, sha: str | None, nbytes: int | None, reason: str) -> None:
         self.counts[f"regions_{'written' if status == 'ok' else status}"] += 1
         self.region_rows.setdefault((job.year, job.zoom), []).append(
             {
@@ -209,15 +240,22 @@ class _Run:
                 "sha256": sha, "bytes": nbytes, "url_template": self.cfg.url_template,
                 "layer": self.cfg.layer(job.year), "tiles": [f"{k.z}/{k.y}/{k.x}" for k in job.keys],
                 "status": status, "attempts": job.attempts, "reason": reason, "fetched_at": _now(),
+                "source_id": self.rc.source_id,
             }
         )  # fmt: skip
         if self.bar is not None:
             self.bar.update(1)
         if time.monotonic() - self.last_checkpoint >= self.rc.checkpoint_s:
-            self.checkpoint()
+            self.checkpoint(wait=False)
 
-    def checkpoint(self) -> None:
-        """Merge finished rows into the manifests (atomic), so a kill loses at most this interval."""
+    def checkpoint(self, wait: bool = True) -> None:
+        """Merge finished rows into the manifests (atomic), so a kill loses at most this interval.
+
+        With `wait`, pending mosaic writes are finished and recorded first."""
+        if wait:
+            while self.writes:
+                job, fut = self.writes.popleft()
+                self.record(job, *fut.result())
         for (year, zoom), rows in self.region_rows.items():
             if rows:
                 self.store.save_manifest(year, zoom, pd.DataFrame(rows))
@@ -348,8 +386,9 @@ def fetch_regions(
                         if cluster is not None:
                             cluster.close()
         finally:
+            run.checkpoint()  # waits for the pending mosaic writes
+            run.writer.shutdown()
             run.bar.close()
-            run.checkpoint()
             for year in years:
                 for zoom in zooms:
                     store.write_attribution(year, zoom, cfg.layer(year), rc.jpeg_quality, rc.source)

@@ -31,7 +31,7 @@ from pipeline.io import atomic_path, write_text
 
 REGION_COLUMNS = [
     "region_id", "year", "zoom", "path", "sha256", "bytes", "url_template", "layer", "tiles",
-    "status", "attempts", "reason", "fetched_at",
+    "status", "attempts", "reason", "fetched_at", "source_id",
 ]  # fmt: skip
 TILE_COLUMNS = ["year", "z", "y", "x", "url", "status", "attempts", "reason", "history", "bytes", "fetched_at"]
 
@@ -163,6 +163,11 @@ class TileStore:
         with atomic_path(self.manifest_path(year, zoom, kind)) as tmp:
             merged.to_parquet(tmp, index=False, compression="zstd")
         return merged
+
+    def replace_manifest(self, year: int, zoom: int, rows: pd.DataFrame, kind: str = "regions") -> None:
+        """Write the shard's manifest as exactly `rows` (atomic)."""
+        with atomic_path(self.manifest_path(year, zoom, kind)) as tmp:
+            rows.reset_index(drop=True).to_parquet(tmp, index=False, compression="zstd")
 
     # -- crash hygiene --------------------------------------------------------------------
     def sweep_temp(self, year: int, zoom: int, layer: str) -> int:

@@ -8,6 +8,7 @@ No I/O here; the `evalset` stage reads the inputs and writes the outputs."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -30,6 +31,10 @@ class EvalSetSpec:
     lon: float
     query_radius_km: float
     db_radius_km: float
+    # Disjoint query splits around one POI (e.g. a validation set beside a test set):
+    # a query belongs to fold query_fold(id, folds); the set keeps the folds in `take_folds`.
+    folds: int = 1
+    take_folds: tuple[int, ...] = (0,)
 
     def __post_init__(self) -> None:
         for field in ("lat", "lon", "query_radius_km", "db_radius_km"):
@@ -41,6 +46,8 @@ class EvalSetSpec:
             raise ValueError(f"lon {self.lon} outside [-180, 180]")
         if self.query_radius_km <= 0 or self.db_radius_km <= 0:
             raise ValueError("radii must be positive")
+        if self.folds < 1 or not self.take_folds or not all(0 <= f < self.folds for f in self.take_folds):
+            raise ValueError(f"take_folds {list(self.take_folds)} must be a non-empty subset of 0..{self.folds - 1}")
 
 
 @dataclass(frozen=True)
@@ -56,13 +63,26 @@ class EvalSet:
       ordered by (query_index, db_index).
     - `dropped`: query_id, reason, num_positives, num_outside_db, nadir_dist_km;
       ordered by query_id.
-    - `num_within_radius`: queries within T_q before the drops."""
+    - `num_within_radius`: queries within T_q before the drops (and in the taken folds).
+    - `num_other_folds`: queries within T_q that belong to folds this set does not take."""
 
     queries: pd.DataFrame
     database: pd.DataFrame
     positives: pd.DataFrame
     dropped: pd.DataFrame
     num_within_radius: int
+    num_other_folds: int = 0
+
+
+def query_fold(query_ids: npt.ArrayLike, folds: int) -> npt.NDArray[np.int64]:
+    """Stable fold in 0..folds-1 of each query id: the first 8 bytes of its SHA-256.
+
+    A hash, not a position, so a query keeps its fold when others are added or removed."""
+    ids = np.asarray(query_ids, dtype=object)
+    if folds == 1:
+        return np.zeros(len(ids), dtype=np.int64)
+    digests = [int.from_bytes(hashlib.sha256(str(q).encode()).digest()[:8], "big") for q in ids]
+    return np.asarray([d % folds for d in digests], dtype=np.int64)
 
 
 def within_radius(
@@ -86,6 +106,9 @@ def select_evalset(
     # 1. Queries by nadir distance, in query_id order.
     q_mask, q_dist = within_radius(spec.lat, spec.lon, queries["nadir_lat"], queries["nadir_lon"], spec.query_radius_km)
     within = queries.loc[q_mask].assign(nadir_dist_km=q_dist[q_mask])
+    in_fold = np.isin(query_fold(within["query_id"].to_numpy(), spec.folds), list(spec.take_folds))
+    num_other_folds = int((~in_fold).sum())
+    within = within.loc[in_fold]
     within = within.sort_values("query_id", kind="stable").reset_index(drop=True)
 
     # 2. Database by centre distance, in (zoom, row, col) order.
@@ -137,7 +160,8 @@ def select_evalset(
         }
     )
     positives = positives.sort_values(["query_index", "db_index"], kind="stable").reset_index(drop=True)
-    return EvalSet(queries=kept, database=database, positives=positives, dropped=dropped, num_within_radius=len(within))
+    return EvalSet(queries=kept, database=database, positives=positives, dropped=dropped, num_within_radius=len(within),
+                   num_other_folds=num_other_folds)
 
 
 def summarize(spec: EvalSetSpec, ev: EvalSet) -> dict[str, object]:
@@ -157,6 +181,9 @@ def summarize(spec: EvalSetSpec, ev: EvalSet) -> dict[str, object]:
         "db_radius_km": float(spec.db_radius_km),
         "earth_radius_km": EARTH_RADIUS_KM,
         "num_within_radius": int(ev.num_within_radius),
+        "folds": int(spec.folds),
+        "take_folds": [int(f) for f in spec.take_folds],
+        "num_other_folds": int(ev.num_other_folds),
         "num_queries": int(len(ev.queries)),
         "num_db": int(len(ev.database)),
         "num_dropped": int(len(ev.dropped)),

@@ -68,6 +68,8 @@ def load_spec(params: dict[str, Any], name: str) -> tuple[EvalSetSpec, int]:
             lon=float(entry["lon"]),
             query_radius_km=float(entry["query_radius_km"]),
             db_radius_km=float(entry["db_radius_km"]),
+            folds=int(entry.get("folds", 1)),
+            take_folds=tuple(int(f) for f in entry.get("take_folds", [0])),
         )
         year = int(sec.get("year", 2021))
     except (TypeError, ValueError) as exc:

@@ -1,0 +1,230 @@
+"""fetch stage: one shard (year, zoom) of database images into the tile store.
+
+DVC runs one instance per (year, zoom) (`matrix` in dvc.yaml), each writing its own
+folder `tiles/database/<YEAR>_<ZZ>/` and manifests, all `persist`ed: a killed or failed
+run keeps what it wrote and the next run resumes (pipeline/fetch/run.py).
+
+Sources (params `fetch.source`):
+- `synthetic` (the offline default): the stage starts the procedural-Earth WMTS on
+  127.0.0.1 at an ephemeral port, points the EOX URL template at it (same path and query
+  layout) and stops it at the end; the same HTTP client code runs as against EOX.
+- `eox`: EOX's production WMTS, with the polite limits of params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+
+from pipeline.errors import ConfigError, FetchError, InputError
+from pipeline.fetch.client import EOX_KVP, EOX_LAYER, EOX_RESTFUL, ClientConfig
+from pipeline.fetch.run import DESCRIBED, RunConfig, fetch_regions, planned_paths
+from pipeline.fetch.store import TileStore, shard_name
+from pipeline.geo.aoi import Aoi, in_aois
+from pipeline.io import write_json
+from pipeline.params import load_params, section
+
+SOURCES = ("synthetic", "eox")
+URL_FORMS = {"rest": EOX_RESTFUL, "kvp": EOX_KVP}
+
+
+@dataclass(frozen=True)
+class FetchParams:
+    """The `fetch` section of params.yaml."""
+
+    source: str
+    url_form: str
+    years: tuple[int, ...]
+    zooms: tuple[int, ...]
+    aois: tuple[Aoi, ...] | None  # None: the whole world
+    client: ClientConfig
+    run: RunConfig
+    synthetic_seed: int
+    synthetic_client: dict[str, Any]  # client overrides for the local server (no politeness needed)
+    keep_tile_cache: bool
+    max_failed_fraction: float
+
+    @classmethod
+    def from_section(cls, sec: dict[str, Any]) -> FetchParams:
+        source = sec.get("source", "synthetic")
+        if source not in SOURCES:
+            raise ConfigError(f"fetch.source must be one of {SOURCES}, got {source!r}")
+        url_form = sec.get("url_form", "rest")
+        if url_form not in URL_FORMS:
+            raise ConfigError(f"fetch.url_form must be one of {sorted(URL_FORMS)}, got {url_form!r}")
+        try:
+            years = tuple(int(y) for y in sec["years"])
+            # Zooms are written as upstream's two-digit folder names ("09") so that dvc.yaml's
+            # matrix can name the shard folders; they are numbers to the code.
+            zooms = tuple(int(str(z), 10) for z in sec["zooms"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"params fetch: years and zooms must be lists of integers ({exc})") from exc
+        raw_aois = sec.get("aois")
+        try:
+            aois = None if raw_aois is None else tuple(Aoi.from_dict(a, f"aoi{i}") for i, a in enumerate(raw_aois))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"params fetch.aois: {exc}") from exc
+        client_keys = dict(sec.get("client") or {})
+        client_keys.setdefault("url_template", sec.get("url_template") or URL_FORMS[url_form])
+        client_keys.setdefault("layer_template", sec.get("layer_template", EOX_LAYER))
+        if "contact" in sec:
+            client_keys.setdefault("contact", sec["contact"])
+        synthetic = dict(sec.get("synthetic") or {})
+        seed = int(synthetic.pop("seed", 0))
+        return cls(
+            source=source,
+            url_form=url_form,
+            years=years,
+            zooms=zooms,
+            aois=aois,
+            client=ClientConfig.from_section(client_keys),
+            run=RunConfig.from_section({**(sec.get("run") or {}), "source": source}),
+            synthetic_seed=seed,
+            synthetic_client=synthetic,
+            keep_tile_cache=bool(sec.get("keep_tile_cache", False)),
+            max_failed_fraction=float(sec.get("max_failed_fraction", 0.0)),
+        )
+
+
+def local_template(template: str, base_url: str) -> str:
+    """The same URL template with EOX's scheme and host replaced by the local server's."""
+    parts, base = urlsplit(template), urlsplit(base_url)
+    return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, parts.fragment))
+
+
+@contextmanager
+def tile_source(params: FetchParams) -> Iterator[ClientConfig]:
+    """The client config to use; for the synthetic source, a local server lives as long as the block."""
+    if params.source != "synthetic":
+        yield params.client
+        return
+    from pipeline.synthetic.server import SyntheticTileServer
+
+    with SyntheticTileServer(seed=params.synthetic_seed) as server:
+        cfg = replace(
+            params.client,
+            url_template=local_template(params.client.url_template, server.base_url),
+            **params.synthetic_client,
+        )
+        yield cfg
+
+
+def select_regions(grid: Path, zoom: int, aois: tuple[Aoi, ...] | None) -> pd.DataFrame:
+    """Regions of `zoom` inside the areas of interest, with what fetch_regions needs."""
+    if not grid.exists():
+        raise InputError(f"{grid}: no such file (run the grid stage first)")
+    try:
+        df = pd.read_parquet(grid, columns=DESCRIBED)
+    except Exception as exc:  # pyarrow raises many types; report one line
+        raise InputError(f"{grid}: cannot read the region columns {DESCRIBED} ({exc})") from exc
+    df = df[df["zoom"] == zoom]
+    return df[in_aois(df["center_lat"].to_numpy(), df["center_lon"].to_numpy(), aois)].reset_index(drop=True)
+
+
+def prune_shard(store: TileStore, year: int, zoom: int, keep_paths: set[str]) -> int:
+    """Delete images (and manifest rows) of regions no longer planned, e.g. after the AOI shrank,
+    so the persisted shard holds exactly the planned regions."""
+    shard = store.shard_dir(year, zoom)
+    removed = 0
+    if shard.exists():
+        for p in shard.rglob("*.jpg"):
+            if p.relative_to(store.root).as_posix() not in keep_paths:
+                p.unlink()
+                removed += 1
+        for d in sorted((d for d in shard.rglob("*") if d.is_dir()), reverse=True):
+            if not any(d.iterdir()):
+                d.rmdir()
+    man = store.load_manifest(year, zoom)
+    if not man.empty and not man["path"].isin(list(keep_paths)).all():
+        store.replace_manifest(year, zoom, man[man["path"].isin(list(keep_paths))])
+    return removed
+
+
+def source_id(params: FetchParams) -> str:
+    """What determines the pixels: the URL template and layer for a real source; for the
+    synthetic one, its seed and the world's code (the local server's port changes every run)."""
+    if params.source != "synthetic":
+        return f"{params.client.url_template}|{params.client.layer_template}"
+    import hashlib
+
+    from pipeline.synthetic import world
+
+    code = hashlib.sha256(Path(world.__file__).read_bytes()).hexdigest()[:16]
+    return f"synthetic|seed={params.synthetic_seed}|world={code}"
+
+
+def reset_if_source_changed(store: TileStore, year: int, zoom: int, layer: str, sid: str) -> bool:
+    """Images of a shard made by another source (or another version of the synthetic world)
+    must not be resumed into: delete the shard, its manifests and its raw tiles."""
+    man = store.load_manifest(year, zoom)
+    if man.empty or ("source_id" in man and set(man["source_id"].dropna()) <= {sid}):
+        return False
+    print(f"fetch {shard_name(year, zoom)}: the stored images come from another source; fetching the shard anew")
+    shutil.rmtree(store.shard_dir(year, zoom), ignore_errors=True)
+    shutil.rmtree(store.root / ".tilecache" / layer / str(zoom), ignore_errors=True)
+    for kind in ("regions", "tiles"):
+        store.manifest_path(year, zoom, kind).unlink(missing_ok=True)
+    return True
+
+
+def run_shard(
+    params: FetchParams, year: int, zoom: int, grid: Path, root: Path, summary_path: Path | None,
+    scheduler: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    if year not in params.years or zoom not in params.zooms:
+        raise ConfigError(f"shard {shard_name(year, zoom)} is not in fetch.years x fetch.zooms of params")
+    regions = select_regions(grid, zoom, params.aois)
+    rc = replace(params.run, source_id=source_id(params))
+    if scheduler is not None:
+        rc = replace(rc, scheduler_address=scheduler)
+    store = TileStore(root)
+    reset_if_source_changed(store, year, zoom, params.client.layer(year), rc.source_id)
+    with tile_source(params) as cfg:
+        summary = fetch_regions(regions, [year], [zoom], root, cfg, rc)
+    summary["pruned_images"] = prune_shard(store, year, zoom, planned_paths(regions, year, zoom, rc.region_tiles))
+    failed = summary["regions_failed"]
+    if not params.keep_tile_cache and failed == 0:
+        # Mosaics are what the pipeline uses; raw tiles would double the disk use of a world build.
+        shutil.rmtree(store.root / ".tilecache" / params.client.layer(year) / str(zoom), ignore_errors=True)
+    if summary_path is not None:
+        write_json(summary_path, metrics(summary, year, zoom, params, len(regions)))
+    if summary["region_years"] and failed > params.max_failed_fraction * summary["region_years"]:
+        raise FetchError(
+            f"{failed} of {summary['region_years']} region images of {shard_name(year, zoom)} failed "
+            f"(reasons in {store.manifest_path(year, zoom)}); rerun to retry them, nothing complete is fetched again"
+        )
+    return summary
+
+
+def metrics(summary: dict[str, Any], year: int, zoom: int, params: FetchParams, n_regions: int) -> dict[str, Any]:
+    """What a shard holds (DVC metrics): counts that do not depend on timing."""
+    return {
+        "shard": shard_name(year, zoom),
+        "source": params.source,
+        "regions_planned": n_regions,
+        "regions_written_this_run": summary["regions_written"],
+        "regions_already_complete": summary["regions_skipped"],
+        "regions_not_found": summary["regions_not_found"],
+        "regions_failed": summary["regions_failed"],
+        "tiles_needed": summary["tiles_needed"],
+        "naive_requests": summary["naive_requests"],
+        "pruned_images": summary["pruned_images"],
+    }
+
+
+def main(args: argparse.Namespace) -> None:
+    params = FetchParams.from_section(section(load_params(args.params), "fetch"))
+    if not args.all and args.zoom is None:
+        raise ConfigError("--zoom is required with --year")
+    shards = [(y, z) for y in params.years for z in params.zooms] if args.all else [(args.year, int(args.zoom, 10))]
+    for year, zoom in shards:
+        summary_path = args.summary if args.summary is not None else Path("data/fetch") / f"{shard_name(year, zoom)}.json"
+        run_shard(params, year, zoom, Path(args.grid), Path(args.root), summary_path, args.scheduler)
