@@ -153,11 +153,11 @@ _COLOUR_FNS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, T
 
 def apply_year(x: torch.Tensor, p: YearParams, out_size: int) -> torch.Tensor:
     """Transform a (R, 3, H, W) float slice in [0, 1] with one draw; returns (R, 3, S, S) in [0, 1]."""
-    x = TF.rotate(x, p.angle, interpolation=BILINEAR, expand=False, fill=0.0)
+    x = TF.rotate(x, p.angle, interpolation=BILINEAR, expand=False)
     x = TF.crop(x, *p.crop)
     side = p.crop.height
     start = [[0, 0], [side - 1, 0], [side - 1, side - 1], [0, side - 1]]
-    x = TF.perspective(x, start, [list(e) for e in p.endpoints], interpolation=BILINEAR, fill=0.0)
+    x = TF.perspective(x, start, [list(e) for e in p.endpoints], interpolation=BILINEAR)
     x = TF.crop(x, *p.box)
     x = TF.resize(x, [out_size, out_size], interpolation=BILINEAR, antialias=True)
     for i in p.colour_order:
