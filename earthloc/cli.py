@@ -80,14 +80,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     train.run(load_params(args.params), paths)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from earthloc import train
-    from pipeline.params import load_params
-
-    paths = train.TrainPaths(args.tiles, args.grid, args.out, args.checkpoints, args.live_dir)
-    train.run(load_params(args.params), paths)
-
-
 def cmd_export(args: argparse.Namespace) -> None:
     from pipeline import export
 
@@ -156,15 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=2000, help="queries to re-derive with --check (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_audit)
-
-    p = sub.add_parser("train", help="train the EarthLoc model", description="Train (or resume) the EarthLoc model on every region with all four years in the tile store; params sections train, model, augment, loss. Under torchrun, DistributedDataParallel.")
-    _params_arg(p)
-    p.add_argument("--tiles", type=Path, default=Path("tiles"), help="tile store root (default: tiles)")
-    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"), help="regions GeoParquet (footprints)")
-    p.add_argument("--out", type=Path, default=Path("models/earthloc.pt"), help="best model (default: models/earthloc.pt)")
-    p.add_argument("--checkpoints", type=Path, default=Path("models/train/checkpoints"), help="resumable checkpoints")
-    p.add_argument("--live-dir", type=Path, default=Path("models/train/dvclive"), help="dvclive metrics and plots")
-    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train", help="train the EarthLoc model", description="Train (or resume) the EarthLoc model on every region with all four years in the tile store; params sections train, model, augment, loss. Under torchrun, DistributedDataParallel.")
     _params_arg(p)
