@@ -1,0 +1,131 @@
+"""The fetch stage: params, AOI selection, the synthetic source end to end, resume,
+pruning after the AOI shrinks, a new source fetching the shard anew, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from earthloc.cli import main as cli_main
+from pipeline.errors import ConfigError
+from pipeline.fetch.client import EOX_KVP, EOX_RESTFUL
+from pipeline.geo.aoi import Aoi, in_aois
+from pipeline.geo.distance import haversine_km
+from pipeline.geo.names import parse_filename
+from pipeline.stages import fetch, grid
+
+ROOT = Path(__file__).resolve().parents[1]
+POI = (30.0, -95.0)
+
+
+def section(**over: Any) -> dict[str, Any]:
+    sec = yaml.safe_load((ROOT / "params.yaml").read_text())["fetch"]
+    sec = json.loads(json.dumps(sec))  # deep copy
+    sec.update(over)
+    sec["run"]["progress"] = False
+    sec["run"]["checkpoint_s"] = 0.0
+    return sec
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("grid") / "regions.parquet"
+    grid.run(out, grid.GridParams.from_section({"zooms": [10, 11], "bbox": [-96.0, 29.0, -94.0, 31.0]}))
+    return out
+
+
+def test_params_from_the_project_file() -> None:
+    p = fetch.FetchParams.from_section(section())
+    assert p.source == "synthetic" and p.zooms == (9, 10, 11) and p.years == (2018, 2019, 2020, 2021)
+    assert p.client.url_template == EOX_RESTFUL and p.client.min_interval_s >= 0.5  # polite toward EOX
+    assert p.aois is not None and p.aois[0].radius_km > 0
+    assert fetch.FetchParams.from_section(section(url_form="kvp")).client.url_template == EOX_KVP
+    assert fetch.FetchParams.from_section(section(aois=None)).aois is None
+
+
+@pytest.mark.parametrize(
+    "over", [{"source": "bing"}, {"url_form": "wms"}, {"zooms": ["x"]}, {"aois": [{"lat": 0, "lon": 0}]},
+             {"aois": [{"lat": 95, "lon": 0, "radius_km": 10}]}],
+)  # fmt: skip
+def test_bad_params_are_config_errors(over: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        fetch.FetchParams.from_section(section(**over))
+
+
+def test_local_template_keeps_eox_layout() -> None:
+    local = fetch.local_template(EOX_KVP, "http://127.0.0.1:5555")
+    assert local.startswith("http://127.0.0.1:5555/wmts?layer={layer}&") and local.endswith("TileRow={y}")
+    assert fetch.local_template(EOX_RESTFUL, "http://127.0.0.1:1").endswith("/wmts/1.0.0/{layer}/default/g/{z}/{y}/{x}.jpg")
+
+
+def test_in_aois_is_strict_and_none_is_world() -> None:
+    lat = np.array([30.0, 30.0, 40.0])
+    lon = np.array([-95.0, -95.0 + 100.0 / 96.3, -95.0])
+    d = haversine_km(30.0, -95.0, lat, lon)
+    mask = in_aois(lat, lon, [Aoi("a", 30.0, -95.0, float(d[1]))])
+    assert mask.tolist() == [True, False, False]  # a point exactly at the radius is outside
+    assert in_aois(lat, lon, None).all()
+    two = [Aoi("a", 30.0, -95.0, 10.0), Aoi("b", 40.0, -95.0, 10.0)]
+    assert in_aois(lat, lon, two).tolist() == [True, False, True]
+
+
+def run(tmp: Path, grid_file: Path, radius_km: float, zoom: int = 11, **over: Any) -> dict[str, Any]:
+    sec = section(aois=[{"name": "t", "lat": POI[0], "lon": POI[1], "radius_km": radius_km}], **over)
+    params = fetch.FetchParams.from_section(sec)
+    return fetch.run_shard(params, 2021, zoom, grid_file, tmp / "tiles", tmp / f"m{zoom}.json")
+
+
+def test_synthetic_shard_end_to_end_resume_prune_and_reset(tmp_path: Path, grid_file: Path) -> None:
+    first = run(tmp_path, grid_file, 60.0)
+    regions = pd.read_parquet(grid_file)
+    expected = regions[(regions.zoom == 11) & in_aois(regions.center_lat, regions.center_lon, [Aoi("t", *POI, 60.0)])]
+    assert 1 < len(expected) < 20
+    assert first["regions_written"] == len(expected) and first["regions_failed"] == 0
+    files = sorted((tmp_path / "tiles" / "database" / "2021_11").rglob("*.jpg"))
+    assert {parse_filename(f.name).image_id for f in files} == set(expected.region_id)
+    with Image.open(files[0]) as im:
+        assert im.size == (1024, 1024) and im.mode == "RGB"
+    assert "SYNTHETIC" in (tmp_path / "tiles" / "database" / "2021_11" / "ATTRIBUTION.txt").read_text()
+    man = pd.read_parquet(tmp_path / "tiles" / "manifests" / "2021_11.parquet")
+    assert (man.status == "ok").all() and man.source_id.str.startswith("synthetic|seed=0|world=").all()
+    metrics = json.loads((tmp_path / "m11.json").read_text())
+    assert metrics["regions_planned"] == len(expected) and metrics["tiles_needed"] < metrics["naive_requests"]
+    assert not (tmp_path / "tiles" / ".tilecache" / "s2cloudless-2021_3857" / "11").exists()  # raw tiles dropped
+
+    # nothing is fetched again
+    again = run(tmp_path, grid_file, 60.0)
+    assert again["regions_written"] == 0 and again["regions_skipped"] == len(expected) and again["tiles_requested"] == 0
+
+    # a smaller AOI: the shard keeps exactly the planned regions
+    small = run(tmp_path, grid_file, 30.0)
+    kept = sorted((tmp_path / "tiles" / "database" / "2021_11").rglob("*.jpg"))
+    assert small["pruned_images"] == len(files) - len(kept) > 0
+    man = pd.read_parquet(tmp_path / "tiles" / "manifests" / "2021_11.parquet")
+    assert sorted(man.path) == sorted(p.relative_to(tmp_path / "tiles").as_posix() for p in kept)
+
+    # another world (seed): the shard is fetched anew, not resumed into
+    other = run(tmp_path, grid_file, 30.0, synthetic={"seed": 7, "max_concurrency": 4, "min_interval_s": 0.0})
+    assert other["regions_written"] == len(kept) and other["regions_skipped"] == 0
+    assert pd.read_parquet(tmp_path / "tiles" / "manifests" / "2021_11.parquet").source_id.str.contains("seed=7").all()
+
+
+def test_cli_shard_and_errors(tmp_path: Path, grid_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["fetch"] = section(aois=[{"lat": POI[0], "lon": POI[1], "radius_km": 40.0}])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["fetch", "--params", str(tmp_path / "params.yaml"), "--grid", str(grid_file), "--root", str(tmp_path / "t")]
+    assert cli_main([*args, "--year", "2021", "--zoom", "10", "--summary", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["shard"] == "2021_10"
+    assert cli_main([*args, "--year", "2017", "--zoom", "10"]) == 1
+    assert "not in fetch.years" in capsys.readouterr().err
+    assert cli_main([*args, "--year", "2021"]) == 1
+    assert cli_main(["fetch", "--params", str(tmp_path / "params.yaml"), "--grid", str(tmp_path / "nope.parquet"),
+                     "--year", "2021", "--zoom", "10"]) == 1  # fmt: skip
+    assert "run the grid stage first" in capsys.readouterr().err
