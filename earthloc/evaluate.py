@@ -1,0 +1,364 @@
+"""evaluate stage: one evaluation set, the trained model against three baselines.
+
+Reads `data/evalsets/<set>/{queries.csv, database.csv, positives.parquet}`, the images
+under `tiles/`, and the model checkpoint; writes to `data/eval/<set>/` (atomically):
+  metrics.json        DVC metrics: R@N uncollapsed (upstream's and the paper's count) and
+                      collapsed, per method (model, untrained, random, nadir), orientation
+                      accuracy, num_queries, num_db
+  curves/<method>.csv DVC plots: N, recall (percent) for N = 1..k, one file per series
+  predictions.parquet the model's top-k per query (uncollapsed, the list R@N counts):
+                      query_index, query_id, rank, db_index, region_id, score, angle_deg,
+                      is_positive, repeat (the image already appeared at a better rank)
+  grid.png            ~10 queries with their top-5 predictions framed green/red
+  audit.html          the interactive audit page (earthloc.audit_page)
+Protocol: earthloc.retrieval (paper Sec. 5.1.2, upstream §7)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from earthloc import retrieval as R
+from earthloc.baselines import nadir_ranking, region_bounds_table
+from pipeline.errors import ConfigError, InputError
+from pipeline.io import atomic_path, write_json, write_text
+
+BASELINES = ("random", "nadir", "untrained")
+COUNTING_NOTE = (
+    "R@N (uncollapsed) counts the raw 4x90-TTA result list as upstream's test.py does, so one DB image "
+    "seen at several rotations takes several ranks: this is what the paper's tables report. "
+    "'collapsed' keeps each DB image once, at its best rotation, then ranks images."
+)
+ORIENTATION_NOTE = (
+    "Predicted orientation = the counter-clockwise angle (0/90/180/270) by which the best-matching DB copy was "
+    "turned. Ground truth = the photo's ORIENTATION, read as the compass azimuth (clockwise from north) that the "
+    "photo's top edge faces: a north-up image turned counter-clockwise by that angle shows the photo's view. "
+    "Error = smallest angle between the two; within 45 deg = the right quadrant, the best a 90-degree TTA can do."
+)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """The `evaluate` section of params.yaml (image_size comes from the checkpoint)."""
+
+    sets: tuple[str, ...] = ("demo",)
+    model: str = "models/earthloc.pt"
+    tiles_root: str = "tiles"
+    evalsets_dir: str = "data/evalsets"
+    out_root: str = "data/eval"
+    regions: str = "data/grid/regions.parquet"  # for the audit page's footprints
+    batch_size: int = 16
+    num_workers: int = 2
+    k: int = 100
+    recall_ns: tuple[int, ...] = R.RECALL_NS
+    rotations: tuple[int, ...] = R.ROTATIONS
+    index: R.IndexSpec = field(default_factory=R.IndexSpec)
+    baselines: tuple[str, ...] = BASELINES
+    untrained_seed: int = 0
+    bf16: bool = False
+    features_dir: str | None = None  # keep descriptors as .npy memmaps here (null: in RAM)
+    grid_queries: int = 10
+    grid_top: int = 5
+    orientation_thresholds: tuple[float, ...] = (45.0, 90.0)
+    audit_page: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("sets", "recall_ns", "rotations", "baselines", "orientation_thresholds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ConfigError(f"params evaluate.baselines: unknown {unknown}; valid: {list(BASELINES)}")
+        if self.k < 1 or any(n < 1 or n > self.k for n in self.recall_ns):
+            raise ConfigError(f"params evaluate: recall_ns {list(self.recall_ns)} must lie in 1..k={self.k}")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("params evaluate: batch_size must be >= 1 and num_workers >= 0")
+        if not self.rotations or any(r % 90 for r in self.rotations) or self.rotations[0] != 0:
+            raise ConfigError("params evaluate.rotations: multiples of 90 starting with 0")
+
+    @classmethod
+    def from_section(cls, sec: dict[str, Any]) -> EvaluateParams:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(sec) - names)
+        if unknown:
+            raise ConfigError(f"params evaluate: unknown key(s) {unknown}")
+        kw = dict(sec)
+        if "index" in kw:
+            kw["index"] = R.IndexSpec.from_section(kw["index"])
+        try:
+            return cls(**kw)
+        except TypeError as exc:
+            raise ConfigError(f"params evaluate: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class MethodScores:
+    """One row of the results table."""
+
+    recalls: dict[int, float]
+    recalls_collapsed: dict[int, float]
+    curve: np.ndarray
+    curve_collapsed: np.ndarray
+    orientation: dict[str, Any] | None = None
+    note: str = ""
+
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f"R@{n}": _r(v) for n, v in self.recalls.items()}
+        out["collapsed"] = {f"R@{n}": _r(v) for n, v in self.recalls_collapsed.items()}
+        if self.orientation is not None:
+            out["orientation"] = self.orientation
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def _r(v: float) -> float | None:
+    return None if not np.isfinite(v) else round(float(v), 4)
+
+
+def _at(curve: np.ndarray, ns: Sequence[int]) -> dict[int, float]:
+    return {int(n): float(curve[n - 1]) for n in ns}
+
+
+def _from_result(res: R.EvalResult, note: str = "") -> MethodScores:
+    return MethodScores(res.recalls, res.recalls_collapsed, res.curve, res.curve_collapsed, res.orientation, note)
+
+
+# ---------------------------------------------------------------------------
+
+
+def evaluate_model(model: torch.nn.Module, image_size: int, ev: R.EvalSetFiles, p: EvaluateParams,
+                   set_dir: Path, features: Path | None) -> R.EvalResult:
+    res = R.evaluate_set(
+        model, set_dir, p.tiles_root, image_size=image_size, batch_size=p.batch_size, num_workers=p.num_workers,
+        k=p.k, ns=p.recall_ns, index_spec=p.index, rotations=p.rotations, features_dir=features, bf16=p.bf16,
+        evalset=ev,
+    )  # fmt: skip
+    if res.orientation is not None:
+        res.orientation.update(R.orientation_summary(res.search.angle[:, 0], _orientation(ev), p.orientation_thresholds))
+    return res
+
+
+def _orientation(ev: R.EvalSetFiles) -> np.ndarray:
+    if "orientation" not in ev.queries.columns:
+        return np.full(len(ev.queries), np.nan)
+    return ev.queries["orientation"].to_numpy(dtype=np.float64)
+
+
+def random_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
+    npos = [len(x) for x in ev.positives]
+    num_db = len(ev.database)
+    up = R.random_recall_curve(num_db, npos, p.k, copies=len(p.rotations))
+    col = R.random_recall_curve(num_db, npos, p.k, copies=1)
+    return MethodScores(_at(up, p.recall_ns), _at(col, p.recall_ns), up, col,
+                        note="expected recall of a uniformly random ranking, computed exactly (hypergeometric)")
+
+
+def nadir_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
+    for col in ("nadir_lat", "nadir_lon"):
+        if col not in ev.queries.columns:
+            raise InputError(f"queries.csv: missing column {col} (needed by the nadir baseline)")
+    db = ev.database
+    if "center_lat" in db.columns and "center_lon" in db.columns:
+        clat, clon = db["center_lat"].to_numpy(np.float64), db["center_lon"].to_numpy(np.float64)
+    else:
+        b = region_bounds_table(db["region_id"])
+        clat, clon = (b["south"] + b["north"]).to_numpy() / 2, (b["west"] + b["east"]).to_numpy() / 2
+    pred = nadir_ranking(ev.queries["nadir_lat"], ev.queries["nadir_lon"], clat, clon,
+                         region_bounds_table(db["region_id"]), p.k)
+    curve = R.recall_curve(pred, ev.positives)
+    rec = _at(curve, p.recall_ns)
+    return MethodScores(rec, dict(rec), curve, curve.copy(),
+                        note="regions containing the nadir point (coarsest zoom first, then nearest centre), "
+                             "then all others by centre distance to the nadir")
+
+
+def untrained_model(cfg: Any, seed: int) -> torch.nn.Module:
+    """The same architecture with a fixed-seed random init (ImageNet backbone weights when
+    the config names a local weights file, as upstream's eval.py without a checkpoint)."""
+    from earthloc.model import build_model
+
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        return build_model(cfg)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+# ---------------------------------------------------------------------------
+# Outputs
+
+
+def predictions_table(res: R.EvalResult, ev: R.EvalSetFiles) -> pd.DataFrame:
+    s = res.search.head(max(res.search.k, 1))
+    m, k = s.db_index.shape
+    qidx = np.repeat(np.arange(m), k)
+    db = s.db_index.ravel()
+    valid = db >= 0
+    region = np.where(valid, ev.database["region_id"].to_numpy(dtype=object)[np.where(valid, db, 0)], None)
+    is_pos = np.zeros(m * k, dtype=bool)
+    repeat = np.zeros(m * k, dtype=bool)
+    for qi in range(m):
+        row = s.db_index[qi]
+        is_pos[qi * k : (qi + 1) * k] = np.isin(row, ev.positives[qi]) & (row >= 0)
+        seen: set[int] = set()
+        for r, d in enumerate(row.tolist()):
+            repeat[qi * k + r] = d in seen and d >= 0
+            seen.add(d)
+    table = pd.DataFrame({
+        "query_index": qidx.astype(np.int64),
+        "query_id": ev.queries["query_id"].to_numpy(dtype=object)[qidx],
+        "rank": np.tile(np.arange(1, k + 1), m).astype(np.int64),
+        "db_index": db.astype(np.int64),
+        "region_id": region,
+        "score": s.score.ravel().astype(np.float32),
+        "angle_deg": s.angle.ravel().astype(np.int64),
+        "is_positive": is_pos,
+        "repeat": repeat,
+    })  # fmt: skip
+    return table[valid].reset_index(drop=True)
+
+
+def write_curves(dest: Path, scores: dict[str, MethodScores]) -> None:
+    """One CSV per series (DVC draws each file of a plots directory as one line)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted: set[str] = set()
+    for name, s in scores.items():
+        series = {name: s.curve}
+        if name != "nadir":  # nadir ranks images, no rotations: its collapsed curve is the same
+            series[f"{name}_collapsed"] = s.curve_collapsed
+        for sname, curve in series.items():
+            df = pd.DataFrame({"N": np.arange(1, len(curve) + 1), "recall": np.round(curve.astype(np.float64), 4)})
+            write_text(dest / f"{sname}.csv", df.to_csv(index=False, lineterminator="\n"))
+            wanted.add(f"{sname}.csv")
+    for stale in dest.glob("*.csv"):
+        if stale.name not in wanted:
+            stale.unlink()
+
+
+def write_grid(dest: Path, res: R.EvalResult, ev: R.EvalSetFiles, p: EvaluateParams, set_name: str) -> None:
+    from earthloc.evalviz import GridRow, pick_queries, render_grid
+
+    rows = []
+    for qi in pick_queries(len(ev.queries), p.grid_queries):
+        idx = res.search.db_index[qi, : p.grid_top]
+        keep = idx >= 0
+        idx = idx[keep]
+        angles = res.search.angle[qi, : p.grid_top][keep]
+        scores = res.search.score[qi, : p.grid_top][keep]
+        rids = ev.database["region_id"].to_numpy()[idx]
+        pos = np.isin(idx, ev.positives[qi])
+        q = ev.queries.iloc[qi]
+        rows.append(GridRow(
+            query_path=ev.query_paths[qi],
+            query_label=f"q{qi} {q['query_id']}\n{len(ev.positives[qi])} positives",
+            pred_paths=[ev.db_paths[i] for i in idx],
+            pred_angles=[int(a) for a in angles],
+            pred_labels=[f"#{r + 1} {rid}\n{s:.3f} rot {a}°" for r, (rid, s, a) in enumerate(zip(rids, scores, angles))],
+            pred_positive=[bool(x) for x in pos],
+        ))  # fmt: skip
+    title = (f"EarthLoc evaluation '{set_name}': queries (blue) and their top-{p.grid_top} predictions\n"
+             f"green = overlaps the query, red = does not; each prediction turned by its TTA angle (CCW)")
+    render_grid(dest, rows, title)
+
+
+def write_audit(out_dir: Path, set_dir: Path, p: EvaluateParams) -> str:
+    """Build audit.html with the audit-page helper; returns what happened (for the log)."""
+    try:
+        from earthloc.audit_page import audit_page_from_files
+    except ImportError:
+        return "audit page skipped: earthloc.audit_page is not available"
+    audit_page_from_files(set_dir, out_dir / "predictions.parquet", Path(p.regions),
+                          Path(p.tiles_root) / "queries", out_dir / "audit.html")
+    return f"audit page -> {out_dir / 'audit.html'}"
+
+
+# ---------------------------------------------------------------------------
+# Stage
+
+
+def run_set(name: str, p: EvaluateParams, model_path: Path | None = None, out_dir: Path | None = None) -> dict[str, Any]:
+    from earthloc.model import load_model
+
+    set_dir = Path(p.evalsets_dir) / name
+    out_dir = Path(out_dir) if out_dir is not None else Path(p.out_root) / name
+    model_path = Path(model_path) if model_path is not None else Path(p.model)
+    ev = R.read_evalset(set_dir, p.tiles_root)
+    model, cfg = load_model(model_path)
+    features = Path(p.features_dir) / name if p.features_dir else None
+
+    t0 = time.monotonic()
+    res = evaluate_model(model, cfg.image_size, ev, p, set_dir, features / "model" if features else None)
+    timings = {"model_s": round(time.monotonic() - t0, 1)}
+    scores: dict[str, MethodScores] = {"model": _from_result(res)}
+    if "untrained" in p.baselines:
+        t0 = time.monotonic()
+        base = untrained_model(cfg, p.untrained_seed)
+        res_u = evaluate_model(base, cfg.image_size, ev, p, set_dir, features / "untrained" if features else None)
+        scores["untrained"] = _from_result(res_u, f"same architecture, torch seed {p.untrained_seed}, not trained")
+        timings["untrained_s"] = round(time.monotonic() - t0, 1)
+    if "random" in p.baselines:
+        scores["random"] = random_scores(ev, p)
+    if "nadir" in p.baselines:
+        scores["nadir"] = nadir_scores(ev, p)
+
+    metrics: dict[str, Any] = {
+        "set": name,
+        "num_queries": len(ev.queries),
+        "num_db": len(ev.database),
+        "num_db_vectors": len(ev.database) * len(p.rotations),
+        "k": p.k,
+        "rotations": list(p.rotations),
+        "index": p.index.kind,
+        "image_size": cfg.image_size,
+        "model": str(model_path),
+        "counting": COUNTING_NOTE,
+        "orientation_convention": ORIENTATION_NOTE,
+        "methods": {k: v.metrics() for k, v in scores.items()},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "predictions.parquet") as tmp:
+        predictions_table(res, ev).to_parquet(tmp, index=False)
+    write_curves(out_dir / "curves", scores)
+    write_grid(out_dir / "grid.png", res, ev, p, name)
+    if p.audit_page:
+        metrics_note = write_audit(out_dir, set_dir, p)
+        print(metrics_note)
+    write_json(out_dir / "metrics.json", metrics)
+    print(summary_table(name, metrics, p.recall_ns))
+    print(f"timings: {timings}")
+    return metrics
+
+
+def summary_table(name: str, metrics: dict[str, Any], ns: Sequence[int]) -> str:
+    head = ["method"] + [f"R@{n}" for n in ns] + [f"R@{n} coll." for n in ns] + ["orient. ≤45°"]
+    lines = [f"evaluate {name}: {metrics['num_queries']} queries, {metrics['num_db']} DB images x "
+             f"{len(metrics['rotations'])} rotations, index {metrics['index']}",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, m in metrics["methods"].items():
+        o = (m.get("orientation") or {}).get("within_45deg")
+        cells = [method] + [_fmt(m.get(f"R@{n}")) for n in ns] + [_fmt(m["collapsed"].get(f"R@{n}")) for n in ns]
+        cells.append(_fmt(o))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def main(args: argparse.Namespace) -> None:
+    from pipeline.params import load_params, section
+
+    p = EvaluateParams.from_section(section(load_params(args.params), "evaluate"))
+    names = args.sets or list(p.sets)
+    for name in names:
+        run_set(name, p, model_path=args.model, out_dir=args.out_dir if len(names) == 1 else None)
