@@ -32,8 +32,9 @@ import mercantile  # noqa: E402
 from pipeline.synthetic.server import tune_allocator  # noqa: E402
 from pipeline.synthetic.world import render_tile  # noqa: E402
 
-# (lon, lat): farmland and woods, snowy mountains, tropical coast, desert, open sea
-PLACES = ((127.3, 31.9), (9.0, -48.6), (-62.2, -2.0), (-18.5, -22.9), (-170.0, 10.0))
+# (lon, lat) on the real Earth, whose land the world follows: Texas coastal plain, the
+# Alps, the Amazon mouth (coast), the Sahara, the open Pacific
+PLACES = ((-96.5, 30.5), (9.0, 46.3), (-48.5, -1.3), (10.0, 24.0), (-170.0, 10.0))
 YEARS = (2018, 2021)
 
 

@@ -60,8 +60,8 @@ def region_mosaic(z: int, x0: int, y0: int, year: int, seed: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lon", type=float, default=-88.3)
-    parser.add_argument("--lat", type=float, default=-55.4)
+    parser.add_argument("--lon", type=float, default=-95.0)
+    parser.add_argument("--lat", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "synthetic_world_z9_z10_z11.png")
     args = parser.parse_args()

@@ -1,6 +1,7 @@
 """The synthetic Earth (`pipeline.synthetic.world`) and its WMTS server
 (`pipeline.synthetic.server`): determinism, seamless tiles, zoom consistency, years that
-differ without moving the geography, an Earth-like sea fraction, and EOX's URL forms."""
+differ without moving the geography, an Earth-like sea fraction, land and sea where the
+real Earth has them, and EOX's URL forms."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from PIL import Image
 from pipeline.synthetic.server import SyntheticTileServer, layer_name
 from pipeline.synthetic.world import YEARS, render_lonlat, render_tile
 
-# Places of the default world (seed 0) with land: farmland and woods by a coast, snowy
-# mountains, tropical coast, desert.
-LAND = ((126.3, 30.8), (9.0, -48.6), (-62.2, -2.0), (-18.5, -22.9))
-ANTIMERIDIAN_LAT = -38.0  # land crosses 180 degrees here in the default world
+# Places on real land, hence land in the world (its continents follow the GLOBE mask):
+# Texas coastal plain, the Alps, the Amazon mouth (a coast), the Sahara.
+LAND = ((-96.5, 30.5), (9.0, 46.3), (-48.5, -1.3), (10.0, 24.0))
+ANTIMERIDIAN_LAT = 66.5  # Chukotka: land crosses 180 degrees here
 
 
 def _tile(lon: float, lat: float, z: int) -> mercantile.Tile:
@@ -278,3 +279,40 @@ def test_fault_hook_and_clean_shutdown() -> None:
     assert seen == [(path, 1), (path, 2)]
     with pytest.raises(requests.ConnectionError):
         requests.get(base + path, timeout=2)
+
+
+# --------------------------------------------------------------------------- real land
+
+
+def _water(rgb: np.ndarray) -> np.ndarray:
+    """Sea, lake and river pixels: the world paints water, and only water, blue-dominant."""
+    rgb = rgb.astype(int)
+    return (rgb[..., 2] > rgb[..., 0] + 20) & (rgb[..., 2] > rgb[..., 1])
+
+
+def test_land_and_sea_follow_the_real_land_mask() -> None:
+    """Points and whole tiles: where GLOBE (global-land-mask, the grid stage's mask) has
+    land the world shows land, where it has sea the world shows sea, up to the coast
+    detail its noise draws."""
+    from global_land_mask import globe
+
+    n = 3000  # an even spread (Fibonacci lattice) over the database's +-60 degrees
+    k = np.arange(n) + 0.5
+    lat = np.degrees(np.arcsin((1.0 - 2.0 * k / n) * math.sin(math.radians(60.0))))
+    lon = (k * 180.0 * (3.0 - math.sqrt(5.0))) % 360.0 - 180.0
+    real_land = globe.is_land(lat, lon)
+    shown_land = ~_water(render_lonlat(lon, lat, 2021, pixel_m=1000.0))
+    assert shown_land[real_land].mean() > 0.85  # lakes and rivers make up part of the rest
+    assert (~shown_land[~real_land]).mean() > 0.95
+    # tiles along the Gulf coast, over land, sea and coast: rendered land share vs GLOBE's
+    shares = []
+    for x in range(112, 124):
+        for y in (212, 214, 216):  # zoom 9, ~26-33 N, -101..-94 E
+            tile = render_tile(9, x, y, 2018, size=64)
+            b = mercantile.bounds(x, y, 9)
+            glon, glat = np.meshgrid(np.linspace(b.west, b.east, 64), np.linspace(b.north, b.south, 64))
+            shares.append(((~_water(tile)).mean(), globe.is_land(glat, glon).mean()))
+    shown, real = np.array(shares).T
+    assert real.min() < 0.1 and real.max() > 0.9  # the sample holds sea, land and coast
+    assert np.corrcoef(shown, real)[0, 1] > 0.9
+    assert np.abs(shown - real).mean() < 0.15

@@ -16,7 +16,14 @@ How it is built:
   pixels once. Because cell sizes are powers of two in pixels, an octave's nodes fall on
   the same ground points at every zoom, and the nodes of a shared tile edge are the same
   for both tiles: zooms agree and tiles join without seams. Octaves whose cells span
-  fewer than ~3 pixels are faded out (they would only alias). About 15 ms per tile.
+  fewer than ~3 pixels are faded out (they would only alias). About 15 ms per land tile.
+- The continents are the real ones: the continent field E is the noise plus a smooth
+  signed land field of the real Earth (`landfield`: GLOBE land fraction on a 0.25-degree
+  grid, blurred over ~50 km, Catmull-Rom interpolated from lon/lat, so it is the same at
+  every zoom, across tile edges and across the antimeridian). E's own octaves (600 km
+  cells and finer) move the coast by a few tens of km and draw its detail, so database
+  regions chosen with the real land mask and real query footprints show land where the
+  Earth has land. Climate (deserts, forests, snow) is still procedural.
 - Colour comes from elevation (continents, coasts, relief shading, snow, rock), a
   wetness/temperature biome table (desert .. rainforest, tundra), thin rivers along
   zero lines of noise fields, lakes above a noise threshold, agricultural patchwork and
@@ -33,6 +40,8 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.synthetic import landfield
+
 FloatArray = npt.NDArray[np.floating]
 U8Array = npt.NDArray[np.uint8]
 
@@ -46,7 +55,15 @@ YEARS = (2018, 2019, 2020, 2021)
 _NODES_PER_CELL = 2
 _MAX_NODE_SPACING = 64  # pixels; coarser octaves are simply oversampled
 _BORDER = 2  # extra pixels around a tile for the finite differences (relief, edges)
-_SEA_FRACTION = 0.70  # like Earth's 71 %
+# The real Earth's land (a blurred GLOBE land-fraction grid, `landfield`) biases the
+# continent field by up to +-_LAND_WEIGHT; the noise octaves of E then move the coast by a
+# few tens of km and draw its detail. The coast sits where noise + bias crosses the
+# noise's median, so on average it follows the real one and the sea share stays Earth's.
+_LAND_WEIGHT = np.float32(0.6)
+_COAST_QUANTILE = 0.5
+# Inland, the bias would lift whole continents into plateaus; elevation only keeps this
+# much of it (a coastal rise), the rest of the relief comes from the noise.
+_INLAND_BIAS_CAP = np.float32(0.15)
 
 # --------------------------------------------------------------------------- noise
 
@@ -187,13 +204,14 @@ class _Source:
 _TERRAIN_JS = range(3, 19)
 _SOURCES: tuple[_Source, ...] = (
     # One stack of 16 octaves (5000 km to 150 m cells) feeds four channels: E, plain fbm
-    # with gain 0.5, the continents and fractal coasts; R, ridged, mountain relief; H,
-    # hills everywhere; T, fine texture of vegetation and soil.
+    # with gain 0.5 from 600 km cells down, the coast detail and lowland relief on top of
+    # the real continents (`landfield`); R, ridged, mountain relief; H, hills everywhere;
+    # T, fine texture of vegetation and soil.
     _Source(
         1,
         tuple(_TERRAIN_JS),
         (
-            ("E", False, tuple(0.5 ** (j - 3) * (1.5 if j <= 4 else 1.0) for j in _TERRAIN_JS)),
+            ("E", False, tuple(0.65 ** (j - 6) if j >= 6 else 0.0 for j in _TERRAIN_JS)),
             # ridges and valleys 5-100 km across: a band, peaking at 40 km cells
             ("R", True, tuple(0.0 if j < 7 else 0.55 ** (10 - j) if j < 10 else 0.5 ** (j - 10) for j in _TERRAIN_JS)),
             ("H", False, tuple(0.6 ** (j - 9) if j >= 9 else 0.0 for j in _TERRAIN_JS)),
@@ -444,6 +462,11 @@ class _TileSampler:
                 out[index] = _per_channel(acc[index], step)
         return out
 
+    def land_bias(self) -> FloatArray:
+        """The real-land signed field (P, P) on the bordered pixel grid (a function of
+        lon/lat only, so every zoom and neighbouring tile sees the same values)."""
+        return landfield.sample_grid(np.degrees(self._lon_rad), np.degrees(self._lat_rad))
+
     # derivatives ------------------------------------------------------------------
     def gradmag(self, a: FloatArray) -> FloatArray:
         """|grad a| per metre on the full bordered grid (one-sided at the outer ring)."""
@@ -509,6 +532,7 @@ class _PointSampler:
         lats = np.stack([lat_r, lat_r, lat_r, north, south])
         lons = np.stack([lon_r, lon_r + dlon, lon_r - dlon, lon_r, lon_r])
         self._xyz = _sphere_xyz(lats, lons).reshape(3, -1)
+        self._lats_deg, self._lons_deg = np.degrees(lats), np.degrees(lons)
         self._lat_r, self._lon_r = lat_r, lon_r
         self.pix = pix.astype(np.float32)
         self.lat = np.degrees(lat_r).astype(np.float32)
@@ -534,6 +558,10 @@ class _PointSampler:
             if not relief:
                 out[chans, n:] = np.tile(vals, (1, k - 1))
         return out.reshape(len(_CHANNELS), k, n)
+
+    def land_bias(self) -> FloatArray:
+        """The real-land signed field (5, N) at the points and their four neighbours."""
+        return landfield.sample_points(self._lons_deg, self._lats_deg)
 
     def gradmag(self, a: FloatArray) -> FloatArray:
         gx, gy = self.slope(a)
@@ -714,11 +742,9 @@ def _wetness(wet: FloatArray, lat: FloatArray) -> FloatArray:
 
 @lru_cache(maxsize=32)
 def _sea_level(seed: int) -> float:
-    """Continent-field level below which ground is sea, giving `_SEA_FRACTION` of the sphere.
-
-    A handful of big continents decide the land share, so a fixed level would give 45 %
-    sea for one seed and 75 % for another; the quantile over an even spread of points
-    (a Fibonacci lattice, coarse octaves only) fixes it for every seed."""
+    """Continent-field level below which ground is sea: the median of the noise part of E
+    (over an even spread of points, a Fibonacci lattice, coarse octaves only), so the
+    coast lies on the real one (signed land field 0) on average, for every seed."""
     n = 20000
     k = np.arange(n) + 0.5
     lat = np.degrees(np.arcsin(1.0 - 2.0 * k / n))
@@ -727,7 +753,7 @@ def _sea_level(seed: int) -> float:
     tasks = [t for t in _tasks(seed, 0, terrain) if cell_m(t.j) > 5000.0]
     xyz = _sphere_xyz(np.radians(lat), np.radians(lon))
     chans, vals = _evaluate(xyz, tasks, None)
-    return float(np.quantile(vals[chans.index(_CH["E"])], _SEA_FRACTION))
+    return float(np.quantile(vals[chans.index(_CH["E"])], _COAST_QUANTILE))
 
 
 def _signed_distance(
@@ -741,17 +767,20 @@ def _signed_distance(
     return (s.crop(field) - level) / g, g
 
 
-def _relief(ch: FloatArray, s: _TileSampler | _PointSampler, sea_level: float) -> FloatArray:
+def _relief(ch: FloatArray, s: _TileSampler | _PointSampler, sea_level: float, bias: FloatArray) -> FloatArray:
     """Elevation in metres (0 at sea) on the full (bordered) grid.
 
-    Land is where the continent field exceeds the sea level; elevation combines a gentle
-    rise inland, ridged mountains where the mountain mask is high and hills elsewhere,
-    and carves valleys along the rivers so the relief shading shows them."""
+    Land is where the continent field (noise + real-land `bias`) exceeds the sea level;
+    elevation combines a gentle rise inland (the bias counts only up to
+    `_INLAND_BIAS_CAP`), ridged mountains where the mountain mask is high and hills
+    elsewhere, and carves valleys along the rivers so the relief shading shows them."""
     hl = ch[_CH["E"]] - sea_level
     land = _smooth(0.0, 0.03, hl)
     mtn = _smooth(0.45, 0.85, ch[_CH["MTN"]])
     ridged = ch[_CH["R"]] - 0.1
-    elev = 2200.0 * np.maximum(hl, 0.0) + (6500.0 * mtn + 100.0) * ridged + 400.0 * ch[_CH["H"]]
+    rise = hl - np.maximum(bias - _INLAND_BIAS_CAP, 0.0)
+    np.maximum(rise, 0.0, out=rise)
+    elev = 2200.0 * rise + (6500.0 * mtn + 100.0) * ridged + 400.0 * ch[_CH["H"]]
     np.maximum(elev, 5.0, out=elev)
     elev *= land
     for name, _, depth, vwidth, _ in _RIVERS:
@@ -903,8 +932,11 @@ def _scene(s: _TileSampler | _PointSampler, year: int, seed: int) -> _Scene:
     """Evaluate the channels and derive elevation, slopes, coast, climate and snow line."""
     look = year_look(year, seed)
     ch = s.channels(_tasks(seed, year))
+    bias = s.land_bias()
+    bias *= _LAND_WEIGHT
+    ch[_CH["E"]] += bias
     sea_level = _sea_level(seed)
-    elev_full = _relief(ch, s, sea_level)
+    elev_full = _relief(ch, s, sea_level, bias)
     gx, gy = s.slope(elev_full)
     elev = s.crop(elev_full)
     c = s.crop(ch)
