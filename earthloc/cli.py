@@ -86,6 +86,24 @@ def cmd_export(args: argparse.Namespace) -> None:
     export.main(args)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from earthloc import evaluate
+
+    evaluate.main(args)
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from earthloc import localize
+
+    localize.main_index(args)
+
+
+def cmd_localize(args: argparse.Namespace) -> None:
+    from earthloc import localize
+
+    localize.main_localize(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="earthloc",
@@ -172,6 +190,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"), help="footprints for --query")
     p.add_argument("--no-footprint", action="store_true", help="with --query, skip the footprint GeoJSON")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="evaluate the model on evaluation sets", description="Recall@N (4x90 TTA, uncollapsed as the paper and collapsed), orientation, baselines (random, nadir, untrained); writes data/eval/<set>/ (metrics.json, curves/, predictions.parquet, grid.png, audit.html). Params section evaluate.")
+    _params_arg(p)
+    p.add_argument("sets", nargs="*", metavar="SET", help="evaluation set names (default: evaluate.sets)")
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint (default: evaluate.model)")
+    p.add_argument("--out-dir", type=Path, default=None, help="output directory for a single set (default: data/eval/<set>)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("index", help="descriptor index of the fetched database", description="Embed every fetched region image of index.year at 0/90/180/270 degrees into a faiss index for `earthloc localize` (params section index).")
+    _params_arg(p)
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint (default: index.model)")
+    p.add_argument("--out-dir", type=Path, default=None, help="index directory (default: index.out_dir)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("localize", help="localize a photo against the index", description="Find the database regions that best match a photo: with --nadir only regions within localize.radius_km of it (2500 km), without it the whole index. Prints the top-K footprints with score and predicted orientation; --out writes GeoJSON.")
+    _params_arg(p)
+    p.add_argument("image", type=Path, help="photo (JPEG/PNG)")
+    p.add_argument("--nadir", type=float, nargs=2, metavar=("LAT", "LON"), help="ISS nadir point; restricts the search")
+    p.add_argument("--top", type=int, default=None, help="number of regions (default: localize.top)")
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint (default: localize.model)")
+    p.add_argument("--index", type=Path, default=None, help="index directory from `earthloc index` (default: localize.index_dir)")
+    p.add_argument("--radius-km", type=float, default=None, help="search radius around the nadir (default: localize.radius_km)")
+    p.add_argument("--out", type=Path, default=None, help="GeoJSON of the top-K footprints")
+    p.set_defaults(func=cmd_localize)
     return parser
 
 

@@ -1,0 +1,390 @@
+"""Localise a photo: a database descriptor index (`earthloc index`) and the search over it
+(`earthloc localize IMAGE [--nadir LAT LON]`).
+
+Why a dedicated index stage rather than the evaluate stage's features: the evaluate stage
+embeds one evaluation set's database (a POI's 5000 km disc), while localisation wants the
+whole fetched database (the default AOI, or the world), embedded once and reused by
+every call. The index directory holds:
+  descriptors.npy  (R, N, D) float32 memmap, rotation-major like the evaluation
+  index.faiss      the faiss index of `index.index` (kind flat / sq_fp16 / ivf_* / pq)
+  regions.parquet  db_index, region_id, zoom, path, centre and the four corners
+  meta.json        model file sha256 and config, rotations, index spec, counts
+`localize` refuses an index built with a different model file (descriptors of two models
+are not comparable).
+
+With a nadir, only regions whose centre lies within `radius_km` (haversine, like the
+evaluation sets' radii) are searched: faiss's ID selector restricts the search to their
+rotated copies, exactly. Without a nadir the whole index is searched (AstroLoc's
+"lost in space" setting). Results are distinct regions (the best rotation of each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import shapely
+import torch
+
+from earthloc import retrieval as R
+from pipeline.errors import ConfigError, InputError
+from pipeline.geo.distance import haversine_km
+from pipeline.geo.regions import describe_regions, parse_region_id, region_bounds, region_footprint
+from pipeline.io import atomic_path, write_json
+
+CORNERS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
+INDEX_FORMAT = "earthloc-index/1"
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """The `index` section of params.yaml."""
+
+    model: str = "models/earthloc.pt"
+    tiles_root: str = "tiles"
+    year: int = 2021
+    out_dir: str = "data/index"
+    batch_size: int = 16
+    num_workers: int = 2
+    rotations: tuple[int, ...] = R.ROTATIONS
+    index: R.IndexSpec = field(default_factory=R.IndexSpec)
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rotations", tuple(self.rotations))
+        if not self.rotations or self.rotations[0] != 0 or any(r % 90 for r in self.rotations):
+            raise ConfigError("params index.rotations: multiples of 90 starting with 0")
+
+    @classmethod
+    def from_section(cls, sec: dict[str, Any]) -> IndexParams:
+        return _from_section(cls, sec, "index")
+
+
+@dataclass(frozen=True)
+class LocalizeParams:
+    """The `localize` section of params.yaml."""
+
+    index_dir: str = "data/index"
+    model: str = "models/earthloc.pt"
+    radius_km: float = 2500.0  # regions visible from the ISS around the nadir (the paper's query radius)
+    top: int = 10
+
+    @classmethod
+    def from_section(cls, sec: dict[str, Any]) -> LocalizeParams:
+        return _from_section(cls, sec, "localize")
+
+
+def _from_section(cls: Any, sec: dict[str, Any], name: str) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(sec) - names)
+    if unknown:
+        raise ConfigError(f"params {name}: unknown key(s) {unknown}")
+    kw = dict(sec)
+    if "index" in kw:
+        kw["index"] = R.IndexSpec.from_section(kw["index"])
+    try:
+        return cls(**kw)
+    except TypeError as exc:
+        raise ConfigError(f"params {name}: {exc}") from exc
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Building
+
+
+def region_table(region_ids: Any, paths: Any) -> pd.DataFrame:
+    """db_index, region_id, zoom, path, centre and corners of each region id."""
+    ids = [str(r) for r in region_ids]
+    zrc = pd.DataFrame([parse_region_id(r) for r in ids], columns=["zoom", "row", "col"])
+    described, _ = describe_regions(zrc)
+    out = described[["region_id", "zoom", "center_lat", "center_lon", *CORNERS]].copy()
+    out.insert(0, "db_index", np.arange(len(out), dtype=np.int64))
+    out.insert(3, "path", [str(p) for p in paths])
+    return out
+
+
+def fetched_regions(tiles_root: str | os.PathLike[str], year: int) -> pd.DataFrame:
+    """The regions of `year` whose images the fetch stage wrote (manifest status ok), in
+    (zoom, region_id) order."""
+    mdir = Path(tiles_root) / "manifests"
+    files = sorted(p for p in mdir.glob(f"{year}_*.parquet") if not p.name.endswith(".tiles.parquet"))
+    if not files:
+        raise InputError(f"{mdir}: no {year} manifests (run the fetch stage first)")
+    try:
+        df = pd.concat([pd.read_parquet(f, columns=["region_id", "zoom", "path", "status"]) for f in files])
+    except Exception as exc:
+        raise InputError(f"{mdir}: unreadable manifest ({exc})") from exc
+    df = df[df["status"] == "ok"].sort_values(["zoom", "region_id"]).drop_duplicates("region_id")
+    if df.empty:
+        raise InputError(f"{mdir}: no fetched {year} region images")
+    return region_table(df["region_id"], df["path"])
+
+
+def build_index_dir(
+    model: torch.nn.Module,
+    image_size: int,
+    regions: pd.DataFrame,
+    p: IndexParams,
+    out_dir: str | os.PathLike[str],
+    model_meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Embed every region at every rotation and write the index directory."""
+    import faiss
+
+    out_dir = Path(out_dir)
+    paths = [Path(p.tiles_root) / rel for rel in regions["path"]]
+    R.check_images_exist(paths, "index database")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_desc = out_dir / ".descriptors.npy.tmp"
+    desc = R.embed(model, paths, image_size=image_size, batch_size=p.batch_size, num_workers=p.num_workers,
+                   rotations=p.rotations, out=tmp_desc, bf16=p.bf16)
+    index = R.build_index(desc, p.index)
+    del desc
+    os.replace(tmp_desc, out_dir / "descriptors.npy")
+    with atomic_path(out_dir / "index.faiss") as tmp:
+        faiss.write_index(index, str(tmp))
+    with atomic_path(out_dir / "regions.parquet") as tmp:
+        regions.to_parquet(tmp, index=False)
+    meta = {
+        "format": INDEX_FORMAT,
+        "num_db": len(regions),
+        "rotations": list(p.rotations),
+        "index": p.index.__dict__,
+        "index_bytes": R.index_bytes(index),
+        "image_size": image_size,
+        **model_meta,
+    }
+    write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+# ---------------------------------------------------------------------------
+# Searching
+
+
+@dataclass(frozen=True)
+class LoadedIndex:
+    index: Any
+    regions: pd.DataFrame
+    meta: dict[str, Any]
+
+    @property
+    def num_db(self) -> int:
+        return len(self.regions)
+
+    @property
+    def rotations(self) -> tuple[int, ...]:
+        return tuple(self.meta["rotations"])
+
+
+def load_index(index_dir: str | os.PathLike[str]) -> LoadedIndex:
+    import faiss
+
+    d = Path(index_dir)
+    for name in ("index.faiss", "regions.parquet", "meta.json"):
+        if not (d / name).is_file():
+            raise InputError(f"{d / name}: missing (run `earthloc index` first)")
+    meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+    if meta.get("format") != INDEX_FORMAT:
+        raise InputError(f"{d / 'meta.json'}: not an {INDEX_FORMAT} index")
+    regions = pd.read_parquet(d / "regions.parquet")
+    index = faiss.read_index(str(d / "index.faiss"))
+    if index.ntotal != len(regions) * len(meta["rotations"]):
+        raise InputError(f"{d}: index holds {index.ntotal} vectors for {len(regions)} regions; rebuild it")
+    return LoadedIndex(index, regions, meta)
+
+
+@dataclass(frozen=True)
+class Match:
+    rank: int
+    db_index: int
+    region_id: str
+    zoom: int
+    score: float
+    angle_deg: int  # CCW turn of the north-up region image that matched
+    corners: tuple[float, ...]  # ll_lat, ll_lon, ul_lat, ..., lr_lon
+    center: tuple[float, float]  # lat, lon
+    distance_km: float | None  # centre to the nadir
+
+    @property
+    def photo_top_azimuth_deg(self) -> int:
+        """Where the photo's top edge points (compass degrees), by the convention of
+        docs/evaluation.md: a north-up image turned CCW by a shows a view whose top faces a."""
+        return self.angle_deg % 360
+
+
+def candidates_near(regions: pd.DataFrame, lat: float, lon: float, radius_km: float) -> np.ndarray:
+    """db_index of regions whose centre lies strictly within radius_km of (lat, lon)."""
+    d = haversine_km(lat, lon, regions["center_lat"].to_numpy(), regions["center_lon"].to_numpy())
+    return np.flatnonzero(d < radius_km).astype(np.int64)
+
+
+def restricted_search(index: Any, query: np.ndarray, k: int, allowed_raw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """faiss search limited to the raw ids in `allowed_raw` (None: everything)."""
+    import faiss
+
+    q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+    if allowed_raw is None:
+        return index.search(q, k)
+    if len(allowed_raw) == 0:
+        return np.full((1, k), -np.inf, np.float32), np.full((1, k), -1, np.int64)
+    sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_raw, dtype=np.int64))
+    ivf = None
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        pass
+    params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None else faiss.SearchParameters(sel=sel)
+    try:
+        return index.search(q, k, params=params)
+    except RuntimeError:
+        # IndexPQ takes no search parameters. Its inner-product (ADC) score is q . decode(code),
+        # so scoring the decoded allowed vectors gives the same ranking.
+        vecs = index.reconstruct_batch(np.ascontiguousarray(allowed_raw, dtype=np.int64))
+        scores = vecs @ q[0]
+        order = np.argsort(-scores, kind="stable")[:k]
+        out_s = np.full((1, k), -np.inf, np.float32)
+        out_i = np.full((1, k), -1, np.int64)
+        out_s[0, : len(order)] = scores[order]
+        out_i[0, : len(order)] = allowed_raw[order]
+        return out_s, out_i
+
+
+def localize_descriptor(
+    loaded: LoadedIndex, query: np.ndarray, *, top: int, nadir: tuple[float, float] | None, radius_km: float
+) -> list[Match]:
+    """The `top` best distinct regions for one query descriptor."""
+    n, rot = loaded.num_db, loaded.rotations
+    regions = loaded.regions
+    allowed = None
+    if nadir is not None:
+        cand = candidates_near(regions, nadir[0], nadir[1], radius_km)
+        allowed = (np.arange(len(rot), dtype=np.int64)[:, None] * n + cand[None, :]).ravel()
+    k_raw = min(len(rot) * top, int(loaded.index.ntotal))
+    scores, raw = restricted_search(loaded.index, query, k_raw, allowed)
+    db, angle = R.map_raw_ids(raw, n, rot)
+    res = R.collapse_rotations(R.SearchResult(db, angle, scores.astype(np.float32), raw), top)
+    out: list[Match] = []
+    for rank, (di, a, s) in enumerate(zip(res.db_index[0], res.angle[0], res.score[0], strict=True), start=1):
+        if di < 0:
+            break
+        row = regions.iloc[int(di)]
+        dist = None
+        if nadir is not None:
+            dist = float(haversine_km(nadir[0], nadir[1], row["center_lat"], row["center_lon"]))
+        out.append(Match(rank, int(di), str(row["region_id"]), int(row["zoom"]), float(s), int(a),
+                         tuple(float(row[c]) for c in CORNERS), (float(row["center_lat"]), float(row["center_lon"])),
+                         dist))
+    return out
+
+
+def footprint_geometry(region_id: str) -> shapely.Geometry:
+    z, r, c = parse_region_id(region_id)
+    b = region_bounds(np.array([z]), np.array([r]), np.array([c]))
+    return region_footprint(b)[0]
+
+
+def to_geojson(matches: list[Match], image: str, nadir: tuple[float, float] | None) -> dict[str, Any]:
+    """FeatureCollection: one footprint polygon per match (properties: rank, region, score,
+    angle, predicted orientation), plus the nadir point if given."""
+    feats: list[dict[str, Any]] = []
+    for m in matches:
+        feats.append({
+            "type": "Feature",
+            "geometry": shapely.geometry.mapping(footprint_geometry(m.region_id)),
+            "properties": {
+                "rank": m.rank, "region_id": m.region_id, "zoom": m.zoom, "score": round(m.score, 6),
+                "db_angle_deg": m.angle_deg, "photo_top_azimuth_deg": m.photo_top_azimuth_deg,
+                "center_lat": m.center[0], "center_lon": m.center[1],
+                "distance_from_nadir_km": None if m.distance_km is None else round(m.distance_km, 1),
+            },
+        })  # fmt: skip
+    if nadir is not None:
+        feats.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [nadir[1], nadir[0]]},
+                      "properties": {"kind": "nadir"}})
+    return {"type": "FeatureCollection", "properties": {"image": image}, "features": feats}
+
+
+def check_model_matches(loaded: LoadedIndex, model_path: Path) -> None:
+    want = loaded.meta.get("model_sha256")
+    if want and file_sha256(model_path) != want:
+        raise InputError(f"{model_path}: not the model the index was built with (sha256 differs); "
+                         f"rerun `earthloc index` or pass --model {loaded.meta.get('model_path')}")
+
+
+def localize_image(
+    image: str | os.PathLike[str], model_path: str | os.PathLike[str], index_dir: str | os.PathLike[str], *,
+    top: int, nadir: tuple[float, float] | None, radius_km: float,
+) -> list[Match]:
+    from earthloc.model import load_model
+
+    loaded = load_index(index_dir)
+    check_model_matches(loaded, Path(model_path))
+    model, cfg = load_model(model_path)
+    x = R.load_image(image, cfg.image_size).unsqueeze(0)
+    with torch.inference_mode():
+        q = model.eval()(x).float().numpy()
+    return localize_descriptor(loaded, q[0], top=top, nadir=nadir, radius_km=radius_km)
+
+
+def format_matches(matches: list[Match], nadir: tuple[float, float] | None, radius_km: float) -> str:
+    where = f"within {radius_km:g} km of nadir ({nadir[0]:g}, {nadir[1]:g})" if nadir else "whole index (no nadir)"
+    lines = [f"top {len(matches)} regions, {where}:",
+             "rank  region        zoom  score    photo-top  centre (lat, lon)     corners LL UL UR LR (lat, lon)"]
+    for m in matches:
+        c = m.corners
+        corners = " ".join(f"({c[i]:.3f},{c[i + 1]:.3f})" for i in range(0, 8, 2))
+        lines.append(f"{m.rank:>4}  {m.region_id}  {m.zoom:>4}  {m.score:.4f}  {m.photo_top_azimuth_deg:>6}°  "
+                     f"({m.center[0]:8.3f}, {m.center[1]:8.3f})  {corners}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# CLI entry points
+
+
+def main_index(args: argparse.Namespace) -> None:
+    from earthloc.model import load_model
+    from pipeline.params import load_params, section
+
+    p = IndexParams.from_section(section(load_params(args.params), "index"))
+    model_path = Path(args.model or p.model)
+    out_dir = Path(args.out_dir or p.out_dir)
+    model, cfg = load_model(model_path)
+    regions = fetched_regions(p.tiles_root, p.year)
+    meta = build_index_dir(model, cfg.image_size, regions, p, out_dir,
+                           {"model_path": str(model_path), "model_sha256": file_sha256(model_path),
+                            "model_config": cfg.to_dict()})
+    print(f"index: {meta['num_db']} regions x {len(meta['rotations'])} rotations, {p.index.kind}, "
+          f"{meta['index_bytes'] / 2**20:.1f} MiB -> {out_dir}")
+
+
+def main_localize(args: argparse.Namespace) -> None:
+    from pipeline.params import load_params, section
+
+    p = LocalizeParams.from_section(section(load_params(args.params), "localize"))
+    top = args.top or p.top
+    nadir = tuple(args.nadir) if args.nadir else None
+    if nadir is not None and not (-90 <= nadir[0] <= 90 and -180 <= nadir[1] <= 180):
+        raise ConfigError(f"--nadir {nadir[0]} {nadir[1]}: latitude or longitude out of range")
+    matches = localize_image(args.image, args.model or p.model, args.index or p.index_dir, top=top,
+                             nadir=nadir, radius_km=args.radius_km or p.radius_km)  # type: ignore[arg-type]
+    print(format_matches(matches, nadir, args.radius_km or p.radius_km))  # type: ignore[arg-type]
+    if args.out:
+        write_json(args.out, to_geojson(matches, str(args.image), nadir))  # type: ignore[arg-type]
+        print(f"GeoJSON -> {args.out}")
