@@ -27,6 +27,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
@@ -128,6 +129,23 @@ class TileResult:
     refused: bool = False  # the final failure looks like the server refusing us
 
 
+# Checks a 200 response: (body, Content-Type) -> None if acceptable, else the reason.
+Validator = Callable[[bytes, str], "str | None"]
+
+
+@dataclass
+class UrlResult:
+    """Outcome of one plain URL fetch (`WmtsClient.get_url`), like `TileResult` without a key."""
+
+    url: str
+    status: Status
+    attempts: int
+    reason: str
+    data: bytes | None = field(default=None, repr=False)
+    history: tuple[str, ...] = ()
+    refused: bool = False
+
+
 class _Attempt(NamedTuple):
     outcome: Literal["ok", "not_found", "retry", "fatal"]
     reason: str
@@ -215,19 +233,25 @@ class WmtsClient:
     # -- public -------------------------------------------------------------------
     def get_tile(self, key: TileKey) -> TileResult:
         """Fetch one tile with retries; raise `SourceRefusedError` once the source keeps refusing."""
-        url = self.cfg.url(key)
+        r = self.get_url(self.cfg.url(key), lambda data, ctype: validate_tile(data, ctype, self.cfg.tile_size))
+        return TileResult(key, r.url, r.status, r.attempts, r.reason, r.data, r.history, r.refused)
+
+    def get_url(self, url: str, validate: Validator) -> UrlResult:
+        """Fetch any URL with the same retries, rate limit, redirect rules and refusal breaker
+        as tiles (the query-photo fetcher uses it for NASA's photos); `validate` checks a 200
+        body, and a rejected body is retried like a 5xx."""
         history: list[str] = []
         last = _Attempt("fatal", "not_attempted")
         for attempt in range(1, self.cfg.max_attempts + 1):
             self._check_refusal()
-            last = self._attempt(url)
+            last = self._attempt(url, validate)
             history.append(last.reason)
             if last.outcome in ("ok", "not_found", "fatal"):
                 break
             if attempt < self.cfg.max_attempts:
                 time.sleep(self._delay(attempt, last.wait_s))
         status: Status = {"ok": "ok", "not_found": "not_found"}.get(last.outcome, "failed")  # type: ignore[assignment]
-        result = TileResult(key, url, status, len(history), last.reason, last.data, tuple(history), last.refused)
+        result = UrlResult(url, status, len(history), last.reason, last.data, tuple(history), last.refused)
         self._note_final(result)
         return result
 
@@ -245,7 +269,7 @@ class WmtsClient:
         self.close()
 
     # -- one HTTP exchange ----------------------------------------------------------
-    def _attempt(self, url: str) -> _Attempt:
+    def _attempt(self, url: str, validate: Validator) -> _Attempt:
         """One validated GET (plus at most one same-host redirect), classified."""
         timeout = (self.cfg.connect_timeout_s, self.cfg.read_timeout_s)
         origin = urlsplit(url)
@@ -264,7 +288,7 @@ class WmtsClient:
                     url = target
                     continue
                 return self._count(_Attempt("fatal", "redirect_same_host" if same else "redirect_offhost"))
-            return self._count(self._classify(resp))
+            return self._count(self._classify(resp, validate))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _get(self, url: str, timeout: tuple[float, float]) -> requests.Response:
@@ -279,12 +303,12 @@ class WmtsClient:
             _ = resp.content  # read the body inside the slot
         return resp
 
-    def _classify(self, resp: requests.Response) -> _Attempt:
+    def _classify(self, resp: requests.Response, validate: Validator) -> _Attempt:
         code = resp.status_code
         with self._lock:
             self.bytes += len(resp.content)
         if code == 200:
-            bad = validate_tile(resp.content, resp.headers.get("Content-Type", ""), self.cfg.tile_size)
+            bad = validate(resp.content, resp.headers.get("Content-Type", ""))
             return _Attempt("retry", bad) if bad else _Attempt("ok", "ok", resp.content)
         if code in (404, 410):
             return _Attempt("not_found", f"http_{code}")
@@ -310,7 +334,7 @@ class WmtsClient:
             return base / 2 + self._rng.uniform(0, base / 2)
 
     # -- refusal circuit breaker ----------------------------------------------------
-    def _note_final(self, result: TileResult) -> None:
+    def _note_final(self, result: UrlResult) -> None:
         with self._lock:
             if result.status == "failed" and result.refused:
                 self._streak += 1
