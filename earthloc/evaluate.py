@@ -276,7 +276,9 @@ def write_audit(out_dir: Path, set_dir: Path, p: EvaluateParams) -> str:
         from earthloc.audit_page import audit_page_from_files
     except ImportError:
         return "audit page skipped: earthloc.audit_page is not available"
-    audit_page_from_files(set_dir, out_dir / "predictions.parquet", Path(p.regions),
+    # Without the grid file the page computes the corners from the region ids.
+    regions = Path(p.regions) if Path(p.regions).is_file() else None
+    audit_page_from_files(set_dir, out_dir / "predictions.parquet", regions,
                           Path(p.tiles_root) / "queries", out_dir / "audit.html")
     return f"audit page -> {out_dir / 'audit.html'}"
 

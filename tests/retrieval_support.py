@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.geo.names import db_relpath  # noqa: E402
+from pipeline.geo.names import db_relpath, query_filename  # noqa: E402
 from pipeline.geo.regions import describe_regions  # noqa: E402
 from pipeline.synthetic.world import render_tile  # noqa: E402
 
@@ -85,12 +85,14 @@ def make_tiny_set(root: Path, n_side: int = 3, zoom: int = 9, row0: int = 196, c
     (tiles_root / "queries").mkdir(parents=True, exist_ok=True)
     for qi, (db_i, angle) in enumerate(queries):
         qid = f"ISS001-E-{1000 + qi}"
-        fname = f"{qid}.jpg"
-        Image.fromarray(np.rot90(images[db_i], k=angle // 90)).save(tiles_root / "queries" / fname, quality=95)
         reg = regions.iloc[db_i]
         # nadir: a little off the footprint centre, as an oblique photo's would be
+        nadir = (round(reg["center_lat"] + 0.3, 1), round(reg["center_lon"] - 0.2, 1))
+        fname = query_filename([reg[c] for c in CORNERS], qid, "20210701", nadir[0], nadir[1], reg["area_km2"],
+                               f"{angle:.1f}")
+        Image.fromarray(np.rot90(images[db_i], k=angle // 90)).save(tiles_root / "queries" / fname, quality=95)
         qrows.append({"query_index": qi, "query_id": qid, "filename": fname,
-                      "nadir_lat": round(reg["center_lat"] + 0.3, 1), "nadir_lon": round(reg["center_lon"] - 0.2, 1),
+                      "nadir_lat": nadir[0], "nadir_lon": nadir[1],
                       "num_positives": 1, "orientation": float(angle)})
     pd.DataFrame(qrows).to_csv(set_dir / "queries.csv", index=False)
     database.to_csv(set_dir / "database.csv", index=False)

@@ -1,0 +1,203 @@
+"""evaluate stage end to end on a tiny set, the nadir baseline, `earthloc index` and
+`earthloc localize` on a photo whose footprint is known."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+import yaml
+from PIL import Image
+from retrieval_support import CORNERS, TinySet, make_tiny_set, render_region, tiny_checkpoint
+
+from earthloc.baselines import contains_point, nadir_ranking, region_bounds_table
+from earthloc.cli import main as cli_main
+from earthloc.evaluate import EvaluateParams, run_set
+from earthloc.localize import footprint_geometry, load_index, localize_descriptor
+from pipeline.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinySet, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    ts = make_tiny_set(root)
+    return ts, tiny_checkpoint(root / "model.pt")
+
+
+def _params(ts: TinySet, root: Path, **kw: object) -> EvaluateParams:
+    base = dict(sets=("tiny",), tiles_root=str(ts.tiles_root), evalsets_dir=str(ts.set_dir.parent),
+                out_root=str(root / "eval"), regions=str(root / "no_grid.parquet"), num_workers=0, batch_size=4,
+                k=20, recall_ns=(1, 5, 10, 20), grid_queries=3, grid_top=5)
+    base.update(kw)
+    return EvaluateParams(**base)  # type: ignore[arg-type]
+
+
+def test_evaluate_stage_writes_every_output(tiny: tuple[TinySet, Path], tmp_path: Path) -> None:
+    ts, model = tiny
+    p = _params(ts, tmp_path)
+    metrics = run_set("tiny", p, model_path=model)
+    out = tmp_path / "eval" / "tiny"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert on_disk["num_queries"] == 4 and on_disk["num_db"] == 9 and on_disk["num_db_vectors"] == 36
+    methods = on_disk["methods"]
+    assert set(methods) == {"model", "untrained", "random", "nadir"}
+    for m in methods.values():
+        assert set(m) >= {"R@1", "R@5", "R@10", "R@20", "collapsed"}
+    # Every query is an exact rotated copy of its only positive: any network finds it at
+    # rank 1 at the right angle, and that angle is the photo's ORIENTATION (the convention).
+    assert methods["model"]["R@1"] == 100.0 and methods["model"]["collapsed"]["R@1"] == 100.0
+    assert methods["model"]["orientation"]["within_45deg"] == 100.0
+    assert methods["model"]["orientation"]["median_error_deg"] == 0.0
+    # Random: one positive among 9 images -> collapsed R@5 = 5/9 exactly.
+    assert methods["random"]["collapsed"]["R@5"] == pytest.approx(500 / 9, abs=1e-3)
+    assert methods["random"]["R@1"] == pytest.approx(100 / 9, abs=1e-3)
+
+    curves = sorted(os.listdir(out / "curves"))
+    assert curves == sorted(["model.csv", "model_collapsed.csv", "untrained.csv", "untrained_collapsed.csv",
+                             "random.csv", "random_collapsed.csv", "nadir.csv"])
+    c = pd.read_csv(out / "curves" / "random_collapsed.csv")
+    assert c["N"].tolist() == list(range(1, 21)) and c["recall"].iloc[-1] == pytest.approx(100.0)
+
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert list(pred.columns)[:8] == ["query_index", "query_id", "rank", "db_index", "region_id", "score",
+                                      "angle_deg", "is_positive"]
+    assert len(pred) == 4 * 20
+    top1 = pred[pred["rank"] == 1].sort_values("query_index")
+    assert top1["db_index"].tolist() == ts.query_region and top1["angle_deg"].tolist() == ts.query_angle
+    assert top1["is_positive"].all()
+    # 9 images x 4 rotations hold 36 entries: the top 20 repeats images, and says so.
+    assert pred.groupby("query_index")["repeat"].sum().gt(0).all()
+
+    with Image.open(out / "grid.png") as im:
+        assert im.format == "PNG" and im.width > 6 * 150 and im.height > 3 * 150
+    html = (out / "audit.html").read_text(encoding="utf-8")
+    assert "<html" in html.lower() and "ISS001-E-1000" in html
+
+
+def test_evaluate_cli_missing_image_is_one_clear_line(tiny: tuple[TinySet, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    ts, model = tiny
+    # A copy of the set whose database names an image that does not exist.
+    set_dir = tmp_path / "evalsets" / "broken"
+    set_dir.mkdir(parents=True)
+    for name in ("queries.csv", "positives.parquet"):
+        (set_dir / name).write_bytes((ts.set_dir / name).read_bytes())
+    db = pd.read_csv(ts.set_dir / "database.csv")
+    db.loc[3, "path"] = "database/2021_09/30_-100/@missing@.jpg"
+    db.to_csv(set_dir / "database.csv", index=False)
+    params = {"evaluate": {"sets": ["broken"], "model": str(model), "tiles_root": str(ts.tiles_root),
+                           "evalsets_dir": str(tmp_path / "evalsets"), "out_root": str(tmp_path / "eval"),
+                           "num_workers": 0, "k": 10, "recall_ns": [1, 10]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert cli_main(["evaluate", "--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "@missing@.jpg" in err and "image not found" in err
+
+
+def test_evaluate_params_are_checked() -> None:
+    with pytest.raises(ConfigError, match="unknown key"):
+        EvaluateParams.from_section({"setz": ["demo"]})
+    with pytest.raises(ConfigError, match="baselines"):
+        EvaluateParams.from_section({"baselines": ["oracle"]})
+    with pytest.raises(ConfigError, match="recall_ns"):
+        EvaluateParams.from_section({"k": 10, "recall_ns": [1, 20]})
+    p = EvaluateParams.from_section({"index": {"kind": "sq_fp16"}, "sets": ["a", "b"]})
+    assert p.index.kind == "sq_fp16" and p.sets == ("a", "b")
+
+
+# -- nadir baseline --------------------------------------------------------------------------
+def test_nadir_ranking_contains_first_coarse_first() -> None:
+    # z9 region 09_0196_0112 and the z10/z11 regions inside its north-west corner, plus a far one.
+    ids = ["11_0784_0448", "10_0392_0224", "09_0196_0112", "09_0196_0140"]
+    b = region_bounds_table(ids)
+    lat = float(b["north"].iloc[0] - 0.05)
+    lon = float(b["west"].iloc[0] + 0.05)  # inside the first three
+    assert contains_point(b, lat, lon).tolist() == [True, True, True, False]
+    clat = ((b["south"] + b["north"]) / 2).to_numpy()
+    clon = ((b["west"] + b["east"]) / 2).to_numpy()
+    order = nadir_ranking([lat], [lon], clat, clon, b, k=6)
+    assert order[0].tolist() == [2, 1, 0, 3, -1, -1]  # containing by zoom (9, 10, 11), then the rest, then padding
+
+
+# -- index and localize ------------------------------------------------------------------------
+def _write_manifest(ts: TinySet) -> None:
+    db = pd.read_csv(ts.set_dir / "database.csv")
+    man = pd.DataFrame({"region_id": db["region_id"], "zoom": db["zoom"], "path": db["path"], "status": "ok"})
+    (ts.tiles_root / "manifests").mkdir(exist_ok=True)
+    man.to_parquet(ts.tiles_root / "manifests" / "2021_09.parquet", index=False)
+
+
+def test_index_and_localize_find_the_photo_footprint(tiny: tuple[TinySet, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    ts, model = tiny
+    _write_manifest(ts)
+    params = {
+        "index": {"model": str(model), "tiles_root": str(ts.tiles_root), "out_dir": str(tmp_path / "index"),
+                  "num_workers": 0, "batch_size": 4},
+        "localize": {"index_dir": str(tmp_path / "index"), "model": str(model), "radius_km": 2500, "top": 3},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert cli_main(["index", "--params", str(tmp_path / "params.yaml")]) == 0
+    loaded = load_index(tmp_path / "index")
+    assert loaded.num_db == 9 and loaded.index.ntotal == 36
+
+    # The photo: region 5's mosaic turned 270° CCW (its top faces west), saved as JPEG.
+    reg = ts.regions.iloc[5]
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.rot90(render_region(int(reg["zoom"]), int(reg["row"]), int(reg["col"])), k=3)).save(photo)
+    truth = footprint_geometry(str(reg["region_id"]))
+    out = tmp_path / "result.geojson"
+    rc = cli_main(["localize", str(photo), "--nadir", f"{reg['center_lat'] + 1:.2f}", f"{reg['center_lon']:.2f}",
+                   "--params", str(tmp_path / "params.yaml"), "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert str(reg["region_id"]) in printed and "270°" in printed
+    gj = json.loads(out.read_text())
+    polys = [f for f in gj["features"] if f["geometry"]["type"] != "Point"]
+    assert len(polys) == 3 and [f["properties"]["rank"] for f in polys] == [1, 2, 3]
+    best = shapely.geometry.shape(polys[0]["geometry"])
+    assert best.intersection(truth).area > 0.9 * truth.area
+    assert polys[0]["properties"]["photo_top_azimuth_deg"] == 270
+    assert len({f["properties"]["region_id"] for f in polys}) == 3  # distinct regions
+
+    # Lost in space (no nadir) finds it too; a nadir far away leaves it out entirely.
+    q = loaded.index.reconstruct(int(3 * 9 + 5))  # the stored 270° copy of region 5
+    assert localize_descriptor(loaded, q, top=1, nadir=None, radius_km=2500)[0].region_id == reg["region_id"]
+    far = localize_descriptor(loaded, q, top=9, nadir=(float(reg["center_lat"]), float(reg["center_lon"])),
+                              radius_km=200)
+    assert far and all(m.distance_km is not None and m.distance_km < 200 for m in far)
+    assert far[0].region_id == reg["region_id"]
+    none = localize_descriptor(loaded, q, top=3, nadir=(-40.0, 100.0), radius_km=2500)
+    assert none == []
+
+
+def test_localize_refuses_another_model(tiny: tuple[TinySet, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    ts, model = tiny
+    _write_manifest(ts)
+    other = tiny_checkpoint(tmp_path / "other.pt", seed=1)
+    params = {"index": {"model": str(model), "tiles_root": str(ts.tiles_root), "out_dir": str(tmp_path / "ix"),
+                        "num_workers": 0, "index": {"kind": "sq_fp16"}},
+              "localize": {"index_dir": str(tmp_path / "ix"), "model": str(other)}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert cli_main(["index", "--params", str(tmp_path / "params.yaml")]) == 0
+    photo = next((ts.tiles_root / "queries").glob("*.jpg"))
+    assert cli_main(["localize", str(photo), "--params", str(tmp_path / "params.yaml")]) == 1
+    assert "not the model the index was built with" in capsys.readouterr().err
+
+
+def test_region_corners_match_footprint() -> None:
+    from earthloc.localize import region_table
+
+    t = region_table(["09_0196_0112"], ["x.jpg"])
+    g = footprint_geometry("09_0196_0112")
+    minx, miny, maxx, maxy = g.bounds
+    row = t.iloc[0]
+    assert (row["ll_lat"], row["ll_lon"], row["ur_lat"], row["ur_lon"]) == pytest.approx((miny, minx, maxy, maxx))
+    assert list(t.columns[:4]) == ["db_index", "region_id", "zoom", "path"] and set(CORNERS) <= set(t.columns)
