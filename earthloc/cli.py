@@ -66,6 +66,12 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     fetch.main(args)
 
 
+def cmd_pairs(args: argparse.Namespace) -> None:
+    from pipeline.stages import pairs
+
+    pairs.main(args)
+
+
 def cmd_audit(args: argparse.Namespace) -> None:
     from pipeline.stages import audit
 
@@ -154,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, default=None, help="metrics JSON (default: data/fetch/<YEAR>_<ZZ>.json)")
     p.add_argument("--scheduler", default=None, help="dask scheduler address (else params fetch.run.scheduler_address or an in-process cluster)")
     p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("pairs", help="AstroLoc (photo, region) training pairs", description="Training pairs of astronaut photos and 2021 database regions with IoU >= pairs.min_iou, excluding every photo of every evaluation set (kept, dropped, or with its nadir within a set's query radius), restricted to images present in the tile store.")
+    _params_arg(p)
+    p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
+    p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
+    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
+    p.add_argument("--evalsets", type=Path, default=Path("data/evalsets"), help="folder of the evaluation sets")
+    p.add_argument("--tiles", type=Path, default=Path("tiles"), help="tile store root (manifests say which images exist)")
+    p.add_argument("--out-dir", type=Path, default=Path("data/pairs"))
+    p.set_defaults(func=cmd_pairs)
 
     p = sub.add_parser("audit", help="inspect an intersection file", description="Show the regions a query overlaps (km², IoU, fractions) with a GeoJSON and a PNG map, or --check a file against the footprints.")
     _params_arg(p)

@@ -1,0 +1,241 @@
+"""pairs stage: AstroLoc's (astronaut photo, 2021 database region) training pairs.
+
+Reads the 2021 intersections, the query footprints (file names, nadirs), the grid (to name
+the 2021 database paths), the evaluation sets (to exclude their photos) and, when present,
+the tile store's manifests (to keep only images that exist). Writes to `data/pairs/`:
+  pairs.parquet    query_id, filename, region_id, zoom, iou, intersection_km2, path
+                   (path = the region's 2021 image relative to the tile store root)
+  neutral.parquet  query_id, region_id, zoom, iou: overlaps of kept photos below min_iou
+                   (neither positive nor negative for the photo-to-region loss)
+  excluded.csv     query_id, reason, sets: every photo that must not be trained on
+  summary.json     DVC metrics
+The selection itself is `pipeline.geo.pairs`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import ConfigError, InputError, IntegrityError
+from pipeline.geo.names import db_relpath
+from pipeline.geo.pairs import (
+    NEUTRAL_COLUMNS,
+    PAIR_COLUMNS,
+    SetArea,
+    SetMembers,
+    excluded_photos,
+    leaked_ids,
+    select_pairs,
+    summarize,
+)
+from pipeline.io import atomic_path, write_json, write_text
+from pipeline.params import load_params, section
+
+CORNER_COLS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
+GRID_COLS = ["region_id", "zoom", *CORNER_COLS, "center_lat", "center_lon", "area_km2"]
+REGION_MANIFEST_RE = re.compile(r"^(\d{4})_(\d{2})\.parquet$")  # tiles/manifests/<YEAR>_<ZZ>.parquet
+MODES = ("fetched", "all")
+
+
+@dataclass(frozen=True)
+class PairsParams:
+    """The `pairs` section of params.yaml (plus the evaluation sets it must avoid)."""
+
+    min_iou: float
+    year: int
+    exclude_sets: tuple[str, ...]  # names of evalset.sets whose photos are excluded
+    areas: tuple[SetArea, ...]  # their query discs (for the nadir check)
+    margin_km: float  # widen every set's query radius by this for the nadir check
+    regions: str  # fetched: only regions whose images exist for every year in `years`; all
+    photos: str  # fetched: only photos whose image exists; all
+    years: tuple[int, ...]  # years a region's images must all exist in (regions: fetched)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> PairsParams:
+        sec = section(params, "pairs")
+        sets = section(params, "evalset").get("sets")
+        if not isinstance(sets, dict) or not sets:
+            raise ConfigError("params evalset.sets is missing or empty: the pairs stage must know what to exclude")
+        raw = sec.get("exclude_sets", "all")
+        names = tuple(sets) if raw == "all" else tuple(str(n) for n in (raw or []))
+        unknown = sorted(set(names) - set(sets))
+        if unknown:
+            raise ConfigError(f"params pairs.exclude_sets: unknown set(s) {unknown}; valid: {sorted(sets)}")
+        try:
+            areas = tuple(
+                SetArea(n, float(sets[n]["lat"]), float(sets[n]["lon"]), float(sets[n]["query_radius_km"]))
+                for n in names
+            )
+            p = cls(
+                min_iou=float(sec.get("min_iou", 0.1)),
+                year=int(sec.get("year", 2021)),
+                exclude_sets=names,
+                areas=areas,
+                margin_km=float(sec.get("exclude_margin_km", 0.0)),
+                regions=str(sec.get("regions", "fetched")),
+                photos=str(sec.get("photos", "fetched")),
+                years=tuple(int(y) for y in sec.get("years", (2018, 2019, 2020, 2021))),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"params pairs: {exc}") from exc
+        if not 0.0 < p.min_iou <= 1.0:
+            raise ConfigError(f"params pairs.min_iou must be in (0, 1], got {p.min_iou}")
+        if p.regions not in MODES or p.photos not in MODES:
+            raise ConfigError(f"params pairs.regions and pairs.photos must be one of {MODES}")
+        if p.margin_km < 0:
+            raise ConfigError("params pairs.exclude_margin_km must be >= 0")
+        return p
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+
+
+def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        raise InputError(f"{path}: no such file (run the stage that makes it first)")
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as exc:  # pyarrow raises many types; report one line
+        raise InputError(f"{path}: not a readable Parquet file with columns {columns} ({exc})") from exc
+
+
+def _read_ids(path: Path) -> frozenset[str]:
+    try:
+        df = pd.read_csv(path, usecols=["query_id"], dtype={"query_id": str})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: not a CSV with a query_id column ({exc})") from exc
+    return frozenset(df["query_id"].dropna())
+
+
+def read_members(evalsets_dir: Path, names: tuple[str, ...]) -> tuple[SetMembers, ...]:
+    """queries.csv and dropped.csv of every named set; a missing queries.csv is an error
+    (a set that was never built cannot be proven absent from the pairs)."""
+    out = []
+    for name in names:
+        d = Path(evalsets_dir) / name
+        if not (d / "queries.csv").exists():
+            raise InputError(f"{d / 'queries.csv'}: missing; build the set first (dvc repro evalset@{name})")
+        dropped = _read_ids(d / "dropped.csv") if (d / "dropped.csv").exists() else frozenset()
+        out.append(SetMembers(name, _read_ids(d / "queries.csv"), dropped))
+    return tuple(out)
+
+
+def fetched_regions(tiles_root: Path, years: tuple[int, ...]) -> set[str] | None:
+    """Regions whose image is `ok` in the tile store for every year; None if no manifest exists."""
+    mdir = Path(tiles_root) / "manifests"
+    files = [f for f in sorted(mdir.glob("*.parquet")) if REGION_MANIFEST_RE.match(f.name)] if mdir.is_dir() else []
+    if not files:
+        return None
+    ok_by_year: dict[int, set[str]] = {y: set() for y in years}
+    for f in files:
+        year = int(REGION_MANIFEST_RE.match(f.name).group(1))  # type: ignore[union-attr]
+        if year not in ok_by_year:
+            continue
+        m = _read_parquet(f, ["region_id", "status"])
+        ok_by_year[year] |= set(m.loc[m["status"] == "ok", "region_id"].astype(str))
+    return set.intersection(*ok_by_year.values()) if ok_by_year else set()
+
+
+def fetched_photos(tiles_root: Path) -> set[str] | None:
+    """Photos whose image is `ok` in tiles/queries/manifest.parquet; None if there is none."""
+    path = Path(tiles_root) / "queries" / "manifest.parquet"
+    if not path.exists():
+        return None
+    m = _read_parquet(path, ["query_id", "status"])
+    return set(m.loc[m["status"] == "ok", "query_id"].astype(str))
+
+
+def region_paths(grid: pd.DataFrame, year: int) -> pd.Series:
+    """Upstream database path of each region's `year` image, indexed by region_id."""
+    corners = grid[CORNER_COLS].to_numpy(dtype=np.float64)
+    paths = [
+        db_relpath(tuple(c), rid, int(z), year, float(la), float(lo), float(a))
+        for c, rid, z, la, lo, a in zip(
+            corners, grid["region_id"], grid["zoom"], grid["center_lat"], grid["center_lon"], grid["area_km2"],
+            strict=True,
+        )
+    ]
+    return pd.Series(paths, index=grid["region_id"].to_numpy(), dtype=object)
+
+
+# ---------------------------------------------------------------------------
+# Stage
+
+
+def run(
+    p: PairsParams,
+    intersections: Path,
+    queries: Path,
+    grid: Path,
+    evalsets_dir: Path,
+    tiles_root: Path,
+    out_dir: Path,
+) -> dict[str, Any]:
+    inter = _read_parquet(Path(intersections), ["query_id", "region_id", "zoom", "iou", "intersection_km2"])
+    qs = _read_parquet(Path(queries), ["query_id", "filename", "nadir_lat", "nadir_lon"])
+    members = read_members(Path(evalsets_dir), p.exclude_sets)
+    excluded = excluded_photos(qs, members, p.areas, p.margin_km)
+
+    regions_ok = fetched_regions(Path(tiles_root), p.years) if p.regions == "fetched" else None
+    photos_ok = fetched_photos(Path(tiles_root)) if p.photos == "fetched" else None
+    res = select_pairs(inter, excluded["query_id"], p.min_iou, regions_ok, photos_ok)
+
+    # Belt and braces: the proof of no leakage runs on the very table that is written.
+    leaks = leaked_ids(res.pairs, members) | (set(res.pairs["query_id"]) & set(excluded["query_id"]))
+    if leaks:
+        raise IntegrityError(f"pairs: {len(leaks)} evaluation photo(s) would be trained on, e.g. {sorted(leaks)[0]}")
+
+    used = res.pairs["region_id"].unique()
+    g = _read_parquet(Path(grid), GRID_COLS)
+    g = g.loc[g["region_id"].isin(used)]
+    if len(g) != len(used):
+        raise InputError(f"{grid}: lacks regions named in {intersections}; were both built from the same grid?")
+    paths = region_paths(g, p.year)
+    filenames = qs.set_index("query_id")["filename"]
+    pairs = res.pairs.assign(
+        filename=res.pairs["query_id"].map(filenames).to_numpy(),
+        path=res.pairs["region_id"].map(paths).to_numpy(),
+    )[PAIR_COLUMNS]
+
+    summary: dict[str, Any] = summarize(pairs, excluded, res.counts, p.min_iou)
+    summary.update({
+        "year": p.year,
+        "exclude_sets": list(p.exclude_sets),
+        "exclude_margin_km": p.margin_km,
+        "region_filter": (p.regions if regions_ok is not None or p.regions == "all"
+                          else "fetched requested, no tile manifests: not restricted"),
+        "photo_filter": (p.photos if photos_ok is not None or p.photos == "all"
+                         else "fetched requested, no query manifest: not restricted"),
+        "num_neutral_pairs": int(len(res.neutral)),
+    })
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "pairs.parquet") as tmp:
+        pairs.to_parquet(tmp, index=False)
+    with atomic_path(out_dir / "neutral.parquet") as tmp:
+        res.neutral[NEUTRAL_COLUMNS].to_parquet(tmp, index=False)
+    write_text(out_dir / "excluded.csv", excluded.to_csv(index=False, lineterminator="\n"))
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def summary_line(s: dict[str, Any], out_dir: Path) -> str:
+    ex = s["excluded_photos"]
+    return (
+        f"pairs: {s['num_pairs']} pairs (iou >= {s['min_iou']:g}) of {s['num_photos']} photos and "
+        f"{s['num_regions']} regions; excluded {s['num_excluded_photos']} evaluation photos "
+        f"({', '.join(f'{k} {v}' for k, v in ex.items())}); regions: {s['region_filter']}; "
+        f"photos: {s['photo_filter']} -> {out_dir}"
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    p = PairsParams.from_params(load_params(args.params))
+    summary = run(p, args.intersections, args.queries, args.grid, args.evalsets, args.tiles, args.out_dir)
+    print(summary_line(summary, Path(args.out_dir)))
