@@ -50,7 +50,7 @@ import torch.distributed as dist
 from earthloc.augment import AugmentConfig, YearwiseAugment, normalize, to_float
 from earthloc.batches import ClusterAssignment, NeutralPairs, batch_regions, kmeans_clusters, neutral_pairs, random_clusters, rank_share
 from earthloc.data import YEARS, RegionYearsDataset, TrainingRegions, loader, one_line, training_regions
-from earthloc.loss import LossConfig, NeutralAwareMSLoss
+from earthloc.loss import LossConfig, LossOutput, NeutralAwareMSLoss
 from earthloc.model import ModelConfig, build_model, save_checkpoint, unwrap
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json
@@ -429,6 +429,27 @@ def _open_live(live_dir: Path, resume_step: int | None) -> Any:
 
 
 # -- the loop --------------------------------------------------------------------------------------
+def train_step(net: torch.nn.Module, augment: YearwiseAugment, loss_fn: NeutralAwareMSLoss,
+               optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, neutral: torch.Tensor,
+               generator: torch.Generator, *, distributed: bool = False) -> LossOutput:  # fmt: skip
+    """One optimiser step on a (r, Y, 3, H, W) uint8 batch (this rank's share of the global batch).
+
+    `labels` (B*Y,) and `neutral` (B, B) are the global batch's; under DDP the descriptors of
+    all ranks are gathered (with autograd) before the loss, so every rank computes the global loss."""
+    views = augment(images, generator)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+        emb = net(views)
+    if distributed:
+        from torch.distributed.nn.functional import all_gather
+
+        emb = torch.cat(all_gather(emb), dim=0)
+    out = loss_fn(emb, labels, neutral)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    return out
+
+
 def _sync_flag(flag: bool, d: Dist) -> bool:
     if not d.enabled:
         return flag
@@ -484,7 +505,6 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
     loss_fn = NeutralAwareMSLoss.from_config(configs.loss)
     dataset = RegionYearsDataset(regions, cfg.load_size)
     live = _open_live(paths.live_dir, state.live_step if resumed_from is not None else None) if d.is_main else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     labels = torch.arange(cfg.regions_per_batch, device=device).repeat_interleave(n_years)
     done_before = state.iteration
     last_loss: float | None = None
@@ -512,18 +532,9 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
             for global_batch, batch in zip(schedule, dl):
                 i = state.iteration
                 gen = torch.Generator().manual_seed(derived_seed(cfg.seed, STREAM_AUGMENT, i))
-                views = augment(batch.images.to(device, non_blocking=True), gen)
-                with autocast:
-                    emb = net(views)
-                if d.enabled:
-                    from torch.distributed.nn.functional import all_gather
-
-                    emb = torch.cat(all_gather(emb), dim=0)
                 neutral_m = torch.from_numpy(neutral.matrix(global_batch)).to(device)
-                out = loss_fn(emb, labels, neutral_m)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
+                out = train_step(net, augment, loss_fn, optimizer, batch.images.to(device, non_blocking=True),
+                                 labels, neutral_m, gen, distributed=d.enabled)  # fmt: skip
                 state.iteration = i + 1
                 last_loss = float(out.loss.detach())
                 if live is not None and (i % cfg.log_every == 0 or state.iteration == cfg.iterations):
