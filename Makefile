@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup repro test bench clean-venv
+.PHONY: setup repro test bench clean-venv browser
 
 setup: $(STAMP)
 
@@ -24,8 +24,15 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium for the audit-page test (Debian packages); installed only when missing.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_geometry.py
