@@ -72,6 +72,12 @@ def cmd_pairs(args: argparse.Namespace) -> None:
     pairs.main(args)
 
 
+def cmd_fetch_queries(args: argparse.Namespace) -> None:
+    from pipeline.stages import fetch
+
+    fetch.main_queries(args)
+
+
 def cmd_audit(args: argparse.Namespace) -> None:
     from pipeline.stages import audit
 
@@ -160,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, default=None, help="metrics JSON (default: data/fetch/<YEAR>_<ZZ>.json)")
     p.add_argument("--scheduler", default=None, help="dask scheduler address (else params fetch.run.scheduler_address or an in-process cluster)")
     p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("fetch-queries", help="query photos of the fetched area", description="Make the photos of the queries all of whose 2021 positives are in the tile store: simulated from the synthetic Earth (offline default) or downloaded from NASA (params fetch_queries.source), resized to upstream's 1024x1024, resuming where a previous run stopped.")
+    _params_arg(p)
+    p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
+    p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
+    p.add_argument("--root", type=Path, default=Path("tiles"), help="tile store root (default: tiles)")
+    p.add_argument("--summary", type=Path, default=Path("data/fetch/queries.json"), help="metrics JSON")
+    p.set_defaults(func=cmd_fetch_queries)
 
     p = sub.add_parser("pairs", help="AstroLoc (photo, region) training pairs", description="Training pairs of astronaut photos and 2021 database regions with IoU >= pairs.min_iou, excluding every photo of every evaluation set (kept, dropped, or with its nadir within a set's query radius), restricted to images present in the tile store.")
     _params_arg(p)

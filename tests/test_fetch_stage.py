@@ -129,3 +129,36 @@ def test_cli_shard_and_errors(tmp_path: Path, grid_file: Path, capsys: pytest.Ca
     assert cli_main(["fetch", "--params", str(tmp_path / "params.yaml"), "--grid", str(tmp_path / "nope.parquet"),
                      "--year", "2021", "--zoom", "10"]) == 1  # fmt: skip
     assert "run the grid stage first" in capsys.readouterr().err
+
+
+def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, grid_file: Path) -> None:
+    from support import texas_csv
+
+    from pipeline.stages import queries as queries_stage
+
+    run(tmp_path, grid_file, 40.0, zoom=11)
+    run(tmp_path, grid_file, 40.0, zoom=10)
+    csv = texas_csv(tmp_path / "q.csv", 3)
+    qparams = queries_stage.QueriesParams.from_section(yaml.safe_load((ROOT / "params.yaml").read_text())["queries"])
+    queries_stage.run(csv, tmp_path / "queries.parquet", tmp_path / "rejected.csv", qparams)
+    qids = sorted(pd.read_parquet(tmp_path / "queries.parquet").query_id)
+    fetched = sorted(pd.read_parquet(tmp_path / "tiles" / "manifests" / "2021_11.parquet").region_id)
+    # q0: every positive fetched; q1: one positive outside the store; q2: no positive at all
+    pairs = pd.DataFrame({"query_id": [qids[0]] * 2 + [qids[1]] * 2, "region_id": [fetched[0], fetched[1], fetched[0], "11_0001_0001"]})
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["fetch"] = section(zooms=["10", "11"])
+    params["fetch_queries"].update(workers=1, size=256)
+
+    s = fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", tmp_path / "q.json")
+    photos = sorted((tmp_path / "tiles" / "queries").glob("*.jpg"))
+    assert [parse_filename(p.name).image_id for p in photos] == [qids[0]] and s["ok"] == 1
+    with Image.open(photos[0]) as im:
+        assert im.size == (256, 256)
+    assert json.loads((tmp_path / "q.json").read_text())["queries_selected"] == 1
+    assert fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", None)["reused"] == 1
+
+    # the positive region leaves the store: the photo goes too
+    pairs.assign(region_id=["11_0001_0001"] * 4).to_parquet(tmp_path / "pairs.parquet")
+    s = fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", None)
+    assert s["pruned_photos"] == 1 and not list((tmp_path / "tiles" / "queries").glob("*.jpg"))

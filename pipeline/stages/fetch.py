@@ -155,9 +155,12 @@ def source_id(params: FetchParams) -> str:
         return f"{params.client.url_template}|{params.client.layer_template}"
     import hashlib
 
-    from pipeline.synthetic import world
+    from pipeline.synthetic import landfield, world
 
-    code = hashlib.sha256(Path(world.__file__).read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for path in (Path(world.__file__), Path(landfield.__file__), *sorted(Path(world.__file__).parent.glob("*.npz"))):
+        h.update(path.read_bytes())
+    code = h.hexdigest()[:16]
     return f"synthetic|seed={params.synthetic_seed}|world={code}"
 
 
@@ -228,3 +231,82 @@ def main(args: argparse.Namespace) -> None:
     for year, zoom in shards:
         summary_path = args.summary if args.summary is not None else Path("data/fetch") / f"{shard_name(year, zoom)}.json"
         run_shard(params, year, zoom, Path(args.grid), Path(args.root), summary_path, args.scheduler)
+
+
+# ---------------------------------------------------------------------------
+# Query photos
+
+
+def fetched_region_ids(root: Path, year: int, zooms: tuple[int, ...]) -> set[str]:
+    """Regions of `year` the tile store holds (manifest status ok), over the given zooms."""
+    store = TileStore(root)
+    ids: set[str] = set()
+    for zoom in zooms:
+        path = store.manifest_path(year, zoom)
+        if not path.exists():
+            raise InputError(f"{path}: no manifest (run the fetch stage for {shard_name(year, zoom)} first)")
+        man = store.load_manifest(year, zoom)
+        ids.update(man.loc[man["status"] == "ok", "region_id"])
+    return ids
+
+
+def prune_photos(root: Path, keep_filenames: set[str]) -> int:
+    """Delete photos (and manifest rows) of queries no longer selected, e.g. after the AOI shrank."""
+    from pipeline.fetch.queries import QUERY_DIR, load_manifest
+
+    qdir = root / QUERY_DIR
+    removed = 0
+    if qdir.exists():
+        for p in qdir.glob("*.jpg"):
+            if p.name not in keep_filenames:
+                p.unlink()
+                removed += 1
+    man = load_manifest(root)
+    if not man.empty and not man["filename"].isin(list(keep_filenames)).all():
+        from pipeline.io import atomic_path
+
+        with atomic_path(qdir / "manifest.parquet") as tmp:
+            man[man["filename"].isin(list(keep_filenames))].reset_index(drop=True).to_parquet(tmp, index=False)
+    return removed
+
+
+def run_queries(
+    params: dict[str, Any], queries_path: Path, intersections_path: Path, root: Path, summary_path: Path | None
+) -> dict[str, Any]:
+    """Photos of the queries all of whose 2021 positives are fetched regions (so every one of
+    them can be evaluated against the fetched database), simulated or downloaded."""
+    from pipeline.fetch.queries import QueryPhotoConfig, fetch_query_photos, select_queries
+
+    fp = FetchParams.from_section(section(params, "fetch"))
+    qcfg = QueryPhotoConfig.from_section(dict(section(params, "fetch_queries")))
+    year = int(section(params, "intersect").get("year", 2021))
+    if year not in fp.years:
+        raise ConfigError(f"fetch.years lacks {year}, the year of the intersections (intersect.year)")
+    for path, stage in ((queries_path, "queries"), (intersections_path, "intersect")):
+        if not path.exists():
+            raise InputError(f"{path}: no such file (run the {stage} stage first)")
+    queries = pd.read_parquet(queries_path)
+    queries = queries.drop(columns=[c for c in ("geometry",) if c in queries.columns])
+    pairs = pd.read_parquet(intersections_path, columns=["query_id", "region_id"])
+    selected = select_queries(queries, pairs, fetched_region_ids(root, year, fp.zooms))
+    summary = fetch_query_photos(selected, root, qcfg, client_config=fp.client, progress=fp.run.progress)
+    summary["pruned_photos"] = prune_photos(root, set(selected["filename"]))
+    print(
+        f"fetch_queries: {len(selected)} queries have all their {year} positives in the tile store; photos "
+        f"{summary['ok']} made, {summary['reused']} already complete, {summary['not_found']} not found, "
+        f"{summary['failed']} failed {summary['failed_by_reason'] or ''}, {summary['pruned_photos']} pruned "
+        f"({qcfg.source}, {summary['seconds']:.1f} s)"
+    )
+    if summary_path is not None:
+        write_json(summary_path, {"source": qcfg.source, "queries_selected": int(len(selected)),
+                                  **{k: v for k, v in summary.items() if isinstance(v, int)}})  # fmt: skip
+    if summary.get("failed", 0) > fp.max_failed_fraction * max(1, len(selected)):
+        raise FetchError(
+            f"{summary['failed']} of {len(selected)} query photos failed (reasons in {root}/queries/manifest.parquet); "
+            "rerun to retry them"
+        )
+    return summary
+
+
+def main_queries(args: argparse.Namespace) -> None:
+    run_queries(load_params(args.params), Path(args.queries), Path(args.intersections), Path(args.root), args.summary)
