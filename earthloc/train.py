@@ -620,5 +620,9 @@ def _write_model(net: torch.nn.Module, mcfg: ModelConfig, paths: TrainPaths, sta
 def run(params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> TrainSummary:
     """Entry point of `earthloc train`."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from earthloc import astroloc_train
+
+    if astroloc_train.uses_astroloc_loop(params):  # AstroLoc losses on (params astroloc): photos join the batches
+        return astroloc_train.run(params, paths)  # type: ignore[return-value]
     summary = train(Configs.from_params(params), paths)
     return summary

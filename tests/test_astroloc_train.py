@@ -126,3 +126,19 @@ def test_no_photos_is_a_clear_error(tmp_path: Path, store: dict[str, Path]) -> N
     params["astroloc"]["pairs"] = str(empty)
     with pytest.raises(InputError, match="no training photo"):
         train_astroloc(Configs.from_params(params), AstroLocConfig.from_section(params["astroloc"]), paths_in(tmp_path, store))
+
+
+def test_earthloc_train_dispatches_astroloc(tmp_path: Path, store: dict[str, Path]) -> None:
+    """`earthloc train` runs the AstroLoc loop when a photo loss is on (the DVC train stage's command)."""
+    import yaml
+
+    from earthloc.cli import main
+
+    params = astro_params(store, CONFIGS["astroloc"], iterations=2, val_every=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    p = paths_in(tmp_path, store)
+    rc = main(["train", "--params", str(tmp_path / "params.yaml"), "--tiles", str(p.tiles_root), "--grid", str(p.regions),
+               "--out", str(p.model_out), "--checkpoints", str(p.checkpoints), "--live-dir", str(p.live_dir)])  # fmt: skip
+    assert rc == 0 and p.model_out.is_file()
+    summary = (p.checkpoints.parent / "astroloc_summary.json").read_text()
+    assert '"photo_pairs": true' in summary
