@@ -78,6 +78,12 @@ def cmd_fetch_queries(args: argparse.Namespace) -> None:
     fetch.main_queries(args)
 
 
+def cmd_lost_in_space(args: argparse.Namespace) -> None:
+    from pipeline.stages import lost_in_space
+
+    lost_in_space.main(args)
+
+
 def cmd_audit(args: argparse.Namespace) -> None:
     from pipeline.stages import audit
 
@@ -184,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", type=Path, default=Path("tiles"), help="tile store root (manifests say which images exist)")
     p.add_argument("--out-dir", type=Path, default=Path("data/pairs"))
     p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("lost-in-space", help="an evaluation set without the nadir prior", description="The queries of an evaluation set against every fetched database region (all areas of interest, all zooms): the lost-in-space setting. Params section lost_in_space; output in the evalset layout for `earthloc evaluate`.")
+    _params_arg(p)
+    p.add_argument("name", help="a key of lost_in_space.sets in params")
+    p.add_argument("--evalsets", type=Path, default=Path("data/evalsets"))
+    p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
+    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
+    p.add_argument("--tiles", type=Path, default=Path("tiles"))
+    p.add_argument("--out-dir", type=Path, default=None, help="default: <evalsets>/<name>")
+    p.set_defaults(func=cmd_lost_in_space)
 
     p = sub.add_parser("audit", help="inspect an intersection file", description="Show the regions a query overlaps (km², IoU, fractions) with a GeoJSON and a PNG map, or --check a file against the footprints.")
     _params_arg(p)
