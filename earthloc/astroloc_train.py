@@ -387,7 +387,7 @@ def train_astroloc(configs: Configs, acfg: AstroLocConfig, paths: TrainPaths = T
         final_components=comps, cluster_photo_counts=cw.photo_counts.tolist() if cw is not None else None,
         cluster_weights=[round(float(w), 4) for w in cw.weights] if cw is not None else None,
     )  # fmt: skip
-    write_json(paths.checkpoints.parent / "astroloc_summary.json", vars(summary))
+    write_json(paths.checkpoints / "astroloc_summary.json", vars(summary))
     print(f"astroloc: {summary}", flush=True)
     return summary
 

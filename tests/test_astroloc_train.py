@@ -140,5 +140,5 @@ def test_earthloc_train_dispatches_astroloc(tmp_path: Path, store: dict[str, Pat
     rc = main(["train", "--params", str(tmp_path / "params.yaml"), "--tiles", str(p.tiles_root), "--grid", str(p.regions),
                "--out", str(p.model_out), "--checkpoints", str(p.checkpoints), "--live-dir", str(p.live_dir)])  # fmt: skip
     assert rc == 0 and p.model_out.is_file()
-    summary = (p.checkpoints.parent / "astroloc_summary.json").read_text()
+    summary = (p.checkpoints / "astroloc_summary.json").read_text()
     assert '"photo_pairs": true' in summary
