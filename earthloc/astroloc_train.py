@@ -62,7 +62,6 @@ from earthloc.data import RegionYearsDataset, TrainingRegions, load_rgb, loader,
 from earthloc.loss import NeutralAwareMSLoss
 from earthloc.model import build_model, save_checkpoint, unwrap
 from earthloc.train import (
-    BEST_NAME,
     STREAM_AUGMENT,
     Configs,
     Dist,
@@ -79,6 +78,10 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.geo.names import parse_filename
 from pipeline.io import atomic_path, write_json
 
+# Not the train stage's best.pt/last.pt: the EarthLoc loop resumes from those (same folder,
+# DVC-persisted), so an AstroLoc run must leave them alone or an EarthLoc rerun would
+# pick up an AstroLoc model as its own best.
+BEST_NAME = "astroloc_best.pt"
 STREAM_PHOTOS = 7  # seed stream of the photo draw (batches.py uses 1, 2; train.py 3, 4, 5)
 STREAM_WEIGHTED_BATCH = 8  # seed stream of the relevance-weighted cluster draw
 

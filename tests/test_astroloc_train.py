@@ -142,3 +142,16 @@ def test_earthloc_train_dispatches_astroloc(tmp_path: Path, store: dict[str, Pat
     assert rc == 0 and p.model_out.is_file()
     summary = (p.checkpoints / "astroloc_summary.json").read_text()
     assert '"photo_pairs": true' in summary
+
+
+def test_astroloc_run_leaves_the_earthloc_checkpoints_alone(tmp_path: Path, store: dict[str, Path]) -> None:
+    """The EarthLoc loop resumes from best.pt/last.pt in the same (persisted) folder: an
+    AstroLoc run in between must not replace them."""
+    p = paths_in(tmp_path, store)
+    p.checkpoints.mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        (p.checkpoints / name).write_bytes(b"earthloc")
+    params = astro_params(store, CONFIGS["astroloc"], iterations=1, val_every=1)
+    train_astroloc(Configs.from_params(params), AstroLocConfig.from_section(params["astroloc"]), p)
+    assert (p.checkpoints / "best.pt").read_bytes() == b"earthloc" == (p.checkpoints / "last.pt").read_bytes()
+    assert (p.checkpoints / "astroloc_best.pt").is_file()
