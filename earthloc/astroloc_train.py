@@ -167,7 +167,8 @@ class PhotoDataset(Dataset[torch.Tensor]):
         return torch.rot90(x, k, dims=(1, 2)).contiguous() if k else x
 
 
-def plan_photos(pool: PhotoPool, *, seed: int, iteration: int, n_photos: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+def plan_photos(pool: PhotoPool, *, seed: int, iteration: int,
+                n_photos: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """(photo indices (P,), one positive training-region index per photo (P,)): pure in (seed, iteration)."""
     if not len(pool):
         raise InputError("astroloc: no training photo (pairs.parquet has none whose image and positive regions exist)")
@@ -279,9 +280,11 @@ def train_astroloc(configs: Configs, acfg: AstroLocConfig, paths: TrainPaths = T
     cfg, mcfg = configs.train, configs.model
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
     if cfg.val_every and not Path(cfg.val_set).is_dir():
-        raise InputError(f"{cfg.val_set}: validation set not found (build it with the evalset stage, or set train.val_every: 0)")
+        raise InputError(f"{cfg.val_set}: validation set not found "
+                         "(build it with the evalset stage, or set train.val_every: 0)")
     t0 = time.monotonic()
     seed_everything(cfg.seed)
     sw = acfg.losses
@@ -295,7 +298,8 @@ def train_astroloc(configs: Configs, acfg: AstroLocConfig, paths: TrainPaths = T
                          "(fetch.aois) and rerun the pairs stage")
     n_photos = acfg.photos_per_batch if sw.photo_pairs else 0
     n_years = len(cfg.years)
-    print(f"astroloc: {len(regions)} regions x {n_years} years, {len(pool) if pool is not None else 0} training photos, "
+    n_pool = len(pool) if pool is not None else 0
+    print(f"astroloc: {len(regions)} regions x {n_years} years, {n_pool} training photos, "
           f"losses {[k for k, v in vars(sw).items() if v]}", flush=True)  # fmt: skip
 
     model = build_model(mcfg).to(device)

@@ -91,7 +91,8 @@ def excluded_photos(
         near = haversine_km(a.lat, a.lon, lat, lon) < a.query_radius_km + margin_km
         claim(ids[near].tolist(), 2, a.name)
     rows = sorted((qid, EXCLUSION_REASONS[rank], ";".join(sorted(names))) for qid, (rank, names) in claims.items())
-    return pd.DataFrame(rows, columns=["query_id", "reason", "sets"]).astype({"query_id": str, "reason": str, "sets": str})
+    out = pd.DataFrame(rows, columns=["query_id", "reason", "sets"])
+    return out.astype({"query_id": str, "reason": str, "sets": str})
 
 
 def select_pairs(
@@ -146,7 +147,8 @@ def leaked_ids(pairs: pd.DataFrame, members: Sequence[SetMembers]) -> set[str]:
     return set(pairs["query_id"].unique()) & listed
 
 
-def summarize(pairs: pd.DataFrame, excluded: pd.DataFrame, counts: Mapping[str, int], min_iou: float) -> dict[str, object]:
+def summarize(pairs: pd.DataFrame, excluded: pd.DataFrame, counts: Mapping[str, int],
+              min_iou: float) -> dict[str, object]:
     """DVC metrics: pairs and photos per zoom, regions, excluded photos by reason."""
     per_zoom = pairs.groupby("zoom").agg(pairs=("query_id", "size"), photos=("query_id", "nunique"),
                                          regions=("region_id", "nunique"))
