@@ -7,12 +7,14 @@ that precedes it, for the small config (params.yaml `model`) and the paper confi
         [--iters 5] [--threads 2] [--load-size 160] [--backbone resnet18 --image-size 128 --dim 512]
 
 --backbone/--image-size/--dim override the small config (to compare candidates).
-The first iteration is a warm-up and is not counted; the figure is the median.
+The first iteration is a warm-up and is not counted; the figure is the median. On a machine
+shared with other jobs, --threads 1 is much faster than 2 (OpenMP threads wait at barriers).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -72,7 +74,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.regions} regions x {args.years} years")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.regions} regions x {args.years} years, "
+          f"load average {load} on {os.cpu_count()} CPUs")
     for name in args.configs:
         if name == "paper":
             cfg, load = ModelConfig(), args.load_size or 800
