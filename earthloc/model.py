@@ -238,7 +238,10 @@ def build_model(cfg: ModelConfig, *, load_weights: bool = True) -> EarthLocModel
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DistributedDataParallel / torch.compile wrappers."""
     while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        # Explicit None tests: some modules (e.g. an empty Sequential) are falsy.
+        inner = getattr(model, "module", None)
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
             return model
         model = inner
