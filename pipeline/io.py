@@ -7,6 +7,7 @@ file or the new one, never half of one."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -16,7 +17,7 @@ from typing import Any
 
 import geopandas as gpd
 
-from pipeline.errors import InputError
+from pipeline.errors import EarthLocError, InputError
 
 
 @contextlib.contextmanager
@@ -44,6 +45,23 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], busy: EarthLocError) -> Iterator[None]:
+    """Hold a non-blocking exclusive flock on `path` (created if missing) for the block;
+    raise `busy` at once if another process holds it (two runs must not write one output)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise busy from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def write_text(dest: str | os.PathLike[str], text: str) -> None:

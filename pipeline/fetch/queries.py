@@ -35,7 +35,6 @@ manifest is checkpointed while running and always written at the end, also on er
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -43,7 +42,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,7 +55,7 @@ from tqdm import tqdm
 from pipeline.errors import ConfigError, FetchError, InputError
 from pipeline.fetch.client import IMAGE_TYPES, ClientConfig, release_shared, shared_client
 from pipeline.fetch.store import atomic_write_bytes, encode_jpeg, sha256_bytes, sha256_file
-from pipeline.io import atomic_path, write_text
+from pipeline.io import atomic_path, exclusive_lock, write_text
 from pipeline.synthetic.photos import PhotoEffects, photo_seed, render_photo
 
 SOURCES = ("synthetic", "nasa")
@@ -273,19 +272,9 @@ def _save_manifest(root: Path, old: pd.DataFrame, rows: list[dict[str, Any]]) ->
     return merged
 
 
-@contextmanager
-def _run_lock(root: Path) -> Iterator[None]:
+def _run_lock(root: Path) -> AbstractContextManager[None]:
     path = root / QUERY_DIR / ".lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise FetchError(f"{path.parent} is being written by another run") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return exclusive_lock(path, FetchError(f"{path.parent} is being written by another run"))
 
 
 def _is_complete(root: Path, row: pd.Series, config_id: str) -> bool:

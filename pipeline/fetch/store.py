@@ -15,19 +15,18 @@ One shard (year, zoom) must be written by one run at a time; `shard_lock` enforc
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
 from pipeline.errors import FetchError
-from pipeline.io import atomic_path, write_text
+from pipeline.io import atomic_path, exclusive_lock, write_text
 
 REGION_COLUMNS = [
     "region_id", "year", "zoom", "path", "sha256", "bytes", "url_template", "layer", "tiles",
@@ -180,17 +179,7 @@ class TileStore:
                     n += 1
         return n
 
-    @contextmanager
-    def shard_lock(self, year: int, zoom: int) -> Iterator[None]:
+    def shard_lock(self, year: int, zoom: int) -> AbstractContextManager[None]:
         """Exclusive, non-blocking lock on one shard, so two runs never write it at once."""
         path = self.root / "manifests" / f".{shard_name(year, zoom)}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise FetchError(f"shard {shard_name(year, zoom)} is being written by another run ({path})") from exc
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return exclusive_lock(path, FetchError(f"shard {shard_name(year, zoom)} is being written by another run ({path})"))
