@@ -38,10 +38,11 @@ COUNTING_NOTE = (
     "'collapsed' keeps each DB image once, at its best rotation, then ranks images."
 )
 ORIENTATION_NOTE = (
-    "Predicted orientation = the counter-clockwise angle (0/90/180/270) by which the best-matching DB copy was "
-    "turned. Ground truth = the photo's ORIENTATION, read as the compass azimuth (clockwise from north) that the "
-    "photo's top edge faces: a north-up image turned counter-clockwise by that angle shows the photo's view. "
-    "Error = smallest angle between the two; within 45 deg = the right quadrant, the best a 90-degree TTA can do."
+    "Predicted = the counter-clockwise angle a (0/90/180/270) by which the best-matching north-up DB copy was "
+    "turned; its top then faces compass bearing a. Truth = the bearing the photo's top faces, -ORIENTATION mod 360 "
+    "(NASA's ORIENTATION is the direction of north in the photo, clockwise from the photo's up; as measured on the "
+    "NASA CSV and rendered by the photo simulator). Error = the smallest angle between the two; within 45 deg = the "
+    "right quadrant, the best a 90-degree TTA can do."
 )
 
 
@@ -142,14 +143,9 @@ def evaluate_model(model: torch.nn.Module, image_size: int, ev: R.EvalSetFiles, 
         evalset=ev,
     )  # fmt: skip
     if res.orientation is not None:
-        res.orientation.update(R.orientation_summary(res.search.angle[:, 0], _orientation(ev), p.orientation_thresholds))
+        bearing = R.photo_up_bearing(R.queries_orientation(ev.queries))
+        res.orientation.update(R.orientation_summary(res.search.angle[:, 0], bearing, p.orientation_thresholds))
     return res
-
-
-def _orientation(ev: R.EvalSetFiles) -> np.ndarray:
-    if "orientation" not in ev.queries.columns:
-        return np.full(len(ev.queries), np.nan)
-    return ev.queries["orientation"].to_numpy(dtype=np.float64)
 
 
 def random_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:

@@ -223,9 +223,15 @@ class Match:
 
     @property
     def photo_top_azimuth_deg(self) -> int:
-        """Where the photo's top edge points (compass degrees), by the convention of
-        docs/evaluation.md: a north-up image turned CCW by a shows a view whose top faces a."""
+        """Compass bearing the photo's top edge faces: a north-up image turned CCW by a has
+        its top facing bearing a (docs/evaluation.md)."""
         return self.angle_deg % 360
+
+    @property
+    def nasa_orientation_deg(self) -> int:
+        """The same prediction in NASA's ORIENTATION convention (north's direction in the
+        photo, clockwise from up) = -bearing mod 360."""
+        return (-self.angle_deg) % 360
 
 
 def candidates_near(regions: pd.DataFrame, lat: float, lon: float, radius_km: float) -> np.ndarray:
@@ -310,6 +316,7 @@ def to_geojson(matches: list[Match], image: str, nadir: tuple[float, float] | No
             "properties": {
                 "rank": m.rank, "region_id": m.region_id, "zoom": m.zoom, "score": round(m.score, 6),
                 "db_angle_deg": m.angle_deg, "photo_top_azimuth_deg": m.photo_top_azimuth_deg,
+                "predicted_orientation_deg": m.nasa_orientation_deg,
                 "center_lat": m.center[0], "center_lon": m.center[1],
                 "distance_from_nadir_km": None if m.distance_km is None else round(m.distance_km, 1),
             },
@@ -344,12 +351,13 @@ def localize_image(
 
 def format_matches(matches: list[Match], nadir: tuple[float, float] | None, radius_km: float) -> str:
     where = f"within {radius_km:g} km of nadir ({nadir[0]:g}, {nadir[1]:g})" if nadir else "whole index (no nadir)"
-    lines = [f"top {len(matches)} regions, {where}:",
-             "rank  region        zoom  score    photo-top  centre (lat, lon)     corners LL UL UR LR (lat, lon)"]
+    lines = [f"top {len(matches)} regions, {where}; orient. = predicted ORIENTATION (north's direction in the "
+             "photo, degrees clockwise from up, NASA's convention):",
+             "rank  region        zoom  score   orient.  centre (lat, lon)     corners LL UL UR LR (lat, lon)"]
     for m in matches:
         c = m.corners
         corners = " ".join(f"({c[i]:.3f},{c[i + 1]:.3f})" for i in range(0, 8, 2))
-        lines.append(f"{m.rank:>4}  {m.region_id}  {m.zoom:>4}  {m.score:.4f}  {m.photo_top_azimuth_deg:>6}°  "
+        lines.append(f"{m.rank:>4}  {m.region_id}  {m.zoom:>4}  {m.score:.4f}  {m.nasa_orientation_deg:>5}°  "
                      f"({m.center[0]:8.3f}, {m.center[1]:8.3f})  {corners}")
     return "\n".join(lines)
 

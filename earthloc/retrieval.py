@@ -485,6 +485,33 @@ def random_recall_curve(num_db: int, num_positives: npt.ArrayLike, k: int, copie
 # Orientation
 
 
+def photo_up_bearing(orientation: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Compass bearing (degrees clockwise from north) the photo's top edge faces, from NASA's
+    ORIENTATION, which is the direction of north in the photo measured clockwise from the
+    photo's up (measured on the NASA CSV and used by the photo simulator,
+    pipeline/synthetic/photos.py): up faces bearing -ORIENTATION.
+
+    A north-up DB image turned counter-clockwise by a degrees has its top facing bearing a,
+    so the TTA angle that matches the photo is a = -ORIENTATION (mod 360)."""
+    return np.mod(-np.asarray(orientation, dtype=np.float64), 360.0)
+
+
+def queries_orientation(queries: pd.DataFrame) -> npt.NDArray[np.float64]:
+    """NASA ORIENTATION of each query: the `orientation` column of queries.csv, else the
+    orientation token of the upstream file name (NaN where neither parses)."""
+    if "orientation" in queries.columns:
+        return pd.to_numeric(queries["orientation"], errors="coerce").to_numpy(dtype=np.float64)
+    from pipeline.geo.names import parse_filename
+
+    out = np.full(len(queries), np.nan)
+    for i, name in enumerate(queries["filename"].astype(str)):
+        try:
+            out[i] = float(parse_filename(name).orientation)
+        except ValueError:
+            pass
+    return out
+
+
 def circular_error_deg(predicted: npt.ArrayLike, truth: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Smallest angle between two directions, degrees in [0, 180]."""
     d = np.mod(np.asarray(predicted, dtype=np.float64) - np.asarray(truth, dtype=np.float64), 360.0)
@@ -574,7 +601,7 @@ class EvalResult:
     `recalls` is upstream's (uncollapsed) Recall@N in percent, the paper's numbers;
     `recalls_collapsed` ranks DB images with their best rotation only. `search` and
     `search_collapsed` hold the top-k per query; `orientation` the circular error summary
-    (None when queries.csv has no `orientation` column)."""
+    of the top-1 angle against the photo's up bearing (None when no query has an orientation)."""
 
     recalls: dict[int, float]
     recalls_collapsed: dict[int, float]
@@ -639,9 +666,10 @@ def score_descriptors(
     raw = search(db_desc, query_desc, len(rotations) * kmax, index_spec=index_spec, rotations=rotations)
     res = raw.head(kmax)
     res_c = collapse_rotations(raw, kmax)
+    orientation = queries_orientation(ev.queries)
     orient = None
-    if "orientation" in ev.queries.columns:
-        orient = orientation_summary(res.angle[:, 0], ev.queries["orientation"].to_numpy(dtype=np.float64))
+    if np.isfinite(orientation).any():
+        orient = orientation_summary(res.angle[:, 0], photo_up_bearing(orientation))
     return EvalResult(
         recalls=recalls(res.db_index, ev.positives, ns),
         recalls_collapsed=recalls(res_c.db_index, ev.positives, ns),

@@ -48,7 +48,7 @@ class TinySet:
     tiles_root: Path
     regions: pd.DataFrame  # described regions, db_index order
     query_region: list[int]  # db_index each query was cut from
-    query_angle: list[int]  # CCW turn applied to make the query (= its ORIENTATION)
+    query_angle: list[int]  # CCW turn applied to make the query (its ORIENTATION is -angle mod 360)
 
 
 def render_region(zoom: int, row: int, col: int, tile_px: int = 32, year: int = 2021) -> np.ndarray:
@@ -88,12 +88,15 @@ def make_tiny_set(root: Path, n_side: int = 3, zoom: int = 9, row0: int = 196, c
         reg = regions.iloc[db_i]
         # nadir: a little off the footprint centre, as an oblique photo's would be
         nadir = (round(reg["center_lat"] + 0.3, 1), round(reg["center_lon"] - 0.2, 1))
+        # The query is the north-up mosaic turned CCW by `angle`: its top faces bearing `angle`,
+        # so north lies at -angle clockwise from its up: NASA's ORIENTATION = -angle mod 360.
+        orientation = float((-angle) % 360)
         fname = query_filename([reg[c] for c in CORNERS], qid, "20210701", nadir[0], nadir[1], reg["area_km2"],
-                               f"{angle:.1f}")
+                               f"{orientation:.1f}")
         Image.fromarray(np.rot90(images[db_i], k=angle // 90)).save(tiles_root / "queries" / fname, quality=95)
         qrows.append({"query_index": qi, "query_id": qid, "filename": fname,
                       "nadir_lat": nadir[0], "nadir_lon": nadir[1],
-                      "num_positives": 1, "orientation": float(angle)})
+                      "num_positives": 1, "orientation": orientation})
     pd.DataFrame(qrows).to_csv(set_dir / "queries.csv", index=False)
     database.to_csv(set_dir / "database.csv", index=False)
     pd.DataFrame({"query_index": np.arange(len(queries), dtype=np.int64),

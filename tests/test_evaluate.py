@@ -157,13 +157,15 @@ def test_index_and_localize_find_the_photo_footprint(tiny: tuple[TinySet, Path],
                    "--params", str(tmp_path / "params.yaml"), "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert str(reg["region_id"]) in printed and "270°" in printed
+    assert str(reg["region_id"]) in printed
     gj = json.loads(out.read_text())
     polys = [f for f in gj["features"] if f["geometry"]["type"] != "Point"]
     assert len(polys) == 3 and [f["properties"]["rank"] for f in polys] == [1, 2, 3]
     best = shapely.geometry.shape(polys[0]["geometry"])
     assert best.intersection(truth).area > 0.9 * truth.area
+    # Top faces west (bearing 270), so north is 90° clockwise from up: NASA ORIENTATION 90.
     assert polys[0]["properties"]["photo_top_azimuth_deg"] == 270
+    assert polys[0]["properties"]["predicted_orientation_deg"] == 90
     assert len({f["properties"]["region_id"] for f in polys}) == 3  # distinct regions
 
     # Lost in space (no nadir) finds it too; a nadir far away leaves it out entirely.
@@ -201,3 +203,43 @@ def test_region_corners_match_footprint() -> None:
     row = t.iloc[0]
     assert (row["ll_lat"], row["ll_lon"], row["ur_lat"], row["ur_lon"]) == pytest.approx((miny, minx, maxy, maxx))
     assert list(t.columns[:4]) == ["db_index", "region_id", "zoom", "path"] and set(CORNERS) <= set(t.columns)
+
+
+@pytest.mark.parametrize("orientation", [0.0, 90.0, 180.0, 270.0, -75.0, 200.0])
+def test_orientation_convention_matches_the_photo_simulator(orientation: float) -> None:
+    """A simulated photo (no effects) of a region, rendered with NASA ORIENTATION O, best
+    matches the region's mosaic turned CCW by the angle nearest photo_up_bearing(O)."""
+    from earthloc.retrieval import circular_error_deg, photo_up_bearing
+    from pipeline.geo.regions import describe_regions
+    from pipeline.synthetic.photos import NO_EFFECTS, render_photo
+
+    grid = pd.DataFrame([(9, 196, 112)], columns=["zoom", "row", "col"])
+    reg = describe_regions(grid)[0].iloc[0]
+    # A square footprint inside the region, so no rotation of the photo leaves the region.
+    lat_c, lon_c = reg["center_lat"], reg["center_lon"]
+    h = 0.5 * (reg["ul_lat"] - reg["ll_lat"]) * 0.6
+    w = 0.5 * (reg["ur_lon"] - reg["ul_lon"]) * 0.6
+    corners = [lat_c - h, lon_c - w, lat_c + h, lon_c - w, lat_c + h, lon_c + w, lat_c - h, lon_c + w]
+    photo = render_photo(corners, 2021, 0, size=64, orientation=orientation, effects=NO_EFFECTS).astype(np.float64)
+    mosaic = render_region(9, 196, 112, tile_px=64)  # 256 px
+    n = mosaic.shape[0]
+    inner = np.asarray(Image.fromarray(mosaic[int(n * 0.2):int(n * 0.8), int(n * 0.2):int(n * 0.8)]).resize((64, 64)))
+    corr = []
+    for k in range(4):
+        a = np.rot90(inner, k).astype(np.float64).ravel()
+        b = photo.ravel()
+        corr.append(np.corrcoef(a - a.mean(), b - b.mean())[0, 1])
+    best = 90 * int(np.argmax(corr))
+    assert circular_error_deg(best, photo_up_bearing(orientation)) <= 45.0
+    assert max(corr) > 0.8
+
+
+def test_orientation_from_file_name_when_no_column(tiny: tuple[TinySet, Path]) -> None:
+    from earthloc.retrieval import queries_orientation
+
+    ts, _ = tiny
+    q = pd.read_csv(ts.set_dir / "queries.csv")
+    from_col = queries_orientation(q)
+    from_name = queries_orientation(q.drop(columns=["orientation"]))
+    np.testing.assert_array_equal(from_col, from_name)
+    assert from_col.tolist() == [float((-a) % 360) for a in ts.query_angle]
