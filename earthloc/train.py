@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 
 from earthloc.augment import AugmentConfig, YearwiseAugment, normalize, to_float
-from earthloc.batches import ClusterAssignment, NeutralPairs, batch_regions, kmeans_clusters, neutral_pairs, random_clusters, rank_share
+from earthloc.batches import ClusterAssignment, batch_regions, kmeans_clusters, neutral_pairs, random_clusters, rank_share
 from earthloc.data import YEARS, RegionYearsDataset, TrainingRegions, loader, one_line, training_regions
 from earthloc.loss import LossConfig, LossOutput, NeutralAwareMSLoss
 from earthloc.model import ModelConfig, build_model, save_checkpoint, unwrap
