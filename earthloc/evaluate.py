@@ -258,7 +258,8 @@ def write_grid(dest: Path, res: R.EvalResult, ev: R.EvalSetFiles, p: EvaluatePar
             query_label=f"q{qi} {q['query_id']}\n{len(ev.positives[qi])} positives",
             pred_paths=[ev.db_paths[i] for i in idx],
             pred_angles=[int(a) for a in angles],
-            pred_labels=[f"#{r + 1} {rid}\n{s:.3f} rot {a}°" for r, (rid, s, a) in enumerate(zip(rids, scores, angles))],
+            pred_labels=[f"#{r + 1} {rid}\n{s:.3f} rot {a}°"
+                         for r, (rid, s, a) in enumerate(zip(rids, scores, angles, strict=True))],
             pred_positive=[bool(x) for x in pos],
         ))  # fmt: skip
     title = (f"EarthLoc evaluation '{set_name}': queries (blue) and their top-{p.grid_top} predictions\n"
@@ -283,7 +284,9 @@ def write_audit(out_dir: Path, set_dir: Path, p: EvaluateParams) -> str:
 # Stage
 
 
-def run_set(name: str, p: EvaluateParams, model_path: Path | None = None, out_dir: Path | None = None) -> dict[str, Any]:
+def run_set(
+    name: str, p: EvaluateParams, model_path: Path | None = None, out_dir: Path | None = None
+) -> dict[str, Any]:
     from earthloc.model import load_model
 
     set_dir = Path(p.evalsets_dir) / name

@@ -240,7 +240,9 @@ def candidates_near(regions: pd.DataFrame, lat: float, lon: float, radius_km: fl
     return np.flatnonzero(d < radius_km).astype(np.int64)
 
 
-def restricted_search(index: Any, query: np.ndarray, k: int, allowed_raw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def restricted_search(
+    index: Any, query: np.ndarray, k: int, allowed_raw: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """faiss search limited to the raw ids in `allowed_raw` (None: everything)."""
     import faiss
 
@@ -255,7 +257,10 @@ def restricted_search(index: Any, query: np.ndarray, k: int, allowed_raw: np.nda
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
         pass
-    params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None else faiss.SearchParameters(sel=sel)
+    if ivf is not None:
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)
+    else:
+        params = faiss.SearchParameters(sel=sel)
     try:
         return index.search(q, k, params=params)
     except RuntimeError:

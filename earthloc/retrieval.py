@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -449,7 +449,9 @@ def _dedupe_rows(pred: IntArray) -> IntArray:
     return out
 
 
-def recall_curve(pred_db_index: npt.ArrayLike, positives: Sequence[npt.ArrayLike], collapse: bool = False) -> FloatArray:
+def recall_curve(
+    pred_db_index: npt.ArrayLike, positives: Sequence[npt.ArrayLike], collapse: bool = False
+) -> FloatArray:
     """Recall@N in percent for N = 1..k."""
     pred = np.asarray(pred_db_index, dtype=np.int64)
     if collapse:
@@ -518,7 +520,9 @@ def circular_error_deg(predicted: npt.ArrayLike, truth: npt.ArrayLike) -> npt.ND
     return np.minimum(d, 360.0 - d)
 
 
-def orientation_summary(predicted: npt.ArrayLike, truth: npt.ArrayLike, thresholds: Sequence[float] = (45.0, 90.0)) -> dict[str, Any]:
+def orientation_summary(
+    predicted: npt.ArrayLike, truth: npt.ArrayLike, thresholds: Sequence[float] = (45.0, 90.0)
+) -> dict[str, Any]:
     """Circular error statistics of the predicted orientation (NaN truths are skipped).
 
     With 4x90° TTA the prediction is a multiple of 90°, so an error of at most 45° means
@@ -535,8 +539,9 @@ def orientation_summary(predicted: npt.ArrayLike, truth: npt.ArrayLike, threshol
         out[f"within_{t:g}deg"] = float(100.0 * np.mean(err <= t))
     out["median_error_deg"] = float(np.median(err))
     out["mean_error_deg"] = float(np.mean(err))
-    out["histogram_deg"] = {f"{lo}-{lo + 15}": int(((err >= lo) & ((err < lo + 15) | (lo + 15 == 180 and err <= 180))).sum())
-                            for lo in range(0, 180, 15)}
+    # 15-degree bins; the last one includes 180.
+    bins = np.minimum((err // 15).astype(np.int64), 11)
+    out["histogram_deg"] = {f"{15 * b}-{15 * b + 15}": int(np.sum(bins == b)) for b in range(12)}
     return out
 
 
@@ -642,8 +647,10 @@ def evaluate_set(
     check_images_exist(ev.query_paths, f"{set_dir} queries")
     fdir = Path(features_dir) if features_dir is not None else None
     common = dict(image_size=image_size, batch_size=batch_size, num_workers=num_workers, device=device, bf16=bf16)
-    db_desc = embed(model, ev.db_paths, rotations=rotations, out=fdir / "db.npy" if fdir else None, **common)  # type: ignore[arg-type]
-    q_desc = embed(model, ev.query_paths, rotations=(0,), out=fdir / "queries.npy" if fdir else None, **common)  # type: ignore[arg-type]
+    db_out = fdir / "db.npy" if fdir else None
+    q_out = fdir / "queries.npy" if fdir else None
+    db_desc = embed(model, ev.db_paths, rotations=rotations, out=db_out, **common)  # type: ignore[arg-type]
+    q_desc = embed(model, ev.query_paths, rotations=(0,), out=q_out, **common)  # type: ignore[arg-type]
     return score_descriptors(db_desc, q_desc[0], ev, k=k, ns=ns, index_spec=index_spec, rotations=rotations)
 
 
@@ -681,8 +688,3 @@ def score_descriptors(
         num_queries=len(ev.queries),
         num_db=num_db,
     )
-
-
-def iter_batches(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
