@@ -8,7 +8,7 @@ not `touches`. So, as upstream, regions that only share an edge are not neutral,
 region and the z10/z11 regions inside it are, and a region split at ±180 is neutral with
 the regions it overlaps on either side. All pairs of the training set are found once
 with an STRtree bulk query (vectorised shapely 2) and kept as sorted int64 keys
-i * N + j, so a batch's (B, B) matrix is one `np.isin`: this scales to the world
+i * N + j, so a batch's (B, B) matrix is one binary search: this scales to the world
 (175k regions, a few million pairs) without an N x N matrix.
 
 Batches (paper Sec. 4.3, upstream §4.2). A batch is B regions (each with its four years)
@@ -66,7 +66,9 @@ class NeutralPairs:
         if idx.size and (idx.min() < 0 or idx.max() >= self.n):
             raise IndexError(f"region index outside 0..{self.n - 1}")
         query = idx[:, None] * self.n + idx[None, :]
-        return np.isin(query, self.keys, assume_unique=False)
+        # Binary search in the sorted keys: O(B² log P), not a sort of all P pairs per batch.
+        pos = np.minimum(np.searchsorted(self.keys, query), max(len(self.keys) - 1, 0))
+        return self.keys[pos] == query if len(self.keys) else np.zeros(query.shape, dtype=bool)
 
     def neighbours(self, i: int) -> IntArray:
         """Regions neutral with region i (i itself included)."""
