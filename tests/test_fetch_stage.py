@@ -96,7 +96,8 @@ def test_synthetic_shard_end_to_end_resume_prune_and_reset(tmp_path: Path, grid_
     man = pd.read_parquet(tmp_path / "tiles" / "manifests" / "2021_11.parquet")
     assert (man.status == "ok").all() and man.source_id.str.startswith("synthetic|seed=0|world=").all()
     metrics = json.loads((tmp_path / "m11.json").read_text())
-    assert metrics["regions_planned"] == len(expected) and metrics["tiles_needed"] < metrics["naive_requests"]
+    assert metrics["regions_planned"] == metrics["regions_ok"] == len(expected)
+    assert metrics["unique_tiles"] < metrics["naive_requests"] == 16 * len(expected)
     assert not (tmp_path / "tiles" / ".tilecache" / "s2cloudless-2021_3857" / "11").exists()  # raw tiles dropped
 
     # nothing is fetched again

@@ -198,7 +198,7 @@ def run_shard(
         # Mosaics are what the pipeline uses; raw tiles would double the disk use of a world build.
         shutil.rmtree(store.root / ".tilecache" / params.client.layer(year) / str(zoom), ignore_errors=True)
     if summary_path is not None:
-        write_json(summary_path, metrics(summary, year, zoom, params, len(regions)))
+        write_json(summary_path, metrics(store, summary, year, zoom, params, regions))
     if summary["region_years"] and failed > params.max_failed_fraction * summary["region_years"]:
         raise FetchError(
             f"{failed} of {summary['region_years']} region images of {shard_name(year, zoom)} failed "
@@ -207,19 +207,29 @@ def run_shard(
     return summary
 
 
-def metrics(summary: dict[str, Any], year: int, zoom: int, params: FetchParams, n_regions: int) -> dict[str, Any]:
-    """What a shard holds (DVC metrics): counts that do not depend on timing."""
+def metrics(store: TileStore, summary: dict[str, Any], year: int, zoom: int, params: FetchParams,
+            regions: pd.DataFrame) -> dict[str, Any]:  # fmt: skip
+    """What the shard holds (from its manifest) and what the plan costs; no timings, so an
+    unchanged shard gives the same metrics whether it was fetched or resumed."""
+    from pipeline.fetch.plan import request_counts
+
+    man = store.load_manifest(year, zoom)
+    status = man["status"].value_counts() if not man.empty else pd.Series(dtype=int)
+    plan = request_counts([(zoom, int(r), int(c)) for r, c in zip(regions["row"], regions["col"])], [year],
+                          params.run.region_tiles)  # fmt: skip
     return {
         "shard": shard_name(year, zoom),
         "source": params.source,
-        "regions_planned": n_regions,
-        "regions_written_this_run": summary["regions_written"],
-        "regions_already_complete": summary["regions_skipped"],
-        "regions_not_found": summary["regions_not_found"],
-        "regions_failed": summary["regions_failed"],
-        "tiles_needed": summary["tiles_needed"],
-        "naive_requests": summary["naive_requests"],
-        "pruned_images": summary["pruned_images"],
+        "regions_planned": int(len(regions)),
+        "regions_ok": int(status.get("ok", 0)),
+        "regions_not_found": int(status.get("not_found", 0)),
+        "regions_failed": int(status.get("failed", 0)),
+        "image_bytes": int(man.loc[man["status"] == "ok", "bytes"].sum()) if not man.empty else 0,
+        "unique_tiles": plan.unique,
+        "naive_requests": plan.naive,
+        "requests_per_region": round(plan.per_region_year, 3),
+        "regions_written_last_run": summary["regions_written"],
+        "pruned_images_last_run": summary["pruned_images"],
     }
 
 
