@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from earthloc import retrieval as R
 from earthloc.baselines import nadir_ranking, region_bounds_table
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json, write_text
+from pipeline.params import build_config
 
 BASELINES = ("random", "nadir", "untrained")
 COUNTING_NOTE = (
@@ -86,17 +87,10 @@ class EvaluateParams:
 
     @classmethod
     def from_section(cls, sec: dict[str, Any]) -> EvaluateParams:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(sec) - names)
-        if unknown:
-            raise ConfigError(f"params evaluate: unknown key(s) {unknown}")
         kw = dict(sec)
         if "index" in kw:
             kw["index"] = R.IndexSpec.from_section(kw["index"])
-        try:
-            return cls(**kw)
-        except TypeError as exc:
-            raise ConfigError(f"params evaluate: {exc}") from exc
+        return build_config(cls, kw, "evaluate")
 
 
 @dataclass(frozen=True)

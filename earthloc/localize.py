@@ -24,7 +24,7 @@ import argparse
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.geo.distance import haversine_km
 from pipeline.geo.regions import describe_regions, parse_region_id, region_bounds, region_footprint
 from pipeline.io import atomic_path, write_json
+from pipeline.params import build_config
 
 CORNERS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 INDEX_FORMAT = "earthloc-index/1"
@@ -82,17 +83,10 @@ class LocalizeParams:
 
 
 def _from_section(cls: Any, sec: dict[str, Any], name: str) -> Any:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(sec) - names)
-    if unknown:
-        raise ConfigError(f"params {name}: unknown key(s) {unknown}")
     kw = dict(sec)
     if "index" in kw:
         kw["index"] = R.IndexSpec.from_section(kw["index"])
-    try:
-        return cls(**kw)
-    except TypeError as exc:
-        raise ConfigError(f"params {name}: {exc}") from exc
+    return build_config(cls, kw, name)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

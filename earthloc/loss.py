@@ -26,7 +26,7 @@ depend on the precision.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -36,6 +36,7 @@ from pytorch_metric_learning.miners import MultiSimilarityMiner
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.params import build_config
 
 NEUTRAL_ORDERS = ("paper", "upstream")
 Pairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # (a1, p, a2, n)
@@ -67,11 +68,7 @@ class LossConfig:
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any]) -> LossConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(sec) - names)
-        if unknown:
-            raise ConfigError(f"params loss: unknown keys {unknown}")
-        return cls(**dict(sec))
+        return build_config(cls, sec, "loss")
 
 
 def pair_masks(labels: torch.Tensor, neutral: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

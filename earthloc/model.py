@@ -25,7 +25,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +36,7 @@ from torch import nn
 
 from pipeline.errors import ConfigError, ModelError
 from pipeline.io import atomic_path
+from pipeline.params import build_config
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,7 @@ class ModelConfig:
     @classmethod
     def from_section(cls, sec: Mapping[str, Any]) -> ModelConfig:
         """Build from the `model` section of params.yaml (or a checkpoint's stored dict)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(sec) - names)
-        if unknown:
-            raise ConfigError(f"params model: unknown keys {unknown}")
-        try:
-            return cls(**dict(sec))
-        except TypeError as exc:
-            raise ConfigError(f"params model: {exc}") from exc
+        return build_config(cls, sec, "model")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python types only, so a checkpoint loads with torch.load(weights_only=True)."""

@@ -39,7 +39,7 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from earthloc.loss import LossConfig, LossOutput, NeutralAwareMSLoss
 from earthloc.model import ModelConfig, build_model, save_checkpoint, unwrap
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json
+from pipeline.params import build_config
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +127,7 @@ class TrainConfig:
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(sec) - names)
-        if unknown:
-            raise ConfigError(f"params train: unknown keys {unknown}")
-        try:
-            return cls(**dict(sec))
-        except TypeError as exc:
-            raise ConfigError(f"params train: {exc}") from exc
+        return build_config(cls, sec, "train")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -33,3 +35,19 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"params: section {name!r} is missing or not a mapping")
     return value
+
+
+T = TypeVar("T")
+
+
+def build_config(cls: type[T], sec: Mapping[str, Any], name: str) -> T:
+    """A (frozen) dataclass from a params section. Unknown keys and values the dataclass
+    refuses are `ConfigError`s naming the section, never a TypeError deep in a stage."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(sec) - names)
+    if unknown:
+        raise ConfigError(f"params {name}: unknown keys {unknown}")
+    try:
+        return cls(**dict(sec))
+    except TypeError as exc:
+        raise ConfigError(f"params {name}: {exc}") from exc
