@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from pipeline.errors import ConfigError, FetchError, InputError
 from pipeline.fetch.client import IMAGE_TYPES, ClientConfig, release_shared, shared_client
-from pipeline.fetch.store import atomic_write_bytes, encode_jpeg, sha256_bytes, sha256_file
+from pipeline.fetch.store import atomic_write_bytes, encode_jpeg, read_manifest, sha256_bytes, sha256_file
 from pipeline.io import atomic_path, exclusive_lock, write_text
 from pipeline.synthetic.photos import PhotoEffects, photo_seed, render_photo
 
@@ -251,13 +251,7 @@ def _photo_path(root: Path, filename: str) -> Path:
 
 
 def load_manifest(root: Path) -> pd.DataFrame:
-    path = root / QUERY_DIR / "manifest.parquet"
-    if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in MANIFEST_COLUMNS})
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises many types; report one line
-        raise FetchError(f"{path}: unreadable manifest ({exc}); delete it to rebuild from the files") from exc
+    return read_manifest(root / QUERY_DIR / "manifest.parquet", MANIFEST_COLUMNS)
 
 
 def _save_manifest(root: Path, old: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:

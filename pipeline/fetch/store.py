@@ -94,6 +94,16 @@ def encode_jpeg(img: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def read_manifest(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """A Parquet manifest, or an empty one with `columns` if it does not exist yet."""
+    if not path.exists():
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises many types; report one line
+        raise FetchError(f"{path}: unreadable manifest ({exc}); delete it to rebuild from the files") from exc
+
+
 class TileStore:
     """Paths and atomic reads/writes under one store root."""
 
@@ -145,13 +155,7 @@ class TileStore:
 
     def load_manifest(self, year: int, zoom: int, kind: str = "regions") -> pd.DataFrame:
         path = self.manifest_path(year, zoom, kind)
-        cols = REGION_COLUMNS if kind == "regions" else TILE_COLUMNS
-        if not path.exists():
-            return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
-        try:
-            return pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises many types; report one line
-            raise FetchError(f"{path}: unreadable manifest ({exc}); delete it to rebuild from the files") from exc
+        return read_manifest(path, REGION_COLUMNS if kind == "regions" else TILE_COLUMNS)
 
     def save_manifest(self, year: int, zoom: int, rows: pd.DataFrame, kind: str = "regions") -> pd.DataFrame:
         """Merge `rows` into the shard's manifest (newest row per region/tile wins) and write it atomically."""
