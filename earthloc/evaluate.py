@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,11 @@ COUNTING_NOTE = (
     "R@N (uncollapsed) counts the raw 4x90-TTA result list as upstream's test.py does, so one DB image "
     "seen at several rotations takes several ranks: this is what the paper's tables report. "
     "'collapsed' keeps each DB image once, at its best rotation, then ranks images."
+)
+MARGINS_NOTE = (
+    "model-X: the model's uncollapsed R@N minus method X's, in points, with a 95 % paired percentile bootstrap "
+    "interval over queries (2,000 resamples, seed 0); random enters with each query's exact hit probability. "
+    "The interval covers query sampling only, not the training run's seed."
 )
 ORIENTATION_NOTE = (
     "Predicted = the counter-clockwise angle a (0/90/180/270) by which the best-matching north-up DB copy was "
@@ -103,6 +108,8 @@ class MethodScores:
     curve_collapsed: np.ndarray
     orientation: dict[str, Any] | None = None
     note: str = ""
+    # (Q, len(recall_ns)) per-query hits (0/1) or, for random, hit probabilities; uncollapsed
+    hits: np.ndarray | None = None
 
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {f"R@{n}": _r(v) for n, v in self.recalls.items()}
@@ -122,8 +129,25 @@ def _at(curve: np.ndarray, ns: Sequence[int]) -> dict[int, float]:
     return {int(n): float(curve[n - 1]) for n in ns}
 
 
-def _from_result(res: R.EvalResult, note: str = "") -> MethodScores:
-    return MethodScores(res.recalls, res.recalls_collapsed, res.curve, res.curve_collapsed, res.orientation, note)
+def _from_result(res: R.EvalResult, ev: R.EvalSetFiles, ns: Sequence[int], note: str = "") -> MethodScores:
+    hits = R.hits_at(R.first_hit_rank(res.search.db_index, ev.positives), ns)
+    return MethodScores(res.recalls, res.recalls_collapsed, res.curve, res.curve_collapsed, res.orientation, note,
+                        hits)  # fmt: skip
+
+
+def margins(scores: Mapping[str, MethodScores], ns: Sequence[int], *, seed: int = 0) -> dict[str, Any]:
+    """The model's uncollapsed Recall@N minus each baseline's, with a 95 % paired bootstrap
+    interval over queries: a margin is clear when the interval stays above zero."""
+    model = scores.get("model")
+    out: dict[str, Any] = {}
+    if model is None or model.hits is None:
+        return out
+    for name, sc in scores.items():
+        if name == "model" or sc.hits is None:
+            continue
+        m = R.paired_margin(model.hits, sc.hits, ns, seed=seed)
+        out[f"model-{name}"] = {f"R@{n}": {k: round(v, 2) for k, v in m[n].items()} for n in ns}
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -147,8 +171,11 @@ def random_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
     num_db = len(ev.database)
     up = R.random_recall_curve(num_db, npos, p.k, copies=len(p.rotations))
     col = R.random_recall_curve(num_db, npos, p.k, copies=1)
+    prob = R.random_hit_probability(num_db, npos, p.k, copies=len(p.rotations))
+    hits = prob[:, [n - 1 for n in p.recall_ns]] if len(npos) else None
     return MethodScores(_at(up, p.recall_ns), _at(col, p.recall_ns), up, col,
-                        note="expected recall of a uniformly random ranking, computed exactly (hypergeometric)")
+                        note="expected recall of a uniformly random ranking, computed exactly (hypergeometric)",
+                        hits=hits)  # fmt: skip
 
 
 def nadir_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
@@ -165,7 +192,8 @@ def nadir_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
                          region_bounds_table(db["region_id"]), p.k)
     curve = R.recall_curve(pred, ev.positives)
     rec = _at(curve, p.recall_ns)
-    return MethodScores(rec, dict(rec), curve, curve.copy(),
+    hits = R.hits_at(R.first_hit_rank(pred, ev.positives), p.recall_ns)
+    return MethodScores(rec, dict(rec), curve, curve.copy(), hits=hits,
                         note="regions containing the nadir point (coarsest zoom first, then nearest centre), "
                              "then all others by centre distance to the nadir")
 
@@ -293,12 +321,12 @@ def run_set(
     t0 = time.monotonic()
     res = evaluate_model(model, cfg.image_size, ev, p, set_dir, features / "model" if features else None)
     timings = {"model_s": round(time.monotonic() - t0, 1)}
-    scores: dict[str, MethodScores] = {"model": _from_result(res)}
+    scores: dict[str, MethodScores] = {"model": _from_result(res, ev, p.recall_ns)}
     if "untrained" in p.baselines:
         t0 = time.monotonic()
         base = untrained_model(cfg, p.untrained_seed)
         res_u = evaluate_model(base, cfg.image_size, ev, p, set_dir, features / "untrained" if features else None)
-        scores["untrained"] = _from_result(res_u, f"same architecture, torch seed {p.untrained_seed}, not trained")
+        scores["untrained"] = _from_result(res_u, ev, p.recall_ns, f"same architecture, torch seed {p.untrained_seed}, not trained")
         timings["untrained_s"] = round(time.monotonic() - t0, 1)
     if "random" in p.baselines:
         scores["random"] = random_scores(ev, p)
@@ -318,6 +346,8 @@ def run_set(
         "counting": COUNTING_NOTE,
         "orientation_convention": ORIENTATION_NOTE,
         "methods": {k: v.metrics() for k, v in scores.items()},
+        "margins": margins(scores, p.recall_ns),
+        "margins_note": MARGINS_NOTE,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "predictions.parquet") as tmp:
@@ -343,6 +373,10 @@ def summary_table(name: str, metrics: dict[str, Any], ns: Sequence[int]) -> str:
         cells = [method] + [_fmt(m.get(f"R@{n}")) for n in ns] + [_fmt(m["collapsed"].get(f"R@{n}")) for n in ns]
         cells.append(_fmt(o))
         lines.append("| " + " | ".join(cells) + " |")
+    for pair, by_n in (metrics.get("margins") or {}).items():
+        lines.append(f"{pair}: " + ", ".join(
+            f"R@{n} {v['diff']:+.1f} [{v['lo']:+.1f}, {v['hi']:+.1f}]" for n in ns if (v := by_n.get(f"R@{n}"))
+        ))  # fmt: skip
     return "\n".join(lines)
 
 

@@ -463,24 +463,61 @@ def recall_curve(
     return (100.0 * np.cumsum(np.bincount(rank, minlength=k + 1)[:k]) / m).astype(np.float32)
 
 
-def random_recall_curve(num_db: int, num_positives: npt.ArrayLike, k: int, copies: int = 1) -> FloatArray:
-    """Expected Recall@N (N = 1..k, percent) of ranking the DB uniformly at random, exactly.
+def random_hit_probability(num_db: int, num_positives: npt.ArrayLike, k: int, copies: int = 1) -> FloatArray:
+    """P(a positive in the top N), N = 1..k, per query (shape (Q, k), in [0, 1]), when the DB
+    is ranked uniformly at random.
 
     The ranked list is a random order of `copies` x num_db entries (copies = 4: upstream's
     uncollapsed list of rotated copies; 1: collapsed), of which copies x P are positive
     for a query with P positives. P(no positive in the top n) = C(T - cP, n) / C(T, n)
-    (hypergeometric), averaged over queries."""
-    p = np.asarray(num_positives, dtype=np.float64)
+    (hypergeometric)."""
+    p = np.asarray(num_positives, dtype=np.float64).reshape(-1)
     total = copies * num_db
-    if p.size == 0:
-        return np.full(k, np.nan, dtype=np.float32)
     i = np.arange(min(k, total), dtype=np.float64)
     neg = total - copies * p[:, None]
     # C(neg, n) / C(total, n) = prod_{i<n} (neg - i) / (total - i); a factor hits 0 once n > neg.
     miss = np.cumprod(np.clip(neg - i[None, :], 0.0, None) / (total - i[None, :]), axis=1)
     if k > total:  # beyond the whole list every query is found (if it has a positive)
         miss = np.concatenate([miss, np.repeat(miss[:, -1:], k - total, axis=1)], axis=1)
-    return (100.0 * np.mean(1.0 - miss, axis=0)).astype(np.float32)
+    return 1.0 - miss
+
+
+def random_recall_curve(num_db: int, num_positives: npt.ArrayLike, k: int, copies: int = 1) -> FloatArray:
+    """Expected Recall@N (N = 1..k, percent) of ranking the DB uniformly at random, exactly:
+    `random_hit_probability` averaged over queries."""
+    if np.asarray(num_positives).size == 0:
+        return np.full(k, np.nan, dtype=np.float32)
+    return (100.0 * np.mean(random_hit_probability(num_db, num_positives, k, copies), axis=0)).astype(np.float32)
+
+
+def hits_at(first_rank: npt.ArrayLike, ns: Sequence[int]) -> FloatArray:
+    """(Q, len(ns)) 0/1: whether each query's first positive (0-based rank, `first_hit_rank`)
+    lies in its top N."""
+    r = np.asarray(first_rank, dtype=np.int64).reshape(-1, 1)
+    return (r < np.asarray(ns, dtype=np.int64)[None, :]).astype(np.float64)
+
+
+def paired_margin(
+    a: npt.ArrayLike, b: npt.ArrayLike, ns: Sequence[int], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[int, dict[str, float]]:
+    """Recall@N of method a minus method b, in points, with a percentile bootstrap interval
+    over queries (paired: the same resampled queries for both).
+
+    `a` and `b` are (Q, len(ns)) per-query hit indicators or hit probabilities (a random
+    ranking's expected hit, `random_hit_probability`). The interval says whether a
+    difference is larger than what the choice of queries alone could produce."""
+    a_, b_ = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a_.shape != b_.shape or a_.ndim != 2 or a_.shape[1] != len(ns):
+        raise ValueError(f"paired_margin: shapes {a_.shape} and {b_.shape} for {len(ns)} cut-offs")
+    d = 100.0 * (a_ - b_)
+    q = d.shape[0]
+    if q == 0:
+        return {int(n): {"diff": float("nan"), "lo": float("nan"), "hi": float("nan")} for n in ns}
+    rng = np.random.default_rng(seed)
+    boot = np.stack([d[rng.integers(0, q, q)].mean(axis=0) for _ in range(n_boot)])
+    tail = 100.0 * (1.0 - level) / 2.0
+    lo, hi = np.percentile(boot, [tail, 100.0 - tail], axis=0)
+    return {int(n): {"diff": float(d[:, j].mean()), "lo": float(lo[j]), "hi": float(hi[j])} for j, n in enumerate(ns)}
 
 
 # ---------------------------------------------------------------------------

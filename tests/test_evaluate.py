@@ -57,6 +57,11 @@ def test_evaluate_stage_writes_every_output(tiny: tuple[TinySet, Path], tmp_path
     # Random: one positive among 9 images -> collapsed R@5 = 5/9 exactly.
     assert methods["random"]["collapsed"]["R@5"] == pytest.approx(500 / 9, abs=1e-3)
     assert methods["random"]["R@1"] == pytest.approx(100 / 9, abs=1e-3)
+    # Margins: model (every query at rank 1) minus each baseline, with a bootstrap interval.
+    margins = on_disk["margins"]
+    assert set(margins) == {"model-untrained", "model-random", "model-nadir"}
+    r1 = margins["model-random"]["R@1"]
+    assert r1["diff"] == pytest.approx(100 - 100 / 9, abs=0.01) and r1["lo"] <= r1["diff"] <= r1["hi"]
 
     curves = sorted(os.listdir(out / "curves"))
     assert curves == sorted(["model.csv", "model_collapsed.csv", "untrained.csv", "untrained_collapsed.csv",

@@ -135,6 +135,46 @@ def test_random_recall_closed_form_and_simulation() -> None:
     assert R.random_recall_curve(2, [1], 10, copies=4)[-1] == pytest.approx(100.0)
 
 
+def test_random_hit_probability_per_query_averages_to_the_curve() -> None:
+    prob = R.random_hit_probability(25, [1, 3, 6], 20, copies=4)
+    assert prob.shape == (3, 20)
+    np.testing.assert_allclose(100 * prob.mean(axis=0), R.random_recall_curve(25, [1, 3, 6], 20, copies=4), rtol=1e-5)
+    # One positive image among 10, one copy: P(hit in top n) = n / 10.
+    np.testing.assert_allclose(R.random_hit_probability(10, [1], 10)[0], np.arange(1, 11) / 10)
+    assert np.all(np.diff(prob, axis=1) >= 0) and np.all(prob[np.argsort([1, 3, 6])][:, 0] == np.sort(prob[:, 0]))
+
+
+# -- margin between two methods --------------------------------------------------------------
+def test_hits_at_from_first_positive_rank() -> None:
+    # first positive at rank 0, 4, 12 and never (k = 20)
+    assert R.hits_at([0, 4, 12, 20], [1, 5, 10, 20]).tolist() == [
+        [1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]
+    ]  # fmt: skip
+
+
+def test_paired_margin_on_hand_made_cases() -> None:
+    ns = [1, 10]
+    rng = np.random.default_rng(1)
+    a = (rng.random((400, 2)) < 0.5).astype(float)
+    same = R.paired_margin(a, a, ns)
+    assert all(same[n] == {"diff": 0.0, "lo": 0.0, "hi": 0.0} for n in ns)
+    # b finds a query only where a does, and half of those: a is ahead by 100 * mean(a) / 2 points,
+    # and the interval over queries brackets that and stays above zero.
+    b = a * (np.arange(400)[:, None] % 2)
+    m = R.paired_margin(a, b, ns)
+    for j, n in enumerate(ns):
+        expect = 100 * (a[:, j] - b[:, j]).mean()
+        assert m[n]["diff"] == pytest.approx(expect)
+        assert 0 < m[n]["lo"] < expect < m[n]["hi"]
+    # Against a probability baseline (random's exact expectation), a coin-flip method's
+    # interval contains zero.
+    coin = (rng.random((400, 2)) < 0.3).astype(float)
+    m = R.paired_margin(coin, np.full((400, 2), 0.3), ns)
+    assert all(m[n]["lo"] < 0 < m[n]["hi"] for n in ns)
+    with pytest.raises(ValueError):
+        R.paired_margin(a, a[:, :1], ns)
+
+
 # -- orientation -----------------------------------------------------------------------------
 def test_circular_error_and_summary() -> None:
     assert R.circular_error_deg([0, 90, 270, 0], [350, -90, -90, 180]).tolist() == [10, 180, 0, 180]
