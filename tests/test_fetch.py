@@ -232,6 +232,29 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+def test_sweep_removes_a_killed_runs_manifest_temp_files_of_its_own_shard_only(tmp_path: Path) -> None:
+    # A kill between atomic_path's mkstemp and its rename leaves `.<manifest>.<random>.tmp`.
+    from pipeline.fetch.store import TileStore
+    from pipeline.io import atomic_path
+
+    store = TileStore(tmp_path)
+    mine = store.manifest_path(2020, 5, "tiles")
+    other = store.manifest_path(2021, 5, "regions")
+    mine.parent.mkdir(parents=True)
+    left: list[Path] = []
+    for dest in (mine, store.manifest_path(2020, 5, "regions"), other):
+        with pytest.raises(KeyboardInterrupt), atomic_path(dest) as tmp:
+            Path(tmp).write_bytes(b"half a parquet")
+            left.append(Path(tmp))
+            os.link(tmp, Path(tmp).with_name(Path(tmp).name + ".keep"))  # what survives a SIGKILL
+            raise KeyboardInterrupt
+    for p in left:
+        Path(str(p) + ".keep").rename(p)
+    assert all(p.exists() and p.name.endswith(".tmp") for p in left)
+    assert store.sweep_temp(2020, 5, "s2cloudless-2020_3857") == 2
+    assert [p.exists() for p in left] == [False, False, True]  # the 2021 shard is not this run's
+
+
 def test_kill_and_resume_is_identical_and_refetches_nothing(tmp_path: Path) -> None:
     regions = pd.DataFrame([(5, 10 + 2 * i, 2 * j) for i in range(3) for j in range(4)], columns=["zoom", "row", "col"])
     script = tmp_path / "run_fetch.py"

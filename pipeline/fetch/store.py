@@ -15,6 +15,7 @@ One shard (year, zoom) must be written by one run at a time; `shard_lock` enforc
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
@@ -174,11 +175,19 @@ class TileStore:
 
     # -- crash hygiene --------------------------------------------------------------------
     def sweep_temp(self, year: int, zoom: int, layer: str) -> int:
-        """Remove temp files a killed run left in this shard's own folders."""
+        """Remove temp files a killed run left in this shard's own folders and of this shard's
+        own manifests (`atomic_path` names them `.<file name>.<random>.tmp`). Other shards'
+        manifest temp files are left alone: another run may be writing them under its lock."""
         n = 0
         for base in (self.shard_dir(year, zoom), self.root / ".tilecache" / layer / str(zoom)):
             if base.exists():
                 for p in base.rglob(".*.tmp"):
+                    p.unlink(missing_ok=True)
+                    n += 1
+        for kind in ("regions", "tiles"):
+            manifest = self.manifest_path(year, zoom, kind)
+            if manifest.parent.is_dir():
+                for p in manifest.parent.glob(f".{glob.escape(manifest.name)}.*.tmp"):
                     p.unlink(missing_ok=True)
                     n += 1
         return n
