@@ -527,7 +527,8 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
                 i = state.iteration
                 gen = torch.Generator().manual_seed(derived_seed(cfg.seed, STREAM_AUGMENT, i))
                 neutral_m = torch.from_numpy(neutral.matrix(global_batch)).to(device)
-                out = train_step(net, augment, loss_fn, optimizer, batch.images.to(device, non_blocking=True),
+                aug_i = augment if augment.cfg.colour_warmup == 0 else YearwiseAugment(augment.cfg.at_iteration(i))
+                out = train_step(net, aug_i, loss_fn, optimizer, batch.images.to(device, non_blocking=True),
                                  labels, neutral_m, gen, distributed=d.enabled)  # fmt: skip
                 state.iteration = i + 1
                 last_loss = float(out.loss.detach())

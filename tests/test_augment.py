@@ -131,3 +131,17 @@ def test_config() -> None:
         AugmentConfig(crop_fraction=1.5)
     with pytest.raises(ConfigError):
         AugmentConfig(hue=0.7)
+
+
+def test_colour_warmup_ramps_only_the_colour_strengths() -> None:
+    cfg = AugmentConfig(out_size=32, brightness=0.9, contrast=0.6, saturation=0.3, hue=0.1, colour_warmup=10)
+    first, mid, last = cfg.at_iteration(0), cfg.at_iteration(4), cfg.at_iteration(9)
+    assert (first.brightness, first.contrast, first.saturation, first.hue) == pytest.approx((0.09, 0.06, 0.03, 0.01))
+    assert (mid.brightness, mid.contrast) == pytest.approx((0.45, 0.3))
+    assert last == cfg and cfg.at_iteration(500) == cfg
+    for c in (first, mid):  # geometry untouched
+        assert (c.rotation_deg, c.crop_fraction, c.distortion, c.out_size) == (45.0, 0.875, 0.5, 32)
+    off = AugmentConfig(out_size=32)
+    assert off.at_iteration(0) is off  # colour_warmup 0 = upstream: full strength from the start
+    with pytest.raises(ConfigError):
+        AugmentConfig(colour_warmup=-1)
