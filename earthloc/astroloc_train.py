@@ -353,7 +353,7 @@ def train_astroloc(configs: Configs, acfg: AstroLocConfig, paths: TrainPaths = T
             for (batch, photos), images in zip(schedule, dl):
                 last_loss, comps = _step(
                     net, images.images, batch, photos, pool, photo_ds, regions, neutral,
-                    YearwiseAugment(augment.cfg.at_iteration(state.iteration)), ms, wms, ppl,
+                    augment.at_iteration(state.iteration), ms, wms, ppl,
                     optimizer, acfg, cw, n_years, state.iteration, cfg.seed, device,
                 )  # fmt: skip
                 state.iteration += 1

@@ -204,6 +204,11 @@ class YearwiseAugment:
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
 
+    def at_iteration(self, iteration: int) -> YearwiseAugment:
+        """The augmentation of 0-based training `iteration` (`AugmentConfig.at_iteration`)."""
+        cfg = self.cfg.at_iteration(iteration)
+        return self if cfg is self.cfg else YearwiseAugment(cfg)
+
     def sample(self, years: int, height: int, width: int, g: torch.Generator) -> list[YearParams]:
         return [sample_year_params(self.cfg, height, width, g) for _ in range(years)]
 

@@ -326,7 +326,8 @@ def run_set(
         t0 = time.monotonic()
         base = untrained_model(cfg, p.untrained_seed)
         res_u = evaluate_model(base, cfg.image_size, ev, p, set_dir, features / "untrained" if features else None)
-        scores["untrained"] = _from_result(res_u, ev, p.recall_ns, f"same architecture, torch seed {p.untrained_seed}, not trained")
+        scores["untrained"] = _from_result(res_u, ev, p.recall_ns,
+                                           f"same architecture, torch seed {p.untrained_seed}, not trained")
         timings["untrained_s"] = round(time.monotonic() - t0, 1)
     if "random" in p.baselines:
         scores["random"] = random_scores(ev, p)

@@ -527,9 +527,9 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
                 i = state.iteration
                 gen = torch.Generator().manual_seed(derived_seed(cfg.seed, STREAM_AUGMENT, i))
                 neutral_m = torch.from_numpy(neutral.matrix(global_batch)).to(device)
-                aug_i = augment if augment.cfg.colour_warmup == 0 else YearwiseAugment(augment.cfg.at_iteration(i))
-                out = train_step(net, aug_i, loss_fn, optimizer, batch.images.to(device, non_blocking=True),
-                                 labels, neutral_m, gen, distributed=d.enabled)  # fmt: skip
+                out = train_step(net, augment.at_iteration(i), loss_fn, optimizer,
+                                 batch.images.to(device, non_blocking=True), labels, neutral_m, gen,
+                                 distributed=d.enabled)  # fmt: skip
                 state.iteration = i + 1
                 last_loss = float(out.loss.detach())
                 if live is not None and (i % cfg.log_every == 0 or state.iteration == cfg.iterations):

@@ -145,3 +145,5 @@ def test_colour_warmup_ramps_only_the_colour_strengths() -> None:
     assert off.at_iteration(0) is off  # colour_warmup 0 = upstream: full strength from the start
     with pytest.raises(ConfigError):
         AugmentConfig(colour_warmup=-1)
+    aug = YearwiseAugment(cfg)
+    assert aug.at_iteration(3).cfg == cfg.at_iteration(3) and aug.at_iteration(9) is aug
