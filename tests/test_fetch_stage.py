@@ -103,6 +103,8 @@ def test_synthetic_shard_end_to_end_resume_prune_and_reset(tmp_path: Path, grid_
     # nothing is fetched again
     again = run(tmp_path, grid_file, 60.0)
     assert again["regions_written"] == 0 and again["regions_skipped"] == len(expected) and again["tiles_requested"] == 0
+    # the DVC metrics describe the shard, not the run: a resumed run writes the same file
+    assert json.loads((tmp_path / "m11.json").read_text()) == metrics
 
     # a smaller AOI: the shard keeps exactly the planned regions
     small = run(tmp_path, grid_file, 30.0)

@@ -198,7 +198,7 @@ def run_shard(
         # Mosaics are what the pipeline uses; raw tiles would double the disk use of a world build.
         shutil.rmtree(store.root / ".tilecache" / params.client.layer(year) / str(zoom), ignore_errors=True)
     if summary_path is not None:
-        write_json(summary_path, metrics(store, summary, year, zoom, params, regions))
+        write_json(summary_path, metrics(store, year, zoom, params, regions))
     if summary["region_years"] and failed > params.max_failed_fraction * summary["region_years"]:
         raise FetchError(
             f"{failed} of {summary['region_years']} region images of {shard_name(year, zoom)} failed "
@@ -207,8 +207,7 @@ def run_shard(
     return summary
 
 
-def metrics(store: TileStore, summary: dict[str, Any], year: int, zoom: int, params: FetchParams,
-            regions: pd.DataFrame) -> dict[str, Any]:  # fmt: skip
+def metrics(store: TileStore, year: int, zoom: int, params: FetchParams, regions: pd.DataFrame) -> dict[str, Any]:
     """What the shard holds (from its manifest) and what the plan costs; no timings, so an
     unchanged shard gives the same metrics whether it was fetched or resumed."""
     from pipeline.fetch.plan import request_counts
@@ -228,8 +227,6 @@ def metrics(store: TileStore, summary: dict[str, Any], year: int, zoom: int, par
         "unique_tiles": plan.unique,
         "naive_requests": plan.naive,
         "requests_per_region": round(plan.per_region_year, 3),
-        "regions_written_last_run": summary["regions_written"],
-        "pruned_images_last_run": summary["pruned_images"],
     }
 
 
