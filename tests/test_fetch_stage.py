@@ -158,8 +158,11 @@ def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, g
     assert [parse_filename(p.name).image_id for p in photos] == [qids[0]] and s["ok"] == 1
     with Image.open(photos[0]) as im:
         assert im.size == (256, 256)
-    assert json.loads((tmp_path / "q.json").read_text())["queries_selected"] == 1
-    assert fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", None)["reused"] == 1
+    qm = json.loads((tmp_path / "q.json").read_text())
+    assert qm["queries_selected"] == qm["photos_ok"] == 1 and qm["photo_bytes"] == photos[0].stat().st_size
+    assert fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles",
+                             tmp_path / "q.json")["reused"] == 1  # fmt: skip
+    assert json.loads((tmp_path / "q.json").read_text()) == qm  # resumed: the same DVC metrics
 
     # the positive region leaves the store: the photo goes too
     pairs.assign(region_id=["11_0001_0001"] * 4).to_parquet(tmp_path / "pairs.parquet")

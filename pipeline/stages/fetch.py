@@ -230,6 +230,24 @@ def metrics(store: TileStore, year: int, zoom: int, params: FetchParams, regions
     }
 
 
+def photo_metrics(root: Path, selected: pd.DataFrame, source: str) -> dict[str, Any]:
+    """What the photo store holds for the selected queries (from its manifest); like the shard
+    metrics, the same whether the photos were made by this run or resumed."""
+    from pipeline.fetch.queries import load_manifest as load_photo_manifest
+
+    man = load_photo_manifest(root)
+    man = man[man["query_id"].isin(set(selected["query_id"]))] if not man.empty else man
+    status = man["status"].value_counts() if not man.empty else pd.Series(dtype=int)
+    return {
+        "source": source,
+        "queries_selected": int(len(selected)),
+        "photos_ok": int(status.get("ok", 0)),
+        "photos_not_found": int(status.get("not_found", 0)),
+        "photos_failed": int(status.get("failed", 0)),
+        "photo_bytes": int(man.loc[man["status"] == "ok", "bytes"].sum()) if not man.empty else 0,
+    }
+
+
 def main(args: argparse.Namespace) -> None:
     params = FetchParams.from_section(section(load_params(args.params), "fetch"))
     if not args.all and args.zoom is None:
@@ -305,8 +323,7 @@ def run_queries(
         f"({qcfg.source}, {summary['seconds']:.1f} s)"
     )
     if summary_path is not None:
-        write_json(summary_path, {"source": qcfg.source, "queries_selected": int(len(selected)),
-                                  **{k: v for k, v in summary.items() if isinstance(v, int)}})  # fmt: skip
+        write_json(summary_path, photo_metrics(root, selected, qcfg.source))
     if summary.get("failed", 0) > fp.max_failed_fraction * max(1, len(selected)):
         raise FetchError(
             f"{summary['failed']} of {len(selected)} query photos failed (reasons in {root}/queries/manifest.parquet); "
