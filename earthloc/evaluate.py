@@ -169,10 +169,13 @@ def evaluate_model(model: torch.nn.Module, image_size: int, ev: R.EvalSetFiles, 
 def random_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
     npos = [len(x) for x in ev.positives]
     num_db = len(ev.database)
-    up = R.random_recall_curve(num_db, npos, p.k, copies=len(p.rotations))
     col = R.random_recall_curve(num_db, npos, p.k, copies=1)
-    prob = R.random_hit_probability(num_db, npos, p.k, copies=len(p.rotations))
-    hits = prob[:, [n - 1 for n in p.recall_ns]] if len(npos) else None
+    if not npos:
+        up, hits = R.random_recall_curve(num_db, npos, p.k, copies=len(p.rotations)), None
+    else:  # the per-query probabilities once: the curve is their mean, the margins use them as they are
+        prob = R.random_hit_probability(num_db, npos, p.k, copies=len(p.rotations))
+        up = (100.0 * prob.mean(axis=0)).astype(np.float32)
+        hits = prob[:, [n - 1 for n in p.recall_ns]]
     return MethodScores(_at(up, p.recall_ns), _at(col, p.recall_ns), up, col,
                         note="expected recall of a uniformly random ranking, computed exactly (hypergeometric)",
                         hits=hits)  # fmt: skip
