@@ -45,6 +45,12 @@ BACKBONE_STRIDE = 16
 # The stages of a ResNet kept by the truncation, in forward order (relu and maxpool
 # have no parameters and are not freezable units).
 RESNET_STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3")
+INPUT_NORMS = ("none", "instance", "instance_gray")
+# Luminance weights (ITU-R BT.601, as torchvision's rgb_to_grayscale), and the floor of the
+# per-image std in ImageNet-normalised units (~1/255 of a pixel): a flat image (all cloud)
+# is then not amplified to noise.
+_LUMA = (0.299, 0.587, 0.114)
+_STD_FLOOR = 0.02
 
 _RESNETS: dict[str, tuple[Callable[..., torchvision.models.ResNet], int]] = {
     # name -> (constructor, channels after layer3)
@@ -72,6 +78,13 @@ class ModelConfig:
     # frozen and its output does not drift with the batch statistics.
     freeze_bn_stats: bool = True
     weights: str | None = None  # local torchvision ImageNet state_dict of the full ResNet
+    # What the network does to its (ImageNet-normalised) input first. "none" = upstream.
+    # "instance": each image's channels standardised to mean 0, std 1, which removes per-channel
+    # gains and offsets (brightness, contrast, colour casts, additive haze) before the first conv.
+    # "instance_gray": the luminance standardised and repeated on 3 channels, which also removes
+    # saturation. A network trained from scratch in CPU minutes cannot learn those invariances
+    # itself (docs/training.md); an ImageNet-initialised one can.
+    input_norm: str = "none"
 
     def __post_init__(self) -> None:
         # Accept lists from YAML/JSON; store a tuple so the config stays hashable.
@@ -86,6 +99,8 @@ class ModelConfig:
             )
         if self.mix_depth < 0 or self.mlp_ratio <= 0:
             raise ConfigError("model.mix_depth must be >= 0 and model.mlp_ratio > 0")
+        if self.input_norm not in INPUT_NORMS:
+            raise ConfigError(f"model.input_norm {self.input_norm!r}: expected one of {list(INPUT_NORMS)}")
         unknown = [s for s in self.frozen_stages if s not in RESNET_STAGES]
         if unknown:
             raise ConfigError(f"model.frozen_stages {unknown}: expected names among {list(RESNET_STAGES)}")
@@ -171,6 +186,20 @@ class MixVPR(nn.Module):
         return F.normalize(x.flatten(1), dim=-1)  # channel-major: index = rows*c + r
 
 
+def standardise_images(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, 3, H, W) -> the same, each image standardised per `mode` (see ModelConfig.input_norm).
+    Affine per-channel changes of an image leave the result unchanged (up to the std floor)."""
+    if mode == "none":
+        return x
+    if mode == "instance_gray":
+        luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = (x * luma).sum(dim=1, keepdim=True)
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True).clamp_min(_STD_FLOOR)
+    x = (x - mean) / std
+    return x.expand(-1, 3, -1, -1) if mode == "instance_gray" else x
+
+
 class EarthLocModel(nn.Module):
     def __init__(self, cfg: ModelConfig, resnet: torchvision.models.ResNet) -> None:
         super().__init__()
@@ -183,7 +212,7 @@ class EarthLocModel(nn.Module):
             getattr(self.backbone.model, name).requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.aggregator(self.backbone(x))
+        x = self.aggregator(self.backbone(standardise_images(x, self.cfg.input_norm)))
         return F.normalize(self.fc(x), dim=-1)
 
     def train(self, mode: bool = True) -> EarthLocModel:

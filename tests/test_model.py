@@ -12,7 +12,15 @@ import torch
 import torchvision
 from torch import nn
 
-from earthloc.model import ModelConfig, build_model, load_checkpoint, load_model, parameter_counts, save_checkpoint
+from earthloc.model import (
+    ModelConfig,
+    build_model,
+    load_checkpoint,
+    load_model,
+    parameter_counts,
+    save_checkpoint,
+    standardise_images,
+)
 from pipeline.errors import ConfigError, ModelError
 from pipeline.params import load_params, section
 
@@ -188,3 +196,43 @@ def test_config_from_section_and_params_yaml() -> None:
     model = build_model(small, load_weights=False)
     assert model.aggregator.row_proj.in_features == small.feature_side**2
     assert model.fc.out_features == small.descriptor_dim
+
+
+def test_input_norm_removes_per_channel_gains_and_offsets() -> None:
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 32, 32)
+    gain = torch.tensor([0.5, 1.3, 2.0]).view(1, 3, 1, 1)
+    offset = torch.tensor([0.2, -0.1, 0.05]).view(1, 3, 1, 1)
+    out = standardise_images(x, "instance")
+    torch.testing.assert_close(standardise_images(x * gain + offset, "instance"), out, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=(2, 3)), torch.ones(2, 3))
+    assert standardise_images(x, "none") is x
+    # Luminance: a saturation change (blend with the image's own grey) leaves it unchanged, as
+    # does one gain/offset shared by the channels; the 3 output channels are equal.
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    grey = (x * luma).sum(dim=1, keepdim=True)
+    gray_out = standardise_images(x, "instance_gray")
+    assert gray_out.shape == x.shape and torch.equal(gray_out[:, 0], gray_out[:, 2])
+    for changed in (0.3 * x + 0.7 * grey, 1.7 * x - 0.2):
+        torch.testing.assert_close(standardise_images(changed, "instance_gray"), gray_out, atol=1e-4, rtol=1e-4)
+    # A flat image (all cloud) stays flat instead of being amplified to noise.
+    flat = torch.full((1, 3, 8, 8), 0.7) + 1e-4 * torch.randn(1, 3, 8, 8)
+    assert standardise_images(flat, "instance").abs().max() < 0.05
+
+
+def test_input_norm_is_part_of_the_model_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="input_norm"):
+        ModelConfig(input_norm="batch")
+    cfg = replace(SMALL, input_norm="instance")
+    torch.manual_seed(4)
+    model = build_model(cfg, load_weights=False).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        # The network sees only the standardised image, so a colour cast does not change a descriptor.
+        torch.testing.assert_close(model(x * 1.5 + 0.1), model(x), atol=1e-4, rtol=1e-4)
+    save_checkpoint(tmp_path / "m.pt", model, cfg)
+    assert load_model(tmp_path / "m.pt")[1].input_norm == "instance"
+    # A checkpoint written before the option existed (no key) loads as upstream's "none".
+    legacy = {k: v for k, v in SMALL.to_dict().items() if k != "input_norm"}
+    assert ModelConfig.from_section(legacy).input_norm == "none"
