@@ -16,6 +16,7 @@ Protocol: earthloc.retrieval (paper Sec. 5.1.2, upstream §7)."""
 from __future__ import annotations
 
 import argparse
+import html
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -292,12 +293,27 @@ def write_grid(dest: Path, res: R.EvalResult, ev: R.EvalSetFiles, p: EvaluatePar
     render_grid(dest, rows, title)
 
 
+def write_audit_placeholder(dest: Path, reason: str) -> None:
+    """A one-paragraph audit.html saying why there is no audit page: the stage declares the
+    file, and an old page from other predictions must not stay behind looking current."""
+    text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>EarthLoc audit page not built</title></head>\n"
+            f"<body><p>No audit page was built for these predictions: {html.escape(reason)}.</p></body></html>\n")
+    write_text(dest, text)
+
+
 def write_audit(out_dir: Path, set_dir: Path, p: EvaluateParams) -> str:
-    """Build audit.html with the audit-page helper; returns what happened (for the log)."""
+    """Build audit.html with the audit-page helper (or, when it is turned off, a page that
+    says so); returns what happened (for the log)."""
+    dest = out_dir / "audit.html"
+    if not p.audit_page:
+        write_audit_placeholder(dest, "evaluate.audit_page is false in params.yaml")
+        return f"audit page turned off (evaluate.audit_page: false); a note -> {dest}"
     try:
         from earthloc.audit_page import audit_page_from_files
-    except ImportError:
-        return "audit page skipped: earthloc.audit_page is not available"
+    except ImportError as exc:
+        write_audit_placeholder(dest, f"earthloc.audit_page could not be imported ({exc})")
+        return f"audit page skipped: earthloc.audit_page is not available ({exc})"
     # Without the grid file the page computes the corners from the region ids.
     regions = Path(p.regions) if Path(p.regions).is_file() else None
     audit_page_from_files(set_dir, out_dir / "predictions.parquet", regions,
@@ -358,9 +374,7 @@ def run_set(
         predictions_table(res, ev).to_parquet(tmp, index=False)
     write_curves(out_dir / "curves", scores)
     write_grid(out_dir / "grid.png", res, ev, p, name)
-    if p.audit_page:
-        metrics_note = write_audit(out_dir, set_dir, p)
-        print(metrics_note)
+    print(write_audit(out_dir, set_dir, p))
     write_json(out_dir / "metrics.json", metrics)
     print(summary_table(name, metrics, p.recall_ns))
     print(f"timings: {timings}")

@@ -17,7 +17,7 @@ from retrieval_support import CORNERS, TinySet, make_tiny_set, render_region, ti
 
 from earthloc.baselines import contains_point, nadir_ranking, region_bounds_table
 from earthloc.cli import main as cli_main
-from earthloc.evaluate import EvaluateParams, run_set
+from earthloc.evaluate import EvaluateParams, run_set, write_audit
 from earthloc.localize import footprint_geometry, load_index, localize_descriptor
 from pipeline.errors import ConfigError
 
@@ -248,3 +248,16 @@ def test_orientation_from_file_name_when_no_column(tiny: tuple[TinySet, Path]) -
     from_name = queries_orientation(q.drop(columns=["orientation"]))
     np.testing.assert_array_equal(from_col, from_name)
     assert from_col.tolist() == [float((-a) % 360) for a in ts.query_angle]
+
+
+def test_audit_page_off_leaves_a_note_not_a_stale_page(tmp_path: Path) -> None:
+    # The stage declares audit.html; turned off, it must still exist and say why, replacing
+    # any page left by an earlier run on other predictions.
+    out = tmp_path / "eval" / "demo"
+    out.mkdir(parents=True)
+    (out / "audit.html").write_text("<html>old page of other predictions</html>", encoding="utf-8")
+    p = EvaluateParams(audit_page=False)
+    message = write_audit(out, tmp_path / "evalsets" / "demo", p)
+    page = (out / "audit.html").read_text(encoding="utf-8")
+    assert "turned off" in message and "evaluate.audit_page is false" in page and "old page" not in page
+    assert [f.name for f in out.iterdir()] == ["audit.html"]  # no temp file left behind
