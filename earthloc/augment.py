@@ -21,6 +21,7 @@ fixed 800-px pre-resize so that smaller inputs (the small CPU config) keep the s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
@@ -54,6 +55,10 @@ class AugmentConfig:
     # learn the matching under U[0.1, 1.9] factors at once (docs/training.md); a ramp lets it
     # learn the patterns first and the colour invariance after.
     colour_warmup: int = 0
+    # Gaussian blur of each year's view, sigma ~ U[0, blur_sigma] output pixels (0 = off,
+    # upstream). Astronaut photos are softer than the mosaics (optics, haze, motion, JPEG);
+    # without it a network can key on fine texture the photos do not show.
+    blur_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.crop_fraction <= 1:
@@ -64,6 +69,8 @@ class AugmentConfig:
             raise ConfigError(f"augment.hue {self.hue}: must be in [0, 0.5]")
         if min(self.rotation_deg, self.brightness, self.contrast, self.saturation) < 0 or self.out_size < 1:
             raise ConfigError("augment: rotation_deg and jitter strengths must be >= 0, out_size >= 1")
+        if self.blur_sigma < 0:
+            raise ConfigError(f"augment.blur_sigma {self.blur_sigma}: must be >= 0")
         if not isinstance(self.colour_warmup, int) or self.colour_warmup < 0:
             raise ConfigError(f"augment.colour_warmup {self.colour_warmup!r}: must be a non-negative integer")
 
@@ -105,6 +112,7 @@ class YearParams(NamedTuple):
     box: Box  # final square inside the warped crop
     colour_factors: tuple[float | None, float | None, float | None, float | None]  # b, c, s, h; None = off
     colour_order: tuple[int, ...]  # permutation of range(4) over COLOUR_OPS
+    blur_sigma: float = 0.0  # output pixels; 0 = no blur
 
 
 def inscribed_box(endpoints: Sequence[Point]) -> Box:
@@ -159,8 +167,10 @@ def sample_year_params(cfg: AugmentConfig, height: int, width: int, g: torch.Gen
         factors.append(_uniform(max(0.0, 1.0 - strength), 1.0 + strength, g) if strength > 0 else None)
     factors.append(_uniform(-cfg.hue, cfg.hue, g) if cfg.hue > 0 else None)
     order = tuple(int(i) for i in torch.randperm(4, generator=g, device=g.device).tolist())
+    # Drawn last and only when on, so the draws above stay upstream's stream.
+    sigma = _uniform(0.0, cfg.blur_sigma, g) if cfg.blur_sigma > 0 else 0.0
     return YearParams(angle, crop, endpoints, perspective_crop_box(endpoints),
-                      (factors[0], factors[1], factors[2], factors[3]), order)
+                      (factors[0], factors[1], factors[2], factors[3]), order, sigma)
 
 
 _COLOUR_FNS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
@@ -179,6 +189,9 @@ def apply_year(x: torch.Tensor, p: YearParams, out_size: int) -> torch.Tensor:
         factor = p.colour_factors[i]
         if factor is not None:
             x = _COLOUR_FNS[i](x, factor)
+    if p.blur_sigma > 0:
+        radius = max(1, math.ceil(3 * p.blur_sigma))
+        x = TF.gaussian_blur(x, [2 * radius + 1] * 2, [p.blur_sigma] * 2)
     return x
 
 

@@ -147,3 +147,24 @@ def test_colour_warmup_ramps_only_the_colour_strengths() -> None:
         AugmentConfig(colour_warmup=-1)
     aug = YearwiseAugment(cfg)
     assert aug.at_iteration(3).cfg == cfg.at_iteration(3) and aug.at_iteration(9) is aug
+
+
+def test_blur_is_drawn_last_and_softens_each_view() -> None:
+    sharp_cfg = AugmentConfig(out_size=S)
+    blur_cfg = AugmentConfig(out_size=S, blur_sigma=2.0)
+    sharp = YearwiseAugment(sharp_cfg).sample(Y, H, H, gen(5))
+    blurred = YearwiseAugment(blur_cfg).sample(Y, H, H, gen(5))
+    # Off (the default) draws nothing, so upstream's random stream is unchanged; on, the sigma is
+    # an extra draw after the others, which stay the same for the first year.
+    assert all(p.blur_sigma == 0.0 for p in sharp)
+    assert blurred[0]._replace(blur_sigma=0.0) == sharp[0]
+    assert all(0.0 <= p.blur_sigma <= 2.0 for p in blurred) and len({p.blur_sigma for p in blurred}) == Y
+    noise = torch.rand(1, 3, H, H, generator=gen(6))
+    params = YearwiseAugment(IDENTITY).sample(1, H, H, gen(7))[0]
+    plain = apply_year(noise, params, S)
+    soft = apply_year(noise, params._replace(blur_sigma=1.5), S)
+    # Blur lowers the pixel-to-pixel variation of a noise image and keeps its mean.
+    assert soft.diff(dim=-1).abs().mean() < 0.5 * plain.diff(dim=-1).abs().mean()
+    assert soft.mean().item() == pytest.approx(plain.mean().item(), abs=0.01)
+    with pytest.raises(ConfigError, match="blur_sigma"):
+        AugmentConfig(blur_sigma=-0.5)
