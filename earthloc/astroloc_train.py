@@ -369,7 +369,8 @@ def train_astroloc(configs: Configs, acfg: AstroLocConfig, paths: TrainPaths = T
                     if r5 > state.best_r5:
                         state.best_r5, state.best_iteration = r5, state.iteration
                         save_checkpoint(paths.checkpoints / BEST_NAME, net, mcfg, iteration=state.iteration,
-                                        val_recalls={str(k): v for k, v in rec.items()}, astroloc=_switches(acfg))  # fmt: skip
+                                        val_recalls={str(k): v for k, v in rec.items()}, astroloc=_switches(acfg),
+                                        init_seed=cfg.seed)  # fmt: skip
                     print(f"astroloc: iteration {state.iteration}: loss {last_loss:.4f} {comps}; val R@1/5 = "
                           f"{rec.get(1, float('nan')):.1f}/{r5:.1f}", flush=True)  # fmt: skip
                 live.next_step()
@@ -384,7 +385,8 @@ def train_astroloc(configs: Configs, acfg: AstroLocConfig, paths: TrainPaths = T
         with atomic_path(paths.model_out) as tmp:
             tmp.write_bytes(best.read_bytes())
     else:
-        save_checkpoint(paths.model_out, net, mcfg, iteration=state.iteration, astroloc=_switches(acfg))
+        save_checkpoint(paths.model_out, net, mcfg, iteration=state.iteration, astroloc=_switches(acfg),
+                        init_seed=cfg.seed)
     live.end()
     seconds = time.monotonic() - t0
     summary = AstroLocSummary(

@@ -70,7 +70,9 @@ class EvaluateParams:
     rotations: tuple[int, ...] = R.ROTATIONS
     index: R.IndexSpec = field(default_factory=R.IndexSpec)
     baselines: tuple[str, ...] = BASELINES
-    untrained_seed: int = 0
+    # None: the seed the trained model started from (its checkpoint's init_seed, else 0), so
+    # "model - untrained" is what training did to that very network.
+    untrained_seed: int | None = None
     bf16: bool = False
     features_dir: str | None = None  # keep descriptors as .npy memmaps here (null: in RAM)
     grid_queries: int = 10
@@ -202,6 +204,15 @@ def nadir_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
                              "then all others by centre distance to the nadir")
 
 
+def untrained_seed_for(p: EvaluateParams, checkpoint_extra: Mapping[str, Any]) -> int:
+    """The untrained baseline's torch seed: `untrained_seed` when set, else the checkpoint's
+    `init_seed` (written by the train stages), else 0."""
+    if p.untrained_seed is not None:
+        return p.untrained_seed
+    seed = checkpoint_extra.get("init_seed")
+    return int(seed) if seed is not None else 0
+
+
 def untrained_model(cfg: Any, seed: int) -> torch.nn.Module:
     """The same architecture with a fixed-seed random init (ImageNet backbone weights when
     the config names a local weights file, as upstream's eval.py without a checkpoint)."""
@@ -328,13 +339,13 @@ def write_audit(out_dir: Path, set_dir: Path, p: EvaluateParams) -> str:
 def run_set(
     name: str, p: EvaluateParams, model_path: Path | None = None, out_dir: Path | None = None
 ) -> dict[str, Any]:
-    from earthloc.model import load_model
+    from earthloc.model import load_checkpoint
 
     set_dir = Path(p.evalsets_dir) / name
     out_dir = Path(out_dir) if out_dir is not None else Path(p.out_root) / name
     model_path = Path(model_path) if model_path is not None else Path(p.model)
     ev = R.read_evalset(set_dir, p.tiles_root)
-    model, cfg = load_model(model_path)
+    model, cfg, extra = load_checkpoint(model_path)
     features = Path(p.features_dir) / name if p.features_dir else None
 
     t0 = time.monotonic()
@@ -343,10 +354,11 @@ def run_set(
     scores: dict[str, MethodScores] = {"model": _from_result(res, ev, p.recall_ns)}
     if "untrained" in p.baselines:
         t0 = time.monotonic()
-        base = untrained_model(cfg, p.untrained_seed)
+        seed = untrained_seed_for(p, extra)
+        base = untrained_model(cfg, seed)
         res_u = evaluate_model(base, cfg.image_size, ev, p, set_dir, features / "untrained" if features else None)
         scores["untrained"] = _from_result(res_u, ev, p.recall_ns,
-                                           f"same architecture, torch seed {p.untrained_seed}, not trained")
+                                           f"same architecture, torch seed {seed}, not trained")
         timings["untrained_s"] = round(time.monotonic() - t0, 1)
     if "random" in p.baselines:
         scores["random"] = random_scores(ev, p)

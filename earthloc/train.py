@@ -472,6 +472,9 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
     fingerprint = configs.fingerprint(regions.region_ids.tolist())
     n_years = len(cfg.years)
 
+    # The initial weights are those of torch.manual_seed(cfg.seed) + build_model (nothing above
+    # draws from torch's generator): the checkpoints record init_seed, and the evaluate stage's
+    # untrained baseline rebuilds exactly this network (tests/test_train.py checks it).
     model = build_model(mcfg).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
@@ -591,7 +594,7 @@ def _validate_step(net: torch.nn.Module, cfg: TrainConfig, mcfg: ModelConfig, pa
         if r5 > state.best_r5:
             state.best_r5, state.best_iteration, state.bad_validations = r5, state.iteration, 0
             save_checkpoint(paths.checkpoints / BEST_NAME, net, mcfg, iteration=state.iteration,
-                            val_recalls={str(k): v for k, v in rec.items()})  # fmt: skip
+                            val_recalls={str(k): v for k, v in rec.items()}, init_seed=cfg.seed)  # fmt: skip
         else:
             state.bad_validations += 1
         stop = bool(cfg.patience) and state.bad_validations >= cfg.patience
@@ -609,7 +612,7 @@ def _write_model(net: torch.nn.Module, mcfg: ModelConfig, paths: TrainPaths, sta
         with atomic_path(paths.model_out) as tmp:
             tmp.write_bytes(best.read_bytes())
     else:
-        save_checkpoint(paths.model_out, net, mcfg, iteration=state.iteration)
+        save_checkpoint(paths.model_out, net, mcfg, iteration=state.iteration, init_seed=cfg.seed)
 
 
 def run(params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> TrainSummary:

@@ -158,6 +158,38 @@ def test_train_stage_end_to_end(tmp_path: Path, store: dict[str, Path]) -> None:
         train(Configs.from_params(tiny_params(tmp_path / "no_such_set")), p)
 
 
+def test_checkpoint_names_the_seed_that_rebuilds_the_initial_network(tmp_path: Path, store: dict[str, Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # The evaluate stage's untrained baseline is untrained_model(cfg, init_seed): it must be
+    # the very network the training started from, so "model - untrained" is what training did.
+    import earthloc.train as T
+    from earthloc.evaluate import EvaluateParams, untrained_model, untrained_seed_for
+    from earthloc.model import load_checkpoint
+
+    initial: dict[str, torch.Tensor] = {}
+    original = T.build_model
+
+    def recording_build(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = original(*args, **kwargs)
+        initial.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(T, "build_model", recording_build)
+    params = tiny_params(None, iterations=1, val_every=0, seed=7)
+    train(Configs.from_params(params), paths_in(tmp_path, store))
+    ckpt = load_checkpoint(paths_in(tmp_path, store).model_out)
+    assert ckpt.extra["init_seed"] == 7
+    seed = untrained_seed_for(EvaluateParams(), ckpt.extra)
+    assert seed == 7 and untrained_seed_for(EvaluateParams(untrained_seed=3), ckpt.extra) == 3
+    rebuilt = untrained_model(ckpt.cfg, seed).state_dict()
+    assert rebuilt.keys() == initial.keys()
+    for name, value in initial.items():
+        torch.testing.assert_close(rebuilt[name], value, rtol=0, atol=0, msg=name)
+    # ... and training changed it (the comparison is not empty).
+    assert not torch.equal(ckpt.model.state_dict()["fc.weight"], initial["fc.weight"])
+    assert untrained_seed_for(EvaluateParams(), {}) == 0  # checkpoints without init_seed
+
+
 KILL_DRIVER = textwrap.dedent(
     """
     import os, signal, sys
