@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
@@ -31,6 +30,7 @@ from pipeline.fetch.client import ClientConfig, WmtsClient  # noqa: E402
 from pipeline.fetch.plan import region_tile_keys  # noqa: E402
 from pipeline.fetch.run import RunConfig, _describe, _jobs_for_shard, fetch_regions  # noqa: E402
 from pipeline.fetch.store import TileStore  # noqa: E402
+from pipeline.params import parse_yaml  # noqa: E402
 
 
 def naive_fetch(regions: pd.DataFrame, years: list[int], zoom: int, root: Path, cfg: ClientConfig, threads: int) -> int:
@@ -63,7 +63,7 @@ def main() -> None:
     from pipeline.stages.fetch import FetchParams, local_template, select_regions
     from pipeline.synthetic.server import SyntheticTileServer
 
-    params = FetchParams.from_section(yaml.safe_load((ROOT / "params.yaml").read_text())["fetch"])
+    params = FetchParams.from_section(parse_yaml((ROOT / "params.yaml").read_text())["fetch"])
     regions = select_regions(args.grid, args.zoom, params.aois)
     years = list(range(2021 - args.years + 1, 2022))
     images = len(regions) * len(years)

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.params import parse_yaml
+
 N_SHOWN = (1, 5, 10, 20)
 
 
@@ -45,7 +47,7 @@ def _override(params: dict[str, Any], assignment: str) -> None:
         node = node[name]
     if leaf not in node:
         raise SystemExit(f"-S {assignment!r}: params.yaml has no key {key!r}")
-    node[leaf] = yaml.safe_load(raw)
+    node[leaf] = parse_yaml(raw)
 
 
 def run_seed(seed: int, params: dict[str, Any], eval_set: str, work: Path) -> dict[str, Any]:
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if not Path("tiles").is_dir() or not Path("data/evalsets", args.set).is_dir():
         raise SystemExit("run `make repro` first: the tiles and the evaluation sets are needed")
-    params = yaml.safe_load(Path(args.params).read_text())
+    params = parse_yaml(Path(args.params).read_text())
     for a in args.overrides:
         _override(params, a)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="seed_spread_"))
