@@ -39,6 +39,7 @@ from pipeline.errors import ConfigError
 from pipeline.params import build_config
 
 NEUTRAL_ORDERS = ("paper", "upstream")
+OVERLAP_RULES = ("neutral", "positive")
 Pairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # (a1, p, a2, n)
 
 
@@ -59,10 +60,18 @@ class LossConfig:
     epsilon: float = 0.1  # miner margin
     neutral_order: str = "paper"  # "paper" or "upstream", see the module docstring
     mining: bool = True  # False: every positive and every non-neutral negative pair
+    # Two different regions whose footprints overlap: "neutral" (paper Eq. 3: no term) or
+    # "positive" (pulled together like the years of one region). "positive" trains the
+    # evaluation's own rule, under which every region a photo overlaps is a hit.
+    overlap: str = "neutral"
 
     def __post_init__(self) -> None:
         if self.neutral_order not in NEUTRAL_ORDERS:
             raise ConfigError(f"loss.neutral_order {self.neutral_order!r}: expected one of {NEUTRAL_ORDERS}")
+        if self.overlap not in OVERLAP_RULES:
+            raise ConfigError(f"loss.overlap {self.overlap!r}: expected one of {OVERLAP_RULES}")
+        if self.overlap == "positive" and self.neutral_order == "upstream":
+            raise ConfigError("loss.overlap: positive needs neutral_order: paper (upstream's miner sees labels only)")
         if self.alpha <= 0 or self.beta <= 0 or self.epsilon < 0:
             raise ConfigError("loss: alpha and beta must be > 0 and epsilon >= 0")
 
@@ -71,15 +80,18 @@ class LossConfig:
         return build_config(cls, sec, "loss")
 
 
-def pair_masks(labels: torch.Tensor, neutral: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pair_masks(labels: torch.Tensor, neutral: torch.Tensor, overlap: str = "neutral") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(positive, negative, neutral) boolean (N, N) masks over images.
 
     positive: same label, not the image itself. neutral: different labels whose regions
-    overlap (`neutral` indexed by label id). negative: different labels, not neutral."""
+    overlap (`neutral` indexed by label id). negative: different labels, not neutral.
+    With overlap="positive" the overlapping pairs are positives instead, and none is neutral."""
     n = labels.numel()
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(n, dtype=torch.bool, device=labels.device)
     neutral_pairs = neutral.to(device=labels.device, dtype=torch.bool)[labels[:, None], labels[None, :]] & ~same
+    if overlap == "positive":
+        return (same & ~eye) | neutral_pairs, ~same & ~neutral_pairs, torch.zeros_like(neutral_pairs)
     return same & ~eye, ~same & ~neutral_pairs, neutral_pairs
 
 
@@ -105,19 +117,19 @@ class NeutralAwareMSLoss(nn.Module):
     """forward(emb (N, D), labels (N,) long in [0, R), neutral (R, R) bool) -> LossOutput."""
 
     def __init__(self, alpha: float = 1.0, beta: float = 50.0, base: float = 0.0, epsilon: float = 0.1,
-                 neutral_order: str = "paper", mining: bool = True) -> None:
+                 neutral_order: str = "paper", mining: bool = True, overlap: str = "neutral") -> None:
         super().__init__()
-        self.cfg = LossConfig(alpha, beta, base, epsilon, neutral_order, mining)
+        self.cfg = LossConfig(alpha, beta, base, epsilon, neutral_order, mining, overlap)
         self.miner = MultiSimilarityMiner(epsilon=epsilon)
         self.loss_fn = MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
 
     @classmethod
     def from_config(cls, cfg: LossConfig) -> NeutralAwareMSLoss:
-        return cls(cfg.alpha, cfg.beta, cfg.base, cfg.epsilon, cfg.neutral_order, cfg.mining)
+        return cls(cfg.alpha, cfg.beta, cfg.base, cfg.epsilon, cfg.neutral_order, cfg.mining, cfg.overlap)
 
     def select_pairs(self, emb: torch.Tensor, labels: torch.Tensor, neutral: torch.Tensor) -> Pairs:
         """The (a1, p, a2, n) index tuple that enters the loss."""
-        pos, neg, neutral_pairs = pair_masks(labels, neutral)
+        pos, neg, neutral_pairs = pair_masks(labels, neutral, self.cfg.overlap)
         if not self.cfg.mining:
             return _pairs(pos, neg)
         if self.cfg.neutral_order == "upstream":

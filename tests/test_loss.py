@@ -208,3 +208,38 @@ def test_gradients_flow_and_bad_inputs() -> None:
         LossConfig.from_section({"alpha": 1.0, "gamma": 2})
     assert LossConfig.from_section({"neutral_order": "upstream"}).neutral_order == "upstream"
     assert LossConfig().neutral_order == "paper"
+
+
+def test_overlap_positive_masks() -> None:
+    # regions 0 and 1 overlap; region 2 overlaps neither; two views per region
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    overlap = torch.zeros(3, 3, dtype=torch.bool)
+    overlap[0, 1] = overlap[1, 0] = True
+    pos_n, neg_n, neu_n = pair_masks(labels, overlap)
+    pos_p, neg_p, neu_p = pair_masks(labels, overlap, "positive")
+    assert not pos_n[0, 2] and neu_n[0, 2] and not neg_n[0, 2]  # paper: neutral
+    assert pos_p[0, 2] and pos_p[3, 1] and not neg_p[0, 2] and not neu_p.any()  # positive instead
+    assert torch.equal(neg_p, neg_n)  # negatives are the same pairs either way
+    assert torch.equal(pos_p & ~pos_n, neu_n)
+    assert not pos_p.diagonal().any()
+
+
+def test_overlap_positive_loss_pulls_overlapping_regions_together() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    overlap = torch.zeros(3, 3, dtype=torch.bool)
+    overlap[0, 1] = overlap[1, 0] = True
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1).requires_grad_(True)
+    loss = NeutralAwareMSLoss(mining=False, overlap="positive")(emb, labels, overlap)
+    loss.loss.backward()
+    assert loss.n_pos == 6 + 8  # 3 regions x 2 ordered same-region pairs, + 2 x 2 x 2 overlapping pairs
+    # a small step against the gradient makes regions 0 and 1 more similar
+    with torch.no_grad():
+        before = float(emb[0] @ emb[2])
+        moved = torch.nn.functional.normalize(emb - 0.05 * emb.grad, dim=1)
+        assert float(moved[0] @ moved[2]) > before
+    with pytest.raises(ConfigError):
+        LossConfig(overlap="sometimes")
+    with pytest.raises(ConfigError):
+        LossConfig(overlap="positive", neutral_order="upstream")
+    assert LossConfig().overlap == "neutral"
