@@ -16,7 +16,7 @@ checkpoint):
    often each is a positive (a photo spans 100-300 km, a zoom-11 region 68 km).
 
 Usage (after `make repro`, from the repository root, `.venv` active):
-    python benchmarks/training_signal.py [--model PATH ...] [--work DIR] [--image-size N]
+    python benchmarks/training_signal.py [--model PATH ...] [--set NAME] [--work DIR]
 
 Rendering 3 x 336 photos takes about 2.5 min on one core; they are cached in --work.
 """
@@ -38,18 +38,13 @@ from PIL import Image  # noqa: E402
 
 from earthloc import retrieval as R  # noqa: E402
 from earthloc.evaluate import untrained_model  # noqa: E402
-from earthloc.model import ModelConfig, build_model, load_checkpoint  # noqa: E402
+from earthloc.data import training_regions  # noqa: E402
+from earthloc.model import ModelConfig, load_checkpoint  # noqa: E402
 from pipeline.fetch.queries import CORNER_COLUMNS  # noqa: E402
 from pipeline.synthetic.photos import NO_EFFECTS, PhotoEffects, photo_seed, render_photo  # noqa: E402
 
 VARIANTS = {"all effects": PhotoEffects(), "no clouds": PhotoEffects(cloud_chance=0.0), "no effects": NO_EFFECTS}
 ROTATIONS = (0, 90, 180, 270)
-
-
-def load_net(path: Path) -> tuple[torch.nn.Module, ModelConfig, dict]:
-    """A model checkpoint (save_checkpoint format) or a train-stage checkpoint (last.pt)."""
-    ck = load_checkpoint(path)
-    return ck.model.eval(), ck.cfg, ck.extra
 
 
 @torch.no_grad()
@@ -99,7 +94,8 @@ def main() -> None:
     nets: dict[str, torch.nn.Module] = {}
     cfg: ModelConfig | None = None
     for path in args.model:
-        model, cfg, extra = load_net(path)
+        ck = load_checkpoint(path)  # the stage's model file or a train checkpoint (last.pt)
+        model, cfg, extra = ck.model.eval(), ck.cfg, ck.extra
         if "untrained" not in nets:
             nets["untrained"] = untrained_model(cfg, int(extra.get("init_seed", 0))).eval()
         # a train-stage checkpoint (last.pt, with its optimiser) is at `iteration`; the model
@@ -110,7 +106,10 @@ def main() -> None:
     size = cfg.image_size
     zoom = ev.database["zoom"].to_numpy()
     db = torch.stack([R.load_image(p, size) for p in ev.db_paths])
-    db18 = torch.stack([R.load_image(str(p).replace("2021", "2018"), size) for p in ev.db_paths])
+    # the same regions' 2018 images, from the tile store's manifests (as training finds them)
+    years = training_regions(Path("tiles"), Path("data/grid/regions.parquet"), (2018, 2021))
+    path_2018 = dict(zip(years.region_ids.tolist(), (years.abs_path(i, 0) for i in range(len(years)))))
+    db18 = torch.stack([R.load_image(path_2018[r], size) for r in ev.database["region_id"]])
 
     print(f"1. 2018 image -> 2021 images of the same {len(db)} regions, R@1 of its own region (the training positives)")
     for name, net in nets.items():
