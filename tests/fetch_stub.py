@@ -4,13 +4,20 @@ Serves a deterministic 256x256 JPEG per (layer, z, y, x) in both EOX URL forms
 (RESTful `/wmts/1.0.0/{layer}/default/{tms}/{z}/{y}/{x}.jpg` and KVP `/wmts?...`),
 and injects faults per tile and attempt: `faults[(layer, z, y, x)] = ["503", "timeout", ...]`
 is consumed one entry per request of that tile; `missing` tiles always answer 404;
-`refuse_all` answers 403 to everything."""
+`refuse_all` answers 403 to everything; `reset_all` drops every connection without an
+answer (a network-level failure). `429` answers with `Retry-After: 1`, `429:<value>` with
+that value, `429:date+<s>` (or `date-<s>`) with the HTTP date `s` seconds from (or before) now.
+
+It records when each request arrived (`starts`, monotonic seconds) and the most requests
+it was serving at once (`max_in_flight`), so tests measure the client's politeness on the
+wire instead of trusting its settings."""
 
 from __future__ import annotations
 
 import io
 import socket
 import struct
+import email.utils
 import threading
 import time
 import zlib
@@ -59,12 +66,17 @@ class StubWmts:
         faults: dict[TileId, list[str]] | None = None,
         missing: set[TileId] | frozenset[TileId] = frozenset(),
         refuse_all: bool = False,
+        reset_all: bool = False,
         latency_s: float = 0.0,
         hang_s: float = 1.5,
     ) -> None:
         self.faults = {k: list(v) for k, v in (faults or {}).items()}
         self.missing = set(missing)
         self.refuse_all = refuse_all
+        self.reset_all = reset_all
+        self.starts: list[float] = []  # arrival time of every request
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.latency_s = latency_s
         self.hang_s = hang_s
         self.hits: Counter[TileId] = Counter()
@@ -105,6 +117,8 @@ class StubWmts:
                 self.hits[tid] += 1
             if tid is None:
                 action = "400"
+            elif self.reset_all:
+                action = "reset"
             elif self.refuse_all:
                 action = "403"
             elif tid in self.missing:
@@ -138,21 +152,31 @@ class StubWmts:
 
             def do_GET(self) -> None:  # noqa: N802
                 with stub.lock:
+                    stub.starts.append(time.monotonic())
+                    stub.in_flight += 1
+                    stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
                     stub.user_agents.add(self.headers.get("User-Agent", ""))
-                if stub.latency_s:
-                    time.sleep(stub.latency_s)
-                tid = parse_tile_path(self.path)
-                action = stub._next_action(tid)
                 try:
-                    self._act(action, tid)
-                except (BrokenPipeError, ConnectionResetError):
-                    self.close_connection = True
+                    if stub.latency_s:
+                        time.sleep(stub.latency_s)
+                    tid = parse_tile_path(self.path)
+                    action = stub._next_action(tid)
+                    try:
+                        self._act(action, tid)
+                    except (BrokenPipeError, ConnectionResetError):
+                        self.close_connection = True
+                finally:
+                    with stub.lock:
+                        stub.in_flight -= 1
 
             def _act(self, action: str, tid: TileId | None) -> None:
                 if action == "ok" and tid is not None:
                     self._send(200, tile_jpeg(*tid), "image/jpeg")
-                elif action == "429":
-                    self._send(429, b"slow down", "text/plain", {"Retry-After": "1"})
+                elif action.startswith("429"):
+                    value = action.partition(":")[2] or "1"
+                    if value.startswith("date"):  # date+3600, date-60
+                        value = email.utils.formatdate(time.time() + float(value[4:]), usegmt=True)
+                    self._send(429, b"slow down", "text/plain", {"Retry-After": value})
                 elif action == "timeout":
                     time.sleep(stub.hang_s)
                     self.close_connection = True

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -97,13 +100,79 @@ def test_client_retries_transient_faults(fault: str) -> None:
         assert stub.user_agents == {"earthloc-pipeline/0.1.0 (+tests@example.invalid)"}
 
 
-def test_client_honours_retry_after_capped() -> None:
+def recording_client(cfg: ClientConfig) -> tuple[WmtsClient, list[float]]:
+    """A client whose waits between attempts are recorded instead of slept."""
+    waits: list[float] = []
+    return WmtsClient(cfg, sleep=waits.append), waits
+
+
+@pytest.mark.parametrize(
+    ("header", "cap", "expected"),
+    [("429", 5.0, 1.0), ("429:30", 0.25, 0.25), ("429:date+3600", 0.25, 0.25), ("429:date-60", 5.0, 0.0)],
+)
+def test_client_waits_retry_after_up_to_the_cap(header: str, cap: float, expected: float) -> None:
+    # delta-seconds below the cap are honoured; above it (or as an HTTP date an hour ahead)
+    # the cap acts; a date in the past means "now"
     tid = layer_tile(2021, 5, 3, 4)
-    with StubWmts(faults={tid: ["429"]}) as stub, WmtsClient(config(stub, kvp=True)) as client:
-        t0 = time.monotonic()
-        res = client.get_tile(TileKey(2021, 5, 3, 4))
+    with StubWmts(faults={tid: [header]}) as stub:
+        client, waits = recording_client(config(stub, kvp=True, retry_after_cap_s=cap))
+        with client:
+            res = client.get_tile(TileKey(2021, 5, 3, 4))
         assert res.status == "ok" and res.history == ("http_429", "ok")
-        assert 0.95 <= time.monotonic() - t0 < 3.0
+        assert waits == [expected]
+
+
+def test_client_waits_an_http_date_retry_after() -> None:
+    tid = layer_tile(2021, 5, 3, 4)
+    with StubWmts(faults={tid: ["429:date+30"]}) as stub:
+        client, waits = recording_client(config(stub, retry_after_cap_s=300.0))
+        with client:
+            assert client.get_tile(TileKey(2021, 5, 3, 4)).status == "ok"
+    # the date has one-second resolution and was written a moment before it was read
+    assert len(waits) == 1 and 28.0 <= waits[0] <= 30.0
+
+
+def test_request_starts_are_spaced_on_the_wire() -> None:
+    interval, n = 0.2, 8
+    with StubWmts() as stub, WmtsClient(config(stub, max_concurrency=4, min_interval_s=interval)) as client:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(client.get_tile, [TileKey(2021, 5, 0, x) for x in range(n)]))
+        starts = sorted(stub.starts)
+    assert all(r.status == "ok" for r in results) and len(starts) == n
+    gaps = np.diff(starts)
+    # arrival times carry the scheduler's jitter: no two starts closer than half the spacing,
+    # and the whole run at least as long as the spacing allows, bar one interval
+    assert gaps.min() >= interval / 2, gaps
+    assert starts[-1] - starts[0] >= (n - 2) * interval, gaps
+
+
+def test_requests_in_flight_never_exceed_the_cap() -> None:
+    cap = 3
+    with StubWmts(latency_s=0.05) as stub, WmtsClient(config(stub, max_concurrency=cap)) as client:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(client.get_tile, [TileKey(2021, 5, 0, x) for x in range(24)]))
+        assert all(r.status == "ok" for r in results) and stub.total_hits() == 24
+        assert 2 <= stub.max_in_flight <= cap, stub.max_in_flight
+
+
+def free_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_network_failures_trip_the_breaker_after_a_bounded_number_of_tries() -> None:
+    url = f"http://127.0.0.1:{free_port()}" + "/wmts/1.0.0/{layer}/default/g/{z}/{y}/{x}.jpg"
+    cfg = ClientConfig(url_template=url, contact="t@example.invalid", min_interval_s=0.0, max_attempts=2,
+                       backoff_base_s=0.0, refusal_limit=3)  # fmt: skip
+    client, waits = recording_client(cfg)
+    results = []
+    with client, pytest.raises(SourceRefusedError, match="unreachable: 3 consecutive tiles ended in connection"):
+        for x in range(100):
+            results.append(client.get_tile(TileKey(2021, 5, 0, x)))
+    assert [r.reason for r in results] == ["connection"] * 2  # the third tile raised
+    assert client.requests == 3 * 2 and len(waits) == 3
 
 
 def test_client_404_not_retried_and_offhost_redirect_refused() -> None:
@@ -214,9 +283,50 @@ def test_rerun_fetches_nothing_and_retries_failed(tmp_path: Path) -> None:
 
 def test_refusal_stops_with_clear_error(tmp_path: Path) -> None:
     with StubWmts(refuse_all=True) as stub:
+        cfg = config(stub)
         with pytest.raises(SourceRefusedError, match="refuses us: 5 consecutive tiles ended in http_403"):
-            fetch_regions(block(), YEARS, [ZOOM], tmp_path, config(stub), RUN)
-        assert stub.total_hits() < 5 + 16  # the breaker plus what was already in flight
+            fetch_regions(block(), YEARS, [ZOOM], tmp_path, cfg, RUN)
+        # the breaker counts a tile before its concurrency slot is free and checks before every
+        # send: besides the 5 refused tiles, at most the other slots' requests reach the server
+        assert 5 <= stub.total_hits() <= cfg.refusal_limit + cfg.max_concurrency - 1
+
+
+def test_refusal_bound_is_exact_one_at_a_time() -> None:
+    with StubWmts(refuse_all=True) as stub, WmtsClient(config(stub)) as client:
+        with pytest.raises(SourceRefusedError):
+            for x in range(100):
+                client.get_tile(TileKey(2021, 5, 0, x))
+        assert stub.total_hits() == 5
+
+
+def test_an_outage_stops_the_run(tmp_path: Path) -> None:
+    # every connection dropped without an answer: the breaker stops the run instead of trying
+    # each of the 2 x 8 x 8 tiles max_attempts times
+    with StubWmts(reset_all=True) as stub:
+        cfg = config(stub)
+        with pytest.raises(SourceRefusedError, match="unreachable: 5 consecutive tiles ended in connection"):
+            fetch_regions(block(), YEARS, [ZOOM], tmp_path, cfg, RUN)
+        threads = 2 * cfg.max_concurrency  # RunConfig's default dask threads
+        assert stub.total_hits() <= (cfg.refusal_limit + threads - 1) * cfg.max_attempts
+
+
+def test_resume_rehashes_finished_images_and_refetches_a_corrupt_one(tmp_path: Path) -> None:
+    regions = block(2, 2)
+    with StubWmts() as stub:
+        fetch_regions(regions, [2021], [ZOOM], tmp_path / "clean", config(stub), RUN)
+        fetch_regions(regions, [2021], [ZOOM], tmp_path / "run", config(stub), RUN)
+    shutil.rmtree(tmp_path / "run" / ".tilecache")  # as the stage leaves a complete shard
+    victim = sorted((tmp_path / "run" / "database").rglob("*.jpg"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, same name, other bytes
+    victim.write_bytes(bytes(data))
+    with StubWmts() as stub:
+        again = fetch_regions(regions, [2021], [ZOOM], tmp_path / "run", config(stub), RUN)
+        refetched = set(stub.hits)
+    zoom, row, col = parse_region_id(parse_filename(victim.name).image_id)
+    assert refetched == {layer_tile(2021, zoom, row + r, (col + c) % 32) for r in range(4) for c in range(4)}
+    assert again["regions_written"] == 1 and again["regions_skipped"] == 3
+    assert tree(tmp_path / "run" / "database") == tree(tmp_path / "clean" / "database")
 
 
 KILL_SCRIPT = textwrap.dedent(

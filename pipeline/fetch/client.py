@@ -14,8 +14,13 @@ Why each rule exists:
 - 404 is an answer (the tile does not exist), recorded and never retried;
 - redirects are not followed automatically: a redirect to another host (or scheme) is
   refused, a same-host redirect is followed at most once per attempt;
-- a source that keeps refusing (403/429/5xx ending `refusal_limit` consecutive tiles)
-  stops the run with `SourceRefusedError` rather than hammering it.
+- a source that keeps refusing or cannot be reached (403/429/5xx, connection errors, DNS
+  failures and timeouts ending `refusal_limit` consecutive tiles) stops the run with
+  `SourceRefusedError` rather than hammering it or waiting out an outage tile by tile;
+- the breaker is checked inside the concurrency slot, right before a request is sent, and
+  a tile's outcome is counted before its slot is released: once it trips no request starts,
+  and at most `max_concurrency - 1` requests are still in flight. A source that answers
+  every request 403 therefore sees at most `refusal_limit + max_concurrency - 1` requests.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import io
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -127,6 +132,7 @@ class TileResult:
     data: bytes | None = field(default=None, repr=False)
     history: tuple[str, ...] = ()  # reason of every attempt, in order
     refused: bool = False  # the final failure looks like the server refusing us
+    unreachable: bool = False  # the final failure is network-level (connection, DNS, timeout)
 
 
 # Checks a 200 response: (body, Content-Type) -> None if acceptable, else the reason.
@@ -144,6 +150,7 @@ class UrlResult:
     data: bytes | None = field(default=None, repr=False)
     history: tuple[str, ...] = ()
     refused: bool = False
+    unreachable: bool = False
 
 
 class _Attempt(NamedTuple):
@@ -152,6 +159,7 @@ class _Attempt(NamedTuple):
     data: bytes | None = None
     wait_s: float | None = None  # server-requested wait (Retry-After)
     refused: bool = False
+    unreachable: bool = False  # no HTTP answer at all: connection refused or reset, DNS, timeout
 
 
 class StartSpacer:
@@ -212,8 +220,11 @@ def parse_retry_after(value: str | None) -> float | None:
 class WmtsClient:
     """Fetches and validates tiles; safe to share between threads (one per run and process)."""
 
-    def __init__(self, cfg: ClientConfig, session: requests.Session | None = None) -> None:
+    def __init__(
+        self, cfg: ClientConfig, session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.cfg = cfg
+        self._sleep = sleep  # the wait between attempts (backoff, Retry-After); tests record it
         self.session = session or requests.Session()
         # max_retries=0: the adapter retries nothing, the loop in get_tile decides.
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=cfg.max_concurrency, max_retries=0)
@@ -234,7 +245,7 @@ class WmtsClient:
     def get_tile(self, key: TileKey) -> TileResult:
         """Fetch one tile with retries; raise `SourceRefusedError` once the source keeps refusing."""
         r = self.get_url(self.cfg.url(key), lambda data, ctype: validate_tile(data, ctype, self.cfg.tile_size))
-        return TileResult(key, r.url, r.status, r.attempts, r.reason, r.data, r.history, r.refused)
+        return TileResult(key, r.url, r.status, r.attempts, r.reason, r.data, r.history, r.refused, r.unreachable)
 
     def get_url(self, url: str, validate: Validator) -> UrlResult:
         """Fetch any URL with the same retries, rate limit, redirect rules and refusal breaker
@@ -244,16 +255,23 @@ class WmtsClient:
         last = _Attempt("fatal", "not_attempted")
         for attempt in range(1, self.cfg.max_attempts + 1):
             self._check_refusal()
-            last = self._attempt(url, validate)
-            history.append(last.reason)
-            if last.outcome in ("ok", "not_found", "fatal"):
-                break
-            if attempt < self.cfg.max_attempts:
-                time.sleep(self._delay(attempt, last.wait_s))
-        status: Status = {"ok": "ok", "not_found": "not_found"}.get(last.outcome, "failed")  # type: ignore[assignment]
-        result = UrlResult(url, status, len(history), last.reason, last.data, tuple(history), last.refused)
-        self._note_final(result)
-        return result
+            # The slot spans the breaker check, the request and, on the last attempt, the
+            # breaker's count: no request starts after a trip, and no tile that was already
+            # in flight can be counted late (which would let more requests slip in).
+            with self._slots:
+                self._check_refusal()
+                last = self._attempt(url, validate)
+                history.append(last.reason)
+                final = last.outcome in ("ok", "not_found", "fatal") or attempt == self.cfg.max_attempts
+                if final:
+                    status: Status = {"ok": "ok", "not_found": "not_found"}.get(last.outcome, "failed")  # type: ignore[assignment]
+                    result = UrlResult(
+                        url, status, len(history), last.reason, last.data, tuple(history), last.refused, last.unreachable
+                    )
+                    self._note_final(result)
+                    return result
+            self._sleep(self._delay(attempt, last.wait_s))
+        raise AssertionError("unreachable")  # pragma: no cover (max_attempts >= 1)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -277,9 +295,9 @@ class WmtsClient:
             try:
                 resp = self._get(url, timeout)
             except requests.Timeout:
-                return self._count(_Attempt("retry", "timeout"))
-            except requests.RequestException:  # reset, refused, incomplete body, ...
-                return self._count(_Attempt("retry", "connection"))
+                return self._count(_Attempt("retry", "timeout", unreachable=True))
+            except requests.RequestException:  # reset, refused, DNS, incomplete body, ...
+                return self._count(_Attempt("retry", "connection", unreachable=True))
             if resp.is_redirect or 300 <= resp.status_code < 400:
                 target = urljoin(url, resp.headers.get("Location", ""))
                 t = urlsplit(target)
@@ -292,15 +310,16 @@ class WmtsClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _get(self, url: str, timeout: tuple[float, float]) -> requests.Response:
-        """The GET itself, inside the concurrency cap and after this host's start slot."""
+        """The GET itself (the caller holds a concurrency slot), after this host's start slot."""
         host = urlsplit(url).netloc
-        with self._slots:
-            with self._lock:
-                spacer = self._spacers.setdefault(host, StartSpacer(self.cfg.min_interval_s))
-                self.requests += 1
-            spacer.wait()
-            resp = self.session.get(url, timeout=timeout, allow_redirects=False)
-            _ = resp.content  # read the body inside the slot
+        with self._lock:
+            spacer = self._spacers.setdefault(host, StartSpacer(self.cfg.min_interval_s))
+        spacer.wait()
+        self._check_refusal()  # the spacing wait can be long: a trip meanwhile stops this request
+        with self._lock:
+            self.requests += 1
+        resp = self.session.get(url, timeout=timeout, allow_redirects=False)
+        _ = resp.content  # read the body inside the slot
         return resp
 
     def _classify(self, resp: requests.Response, validate: Validator) -> _Attempt:
@@ -335,15 +354,25 @@ class WmtsClient:
 
     # -- refusal circuit breaker ----------------------------------------------------
     def _note_final(self, result: UrlResult) -> None:
+        """Count a tile's outcome toward the breaker: refusals and network-level failures
+        extend the streak of consecutive failed tiles, an answer (ok, not found) ends it."""
         with self._lock:
-            if result.status == "failed" and result.refused:
+            if result.status == "failed" and (result.refused or result.unreachable):
                 self._streak += 1
                 if self._streak >= self.cfg.refusal_limit and self._refusal is None:
-                    self._refusal = (
-                        f"tile source refuses us: {self._streak} consecutive tiles ended in "
-                        f"{result.reason} (last {result.url}); stopping instead of retrying. "
-                        "Check the URL, the User-Agent contact and the rate limits in params (fetch)."
-                    )
+                    if result.unreachable:
+                        self._refusal = (
+                            f"tile source unreachable: {self._streak} consecutive tiles ended in "
+                            f"{result.reason} after {result.attempts} attempts each (last {result.url}); "
+                            "stopping instead of waiting out the outage. Check the network, DNS and "
+                            "fetch.url_template, then rerun: finished regions are kept."
+                        )
+                    else:
+                        self._refusal = (
+                            f"tile source refuses us: {self._streak} consecutive tiles ended in "
+                            f"{result.reason} (last {result.url}); stopping instead of retrying. "
+                            "Check the URL, the User-Agent contact and the rate limits in params (fetch)."
+                        )
             elif result.status in ("ok", "not_found"):
                 self._streak = 0
         self._check_refusal()
@@ -355,15 +384,24 @@ class WmtsClient:
 
 _SHARED: dict[tuple[str, ClientConfig], WmtsClient] = {}
 _SHARED_LOCK = threading.Lock()
+_ENDED: deque[str] = deque(maxlen=1024)  # runs whose clients were released in this process
 
 
 def shared_client(token: str, cfg: ClientConfig) -> WmtsClient:
     """The one client of run `token` in this process, so all worker threads share its
-    session, rate limit, concurrency cap and refusal state."""
+    session, rate limit, concurrency cap and refusal state.
+
+    A task that starts after its run released the clients (the driver stopped on a
+    refusal and cancelled, but the task was already queued) gets a stopped client: a
+    fresh one would forget the breaker and send requests for a run that has ended."""
     with _SHARED_LOCK:
         client = _SHARED.get((token, cfg))
         if client is None:
-            client = _SHARED[(token, cfg)] = WmtsClient(cfg)
+            client = WmtsClient(cfg)
+            if token in _ENDED:
+                client._refusal = f"fetch run {token} has ended; no more requests"
+                return client
+            _SHARED[(token, cfg)] = client
         return client
 
 
@@ -371,6 +409,7 @@ def release_shared(token: str) -> dict[str, Any]:
     """Close run `token`'s clients in this process and return their merged stats."""
     total: dict[str, Any] = {"requests": 0, "bytes": 0, "attempt_reasons": Counter()}
     with _SHARED_LOCK:
+        _ENDED.append(token)
         for k in [k for k in _SHARED if k[0] == token]:
             client = _SHARED.pop(k)
             s = client.stats()
