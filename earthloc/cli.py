@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=Path("tiles"), help="tile store root (default: tiles)")
     p.add_argument("--summary", type=Path, default=None, help="metrics JSON (default: data/fetch/<YEAR>_<ZZ>.json)")
     p.add_argument("--scheduler", default=None, help="dask scheduler address (else params fetch.run.scheduler_address or an in-process cluster)")
+    p.add_argument("--plan", action="store_true", help="print regions, tiles, requests, bytes, disk and time per shard and in total (areas of interest and world) without fetching")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("fetch-queries", help="query photos of the fetched area", description="Make the photos of the queries all of whose 2021 positives are in the tile store: simulated from the synthetic Earth (offline default) or downloaded from NASA (params fetch_queries.source), resized to upstream's 1024x1024, resuming where a previous run stopped.")

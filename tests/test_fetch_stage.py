@@ -251,3 +251,70 @@ def test_regions_not_found_keep_their_tiles_for_the_rerun(
         assert dict(stub.hits) == {gone: 1}
     assert again["regions_written"] == lost and again["regions_skipped"] == len(expected) - lost
     assert not cache.exists()  # complete now: the raw tiles go
+
+
+# -- plan before fetching --------------------------------------------------------------------
+def test_tile_ids_count_what_the_fetch_plan_shares() -> None:
+    from pipeline.fetch.estimate import tile_ids
+    from pipeline.fetch.plan import unique_tiles
+
+    rng = np.random.default_rng(0)
+    regs = [(z, int(r), int(c)) for z in (3, 5) for r, c in rng.integers(0, (1 << z) - 4, (40, 2))]
+    regs += [(5, 0, 30), (5, 2, 31)]  # across the antimeridian
+    ids = tile_ids(regs)
+    assert len(ids) == len(unique_tiles(regs, [2021]))
+    keys = {((k.z << 50) | (k.y << 25) | k.x) for k in unique_tiles(regs, [2021])}
+    assert set(ids.tolist()) == keys
+
+
+def test_plan_predicts_the_requests_and_sends_none(
+    tmp_path: Path, grid_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.fetch.plan import request_counts
+
+    small, big = aoi_regions(grid_file, 40.0), aoi_regions(grid_file, 60.0)
+    with StubWmts() as stub:
+        run(tmp_path, grid_file, 40.0, **stub_section(stub))
+        stub.hits.clear()
+        sec = section(aois=[{"name": "t", "lat": POI[0], "lon": POI[1], "radius_km": 60.0}], **stub_section(stub))
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["fetch"] = sec
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        capsys.readouterr()
+        assert cli_main(["fetch", "--plan", "--params", str(tmp_path / "params.yaml"), "--grid", str(grid_file),
+                         "--root", str(tmp_path / "tiles"), "--year", "2021", "--zoom", "11"]) == 0  # fmt: skip
+        out = capsys.readouterr().out
+        assert stub.total_hits() == 0
+        assert "areas of interest" in out and "world (aois null" in out and "means of the tile store's manifests" in out
+
+        fp = fetch.FetchParams.from_section(sec)
+        store = TileStore(tmp_path / "tiles")
+        sizes = fetch.mean_sizes(store, "eox")
+        man = pd.read_parquet(store.manifest_path(2021, 11))
+        tiles = pd.read_parquet(store.manifest_path(2021, 11, "tiles"))
+        assert sizes.image_bytes == man["bytes"].mean() and sizes.tile_bytes == tiles["bytes"].mean()
+        est = fetch.estimate_shard_fetch(store, fp, 2021, 11, fetch.select_regions(grid_file, 11, fp.aois),
+                                         fetch.source_id(fp), sizes)  # fmt: skip
+        todo = big[~big.region_id.isin(small.region_id)]
+        assert (est.regions, est.regions_done) == (len(big), len(small))
+        assert est.unique_tiles == request_counts(list(zip(todo.zoom, todo.row, todo.col)), [2021]).unique
+        assert est.tiles_cached == 0  # the complete shard dropped its raw tiles
+        assert est.download_bytes == est.requests * sizes.tile_bytes
+        assert est.disk_bytes == len(todo) * sizes.image_bytes + est.download_bytes
+        assert est.seconds == est.requests * fp.client.min_interval_s
+        row = next(ln.split() for ln in out.splitlines() if ln.startswith("2021_11"))
+        assert row[1:6] == [str(v) for v in (est.regions, est.regions_done, est.unique_tiles, 0, est.requests)]
+
+        run(tmp_path, grid_file, 60.0, **stub_section(stub))
+        assert stub.total_hits() == est.requests  # the plan's requests are the fetch's requests
+
+
+def test_a_fetch_that_would_not_fit_stops_before_the_first_request(
+    tmp_path: Path, grid_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch, "free_bytes", lambda path: 10_000)
+    with StubWmts() as stub:
+        with pytest.raises(FetchError, match=r"shard 2021_11 needs about .* 10\.0 kB free.*nothing was fetched"):
+            run(tmp_path, grid_file, 40.0, **stub_section(stub))
+        assert stub.total_hits() == 0
+    assert not (tmp_path / "tiles" / "database").exists()

@@ -26,6 +26,9 @@ import pandas as pd
 
 from pipeline.errors import ConfigError, FetchError, InputError
 from pipeline.fetch.client import EOX_KVP, EOX_LAYER, EOX_RESTFUL, ClientConfig
+from pipeline.fetch.estimate import (
+    EOX_SIZES, SYNTHETIC_SIZES, MeanSizes, ShardEstimate, estimate_shard, format_table, human_bytes,
+)  # fmt: skip
 from pipeline.fetch.run import DESCRIBED, RunConfig, fetch_regions, planned_paths
 from pipeline.fetch.store import TileStore, shard_name
 from pipeline.geo.aoi import Aoi, in_aois
@@ -205,6 +208,100 @@ def trim_tile_cache(store: TileStore, year: int, zoom: int, layer: str) -> int:
     return removed
 
 
+def _same_source(sid: str, source: str) -> bool:
+    """A stored source id of the same kind of source (its images have the same statistics)."""
+    return sid.startswith("synthetic|") == (source == "synthetic")
+
+
+def mean_sizes(store: TileStore, source: str) -> MeanSizes:
+    """Mean image and tile bytes of the store's shards of this kind of source, else constants."""
+    images: list[float] = []
+    tiles: list[float] = []
+    mdir = store.root / "manifests"
+    for path in sorted(mdir.glob("*.parquet")) if mdir.is_dir() else []:
+        if path.name.endswith(".tiles.parquet"):
+            continue
+        man = pd.read_parquet(path, columns=["status", "bytes", "source_id"])
+        ok = man[(man["status"] == "ok") & man["source_id"].fillna("").map(lambda v: _same_source(v, source))]
+        if ok.empty:
+            continue
+        images.extend(ok["bytes"].astype(float))
+        tpath = path.with_name(path.name.replace(".parquet", ".tiles.parquet"))
+        if tpath.exists():
+            tman = pd.read_parquet(tpath, columns=["status", "bytes"])
+            tiles.extend(tman.loc[tman["status"] == "ok", "bytes"].astype(float))
+    default = SYNTHETIC_SIZES if source == "synthetic" else EOX_SIZES
+    if not images or not tiles:
+        return default
+    return MeanSizes(
+        sum(images) / len(images), sum(tiles) / len(tiles),
+        f"means of the tile store's manifests ({len(images)} images, {len(tiles)} tiles)",
+    )  # fmt: skip
+
+
+def estimate_shard_fetch(
+    store: TileStore, params: FetchParams, year: int, zoom: int, regions: pd.DataFrame, sid: str, sizes: MeanSizes
+) -> ShardEstimate:
+    """What fetching `regions` into the shard still costs, from its manifest and tile cache
+    (no hashing, no request: the fetch itself re-checks every finished image)."""
+    keys = dict(zip(regions["region_id"], zip(regions["zoom"].astype(int), regions["row"].astype(int),
+                                               regions["col"].astype(int))))  # fmt: skip
+    man = store.load_manifest(year, zoom)
+    fresh = man.empty or not set(man["source_id"].dropna()) <= {sid}  # another source: fetched anew
+    done = [] if fresh else [keys[r] for r in man.loc[man["status"] == "ok", "region_id"] if r in keys]
+    cache = store.root / ".tilecache" / params.client.layer(year) / str(zoom)
+    cached = (
+        [] if fresh or not cache.is_dir()
+        else [(zoom, int(p.parent.name), int(p.stem)) for p in cache.glob("*/*.jpg") if p.stem.isdigit()]
+    )  # fmt: skip
+    return estimate_shard(
+        shard_name(year, zoom), list(keys.values()), done, cached, sizes, params.client.min_interval_s,
+        params.run.region_tiles,
+    )  # fmt: skip
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or would, once created)."""
+    p = path.resolve()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_disk(estimate: ShardEstimate, root: Path) -> None:
+    """Stop before the first request when the shard's images and raw tiles would not fit."""
+    free = free_bytes(root)
+    if estimate.disk_bytes > free:
+        raise FetchError(
+            f"shard {estimate.shard} needs about {human_bytes(estimate.disk_bytes)} on {root} "
+            f"({estimate.regions - estimate.regions_done} region images and {estimate.requests} raw tiles), "
+            f"{human_bytes(free)} free: free space or narrow fetch.aois; nothing was fetched"
+        )
+
+
+def plan(params: FetchParams, grid: Path, root: Path, shards: list[tuple[int, int]]) -> list[str]:
+    """The lines of `earthloc fetch --plan`: per shard and in total, for the configured areas
+    of interest and for the whole grid (aois null). Reads the grid, manifests and tile cache;
+    sends nothing."""
+    store = TileStore(root)
+    sid = source_id(params)
+    sizes = mean_sizes(store, params.source)
+    c = params.client
+    out = [
+        f"fetch plan ({params.source} source): mean image {human_bytes(sizes.image_bytes)}, mean tile "
+        f"{human_bytes(sizes.tile_bytes)} ({sizes.origin}); time at {c.min_interval_s} s between request starts "
+        f"(fetch.client), at most {c.max_concurrency} in flight; disk = images + raw tiles cached until a shard completes",
+    ]
+    scopes: list[tuple[str, tuple[Aoi, ...] | None]] = [("areas of interest (fetch.aois)", params.aois)]
+    if params.aois is not None:
+        scopes.append((f"world (aois null: every region of {grid})", None))
+    for title, aois in scopes:
+        by_zoom = {z: select_regions(grid, z, aois) for z in sorted({z for _, z in shards})}
+        rows = [estimate_shard_fetch(store, params, y, z, by_zoom[z], sid, sizes) for y, z in shards]
+        out += ["", *format_table(title, rows)]
+    return out
+
+
 def run_shard(
     params: FetchParams, year: int, zoom: int, grid: Path, root: Path, summary_path: Path | None,
     scheduler: str | None = None,
@@ -221,6 +318,8 @@ def run_shard(
     # before the first of them: a second run on a busy shard stops here having touched nothing.
     with store.shard_lock(year, zoom):
         reset_if_source_changed(store, year, zoom, layer, rc.source_id)
+        sizes = mean_sizes(store, params.source)
+        check_disk(estimate_shard_fetch(store, params, year, zoom, regions, rc.source_id, sizes), root)
         with tile_source(params) as cfg:
             summary = fetch_regions(regions, [year], [zoom], root, cfg, rc, shard_locks_held=True)
         summary["pruned_images"] = prune_shard(store, year, zoom, planned_paths(regions, year, zoom, rc.region_tiles))
@@ -283,6 +382,12 @@ def main(args: argparse.Namespace) -> None:
     if not args.all and args.zoom is None:
         raise ConfigError("--zoom is required with --year")
     shards = [(y, z) for y in params.years for z in params.zooms] if args.all else [(args.year, int(args.zoom, 10))]
+    if getattr(args, "plan", False):
+        for year, zoom in shards:
+            if year not in params.years or zoom not in params.zooms:
+                raise ConfigError(f"shard {shard_name(year, zoom)} is not in fetch.years x fetch.zooms of params")
+        print("\n".join(plan(params, Path(args.grid), Path(args.root), shards)))
+        return
     for year, zoom in shards:
         summary_path = args.summary if args.summary is not None else Path("data/fetch") / f"{shard_name(year, zoom)}.json"
         run_shard(params, year, zoom, Path(args.grid), Path(args.root), summary_path, args.scheduler)
