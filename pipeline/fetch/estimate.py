@@ -78,7 +78,9 @@ def tile_ids(regions: Iterable[Region], size: int = 4) -> np.ndarray:
     dr, dc = np.divmod(np.arange(size * size, dtype=np.int64), size)
     y = row + dr
     x = (col + dc) % (np.int64(1) << z)
-    return np.unique((np.broadcast_to(z, y.shape) << 50) | (y << 25) | x)
+    ids = np.sort(((np.broadcast_to(z, y.shape) << 50) | (y << 25) | x).ravel())
+    # sort and keep the first of each run: a hash-based np.unique is several times slower here
+    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))]
 
 
 def tile_id(z: int, y: int, x: int) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError, FetchError, InputError
@@ -244,8 +245,8 @@ def estimate_shard_fetch(
 ) -> ShardEstimate:
     """What fetching `regions` into the shard still costs, from its manifest and tile cache
     (no hashing, no request: the fetch itself re-checks every finished image)."""
-    keys = dict(zip(regions["region_id"], zip(regions["zoom"].astype(int), regions["row"].astype(int),
-                                               regions["col"].astype(int))))  # fmt: skip
+    zrc = regions[["zoom", "row", "col"]].to_numpy(dtype=np.int64).tolist()
+    keys = dict(zip(regions["region_id"].astype(str).tolist(), map(tuple, zrc)))
     man = store.load_manifest(year, zoom)
     fresh = man.empty or not set(man["source_id"].dropna()) <= {sid}  # another source: fetched anew
     done = [] if fresh else [keys[r] for r in man.loc[man["status"] == "ok", "region_id"] if r in keys]
