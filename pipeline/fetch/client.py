@@ -252,7 +252,6 @@ class WmtsClient:
         as tiles (the query-photo fetcher uses it for NASA's photos); `validate` checks a 200
         body, and a rejected body is retried like a 5xx."""
         history: list[str] = []
-        last = _Attempt("fatal", "not_attempted")
         for attempt in range(1, self.cfg.max_attempts + 1):
             self._check_refusal()
             # The slot spans the breaker check, the request and, on the last attempt, the

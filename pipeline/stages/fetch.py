@@ -31,7 +31,7 @@ from pipeline.fetch.estimate import (
     EOX_SIZES, SYNTHETIC_SIZES, MeanSizes, ShardEstimate, estimate_shard, format_table, human_bytes,
 )  # fmt: skip
 from pipeline.fetch.run import DESCRIBED, RunConfig, fetch_regions, planned_paths
-from pipeline.fetch.store import TileStore, shard_name
+from pipeline.fetch.store import REGION_COLUMNS, TILE_COLUMNS, TileStore, read_manifest, shard_name
 from pipeline.geo.aoi import Aoi, in_aois
 from pipeline.io import write_json
 from pipeline.params import load_params, section
@@ -222,14 +222,16 @@ def mean_sizes(store: TileStore, source: str) -> MeanSizes:
     for path in sorted(mdir.glob("*.parquet")) if mdir.is_dir() else []:
         if path.name.endswith(".tiles.parquet"):
             continue
-        man = pd.read_parquet(path, columns=["status", "bytes", "source_id"])
+        man = read_manifest(path, REGION_COLUMNS)
+        if not {"status", "bytes", "source_id"} <= set(man.columns):
+            continue  # written before the manifests named their source
         ok = man[(man["status"] == "ok") & man["source_id"].fillna("").map(lambda v: _same_source(v, source))]
         if ok.empty:
             continue
         images.extend(ok["bytes"].astype(float))
         tpath = path.with_name(path.name.replace(".parquet", ".tiles.parquet"))
         if tpath.exists():
-            tman = pd.read_parquet(tpath, columns=["status", "bytes"])
+            tman = read_manifest(tpath, TILE_COLUMNS)
             tiles.extend(tman.loc[tman["status"] == "ok", "bytes"].astype(float))
     default = SYNTHETIC_SIZES if source == "synthetic" else EOX_SIZES
     if not images or not tiles:
@@ -248,7 +250,8 @@ def estimate_shard_fetch(
     zrc = regions[["zoom", "row", "col"]].to_numpy(dtype=np.int64).tolist()
     keys = dict(zip(regions["region_id"].astype(str).tolist(), map(tuple, zrc)))
     man = store.load_manifest(year, zoom)
-    fresh = man.empty or not set(man["source_id"].dropna()) <= {sid}  # another source: fetched anew
+    # what reset_if_source_changed will find: images of another source are fetched anew
+    fresh = man.empty or not ("source_id" in man and set(man["source_id"].dropna()) <= {sid})
     done = [] if fresh else [keys[r] for r in man.loc[man["status"] == "ok", "region_id"] if r in keys]
     cache = store.root / ".tilecache" / params.client.layer(year) / str(zoom)
     cached = (
