@@ -44,7 +44,8 @@ def bench_outage(params: fetch.FetchParams, grid: Path, zoom: int) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = replace(params.client, url_template=f"http://127.0.0.1:{port}/wmts/1.0.0/{{layer}}/default/g/{{z}}/{{y}}/{{x}}.jpg")
+    dead = f"http://127.0.0.1:{port}/wmts/1.0.0/{{layer}}/default/g/{{z}}/{{y}}/{{x}}.jpg"
+    cfg = replace(params.client, url_template=dead)
     regions = fetch.select_regions(grid, zoom, params.aois)
     rc = replace(params.run, progress=False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -263,10 +263,11 @@ class WmtsClient:
                 history.append(last.reason)
                 final = last.outcome in ("ok", "not_found", "fatal") or attempt == self.cfg.max_attempts
                 if final:
-                    status: Status = {"ok": "ok", "not_found": "not_found"}.get(last.outcome, "failed")  # type: ignore[assignment]
-                    result = UrlResult(
-                        url, status, len(history), last.reason, last.data, tuple(history), last.refused, last.unreachable
+                    status: Status = "ok" if last.outcome == "ok" else (
+                        "not_found" if last.outcome == "not_found" else "failed"
                     )
+                    result = UrlResult(url, status, len(history), last.reason, last.data, tuple(history),
+                                       last.refused, last.unreachable)  # fmt: skip
                     self._note_final(result)
                     return result
             self._sleep(self._delay(attempt, last.wait_s))

@@ -127,7 +127,9 @@ def format_table(title: str, rows: Sequence[ShardEstimate]) -> list[str]:
            f"{'download':>10} {'disk':>10} {'time':>8}"  # fmt: skip
     out = [title, head]
 
-    def line(name: str, reg: int, done: int, tiles: int, cached: int, req: int, dl: float, disk: float, t: float) -> str:
+    def line(
+        name: str, reg: int, done: int, tiles: int, cached: int, req: int, dl: float, disk: float, t: float
+    ) -> str:
         return (f"{name:<8} {reg:>8} {done:>8} {tiles:>9} {cached:>8} {req:>9} {human_bytes(dl):>10} "
                 f"{human_bytes(disk):>10} {human_seconds(t):>8}")  # fmt: skip
 

@@ -198,6 +198,6 @@ class TileStore:
         Every step that deletes or rewrites a shard's files (reset, prune, sweep, tile-cache
         trim) runs inside it; a run that cannot take it has changed nothing."""
         path = self.root / "manifests" / f".{shard_name(year, zoom)}.lock"
-        return exclusive_lock(
-            path, FetchError(f"shard {shard_name(year, zoom)} is being written by another run ({path}); nothing was changed")
-        )
+        name = shard_name(year, zoom)
+        busy = FetchError(f"shard {name} is being written by another run ({path}); nothing was changed")
+        return exclusive_lock(path, busy)

@@ -294,7 +294,8 @@ def plan(params: FetchParams, grid: Path, root: Path, shards: list[tuple[int, in
     out = [
         f"fetch plan ({params.source} source): mean image {human_bytes(sizes.image_bytes)}, mean tile "
         f"{human_bytes(sizes.tile_bytes)} ({sizes.origin}); time at {c.min_interval_s} s between request starts "
-        f"(fetch.client), at most {c.max_concurrency} in flight; disk = images + raw tiles cached until a shard completes",
+        f"(fetch.client), at most {c.max_concurrency} in flight; "
+        "disk = images + raw tiles cached until a shard completes",
     ]
     scopes: list[tuple[str, tuple[Aoi, ...] | None]] = [("areas of interest (fetch.aois)", params.aois)]
     if params.aois is not None:
