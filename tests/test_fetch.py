@@ -281,6 +281,16 @@ def test_rerun_fetches_nothing_and_retries_failed(tmp_path: Path) -> None:
     assert pd.read_parquet(tmp_path / "manifests" / "2021_05.parquet")["status"].eq("ok").all()
 
 
+def test_timeouts_trip_the_breaker() -> None:
+    tiles = [layer_tile(2021, 5, 0, x) for x in range(3)]
+    with StubWmts(faults={t: ["timeout"] for t in tiles}, hang_s=1.0) as stub:
+        client, _ = recording_client(config(stub, max_attempts=1, refusal_limit=2, read_timeout_s=0.2))
+        with client, pytest.raises(SourceRefusedError, match="unreachable: 2 consecutive tiles ended in timeout"):
+            for t in tiles:
+                client.get_tile(TileKey(2021, *t[1:]))
+        assert stub.total_hits() == 2
+
+
 def test_refusal_stops_with_clear_error(tmp_path: Path) -> None:
     with StubWmts(refuse_all=True) as stub:
         cfg = config(stub)
