@@ -262,7 +262,8 @@ def _page_assets() -> tuple[str, str, str]:
     """The page's own HTML template, CSS and script (earthloc/assets/audit_page.*), kept
     as files so the presentation is edited apart from the Python that fills it."""
     base = resources.files("earthloc") / "assets"
-    return tuple((base / f"audit_page.{ext}").read_text(encoding="utf-8") for ext in ("html", "css", "js"))  # type: ignore[return-value]
+    html_text, css, js = ((base / f"audit_page.{ext}").read_text(encoding="utf-8") for ext in ("html", "css", "js"))
+    return html_text, css, js
 
 
 # JSON inside <script>: "<", ">" and "&" as \u escapes, so no "</script>", "<!--" or

@@ -365,12 +365,14 @@ def test_hostile_page_in_chromium(driver: object, tmp_path: Path) -> None:
     def load(fragment: str) -> None:
         drv.get("about:blank")  # type: ignore[attr-defined]
         drv.get(page.as_uri() + fragment)  # type: ignore[attr-defined]
-        wait.until(lambda d: d.execute_script("return document.body && document.body.getAttribute('data-ready')") == "1")
+        ready = "return document.body && document.body.getAttribute('data-ready')"
+        wait.until(lambda d: d.execute_script(ready) == "1")
 
     def state() -> dict:
         return drv.execute_script(  # type: ignore[attr-defined]
             "return {pwned: window.__pwned === undefined ? null : window.__pwned, errors: window.__errors,"
-            " imgs: Array.from(document.querySelectorAll('img:not(#thumb), svg:not(.leaflet-zoom-animated), b:not(#angle)')).map(e => e.outerHTML),"
+            " imgs: Array.from(document.querySelectorAll("
+            "   'img:not(#thumb), svg:not(.leaflet-zoom-animated), b:not(#angle)')).map(e => e.outerHTML),"
             " query: document.body.getAttribute('data-query'), title: document.title,"
             " h1: document.querySelector('h1').textContent, items: document.querySelectorAll('#list li').length}"
         )
@@ -390,7 +392,8 @@ def test_hostile_page_in_chromium(driver: object, tmp_path: Path) -> None:
     _open_every_overlay(drv)
     shown = drv.execute_script(  # type: ignore[attr-defined]
         "return [document.getElementById('qid').textContent,"
-        " Array.from(document.querySelectorAll('.leaflet-tooltip, .leaflet-popup-content')).map(e => e.textContent).join('|')]"
+        " Array.from(document.querySelectorAll('.leaflet-tooltip, .leaflet-popup-content'))"
+        "   .map(e => e.textContent).join('|')]"
     )
     assert shown[0] == HOSTILE_ID and f"footprint {HOSTILE_ID}" in shown[1] and HOSTILE_REGION in shown[1]
 

@@ -392,7 +392,7 @@ def test_rejected_csv_is_printable_and_short(case, tmp_path):
     assert not re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", data), "a raw control character in rejected.csv"
     assert len(data.splitlines()) == 1 + len(exp["bad"])  # one line per rejected record
     rej = pd.read_csv(rej_out, keep_default_na=False).set_index("line")
-    assert "1\\x002" in rej.loc[exp["bad"]["nul"][0], "detail"] or rej.loc[exp["bad"]["nul"][0], "reason"] == "control_character"
+    assert rej.loc[exp["bad"]["nul"][0], "reason"] == "control_character"
     assert "\\x1b" in rej.loc[exp["bad"]["escape_sequence"][0], "query_id"]
     assert "field larger than field limit" in rej.loc[exp["bad"]["huge_field"][0], "detail"]
     assert rej["detail"].str.len().max() < 400 and rej["query_id"].str.len().max() < 400
