@@ -404,7 +404,11 @@ def write_audit_page(
 def _read_csv(path: Path, required: set[str]) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise InputError(f"{path}: not a readable CSV ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None  # fmt: skip
     missing = required - set(df.columns)
     if missing:
         raise InputError(f"{path}: missing columns {sorted(missing)}")

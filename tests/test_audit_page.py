@@ -200,6 +200,10 @@ def test_from_files_bad_input(tmp_path: Path) -> None:
         with pytest.raises(EarthLocError, match=message):
             audit_page_from_files(set_dir, tmp_path / "bad.parquet", grid, None, tmp_path / "x.html")
     assert not (tmp_path / "x.html").exists()
+    for content in (b"", b'query_index,query_id\n0,"a\n1,b,c,d,e\n', b"\xff\xfe\x00q\x00"):
+        (set_dir / "queries.csv").write_bytes(content)
+        with pytest.raises(EarthLocError, match="queries.csv: not a readable CSV"):
+            audit_page_from_files(set_dir, preds, grid, None, tmp_path / "x.html")
 
 
 def test_background_has_coastlines_near_texas() -> None:
