@@ -1,8 +1,10 @@
 """queries stage: NASA astronaut-photo metadata (CSV) -> footprints (GeoParquet).
 
-Every row either becomes a footprint or a line of rejected.csv with its CSV line
-number and reason; nothing is dropped silently. The stage fails only when the
-rejected share exceeds `queries.max_rejected_fraction`.
+Every physical line of the CSV ends as a footprint, a line of rejected.csv (with its
+line number and reason) or a counted blank line; nothing is dropped silently and no line
+is swallowed by a neighbour (see `read_nasa_csv`). The stage fails only when the
+rejected share exceeds `queries.max_rejected_fraction`. docs/reliability_input.md lists
+the hostile-input rules.
 """
 
 from __future__ import annotations
