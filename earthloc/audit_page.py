@@ -6,7 +6,8 @@ green (the predicted region is a positive) or red (it is not), numbered by rank,
 the query thumbnail, the predicted orientation and the photo's own orientation.
 
 Everything the page needs is inside the file: Leaflet 1.9.4 (BSD-2-Clause, vendored in
-`earthloc/assets/leaflet/`, inlined), the data as JSON, thumbnails as JPEG data URIs, and
+`earthloc/assets/leaflet/`, inlined), the page's template, CSS and script
+(`earthloc/assets/audit_page.html`, `.css`, `.js`, inlined), the data as JSON, thumbnails as JPEG data URIs, and
 an offline background (a graticule drawn in the browser, coastlines from the GLOBE land
 mask of `pipeline.coastlines`, and the database coverage in grey). No tile layer, no
 CDN: the page makes no network request, so it works from a file:// URL or an archive.
@@ -21,6 +22,10 @@ Two entry points:
 
 Coordinates: rings are sequences of (lat, lon) corners (Leaflet's order), longitudes
 unwrapped so a ring across ±180 stays contiguous (e.g. 179 -> 181, not -179).
+
+Hostile data: ids, set names and orientations are text to the page. The JSON is escaped
+for a <script> element (`script_json`), the script puts strings in the DOM as text, and a
+`#q=` hash that does not decode or names no query is ignored.
 """
 
 from __future__ import annotations
@@ -253,6 +258,25 @@ def _leaflet_assets() -> tuple[str, str]:
     return js, css
 
 
+def _page_assets() -> tuple[str, str, str]:
+    """The page's own HTML template, CSS and script (earthloc/assets/audit_page.*), kept
+    as files so the presentation is edited apart from the Python that fills it."""
+    base = resources.files("earthloc") / "assets"
+    html_text, css, js = ((base / f"audit_page.{ext}").read_text(encoding="utf-8") for ext in ("html", "css", "js"))
+    return html_text, css, js
+
+
+# JSON inside <script>: "<", ">" and "&" as \u escapes, so no "</script>", "<!--" or
+# "<script" in the data can end or change the element; U+2028/2029 escaped as well.
+_SCRIPT_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                      "\u2028": "\\u2028", "\u2029": "\\u2029"})  # fmt: skip
+
+
+def script_json(data: Any) -> str:
+    """`data` as JSON that is safe as the text of a <script> element."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).translate(_SCRIPT_JSON_ESCAPES)
+
+
 def _rounded_ring(ring: Ring, nd: int = 5) -> list[float]:
     """Flat [lat, lon, lat, lon, ...], rounded (1e-5 deg ~ 1 m) to keep the JSON small."""
     flat: list[float] = []
@@ -337,18 +361,21 @@ def _angle(x: float) -> float | int | None:
 
 
 def render_html(data: dict[str, Any]) -> str:
-    js, css = _leaflet_assets()
-    # JSON in a <script> element: "</" must not close it early.
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    title = html.escape(f"EarthLoc audit: {data['set']}")
-    return (
-        _TEMPLATE.replace("%%TITLE%%", title)
-        .replace("%%LEAFLET_CSS%%", css)
-        .replace("%%PAGE_CSS%%", _PAGE_CSS)
-        .replace("%%LEAFLET_JS%%", js)
-        .replace("%%PAGE_JS%%", _PAGE_JS)
-        .replace("%%DATA%%", payload)
-    )
+    """The page: the template's %%NAME%% slots filled in one pass, so text put in one
+    slot (a set name holding "%%PAGE_JS%%", say) is never read as another slot."""
+    import re
+
+    leaflet_js, leaflet_css = _leaflet_assets()
+    template, page_css, page_js = _page_assets()
+    slots = {
+        "TITLE": html.escape(f"EarthLoc audit: {data['set']}"),
+        "LEAFLET_CSS": leaflet_css,
+        "PAGE_CSS": page_css,
+        "LEAFLET_JS": leaflet_js,
+        "PAGE_JS": page_js,
+        "DATA": script_json(data),
+    }
+    return re.sub(r"%%([A-Z_]+)%%", lambda m: slots[m.group(1)], template)
 
 
 def write_audit_page(
@@ -377,7 +404,11 @@ def write_audit_page(
 def _read_csv(path: Path, required: set[str]) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise InputError(f"{path}: not a readable CSV ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None  # fmt: skip
     missing = required - set(df.columns)
     if missing:
         raise InputError(f"{path}: missing columns {sorted(missing)}")
@@ -487,242 +518,3 @@ def audit_page_from_files(
         rings = region_rings_from_ids(needed)
     background = make_background(rings, db_ids.tolist(), [q.footprint for q in queries], cfg)
     return write_audit_page(dest, set_dir.name, queries, rings, background, cfg)
-
-
-# --------------------------------------------------------------------- HTML, CSS, JS
-
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>%%TITLE%%</title>
-<style>%%LEAFLET_CSS%%</style>
-<style>%%PAGE_CSS%%</style>
-</head>
-<body>
-<div id="side">
-  <h1>%%TITLE%%</h1>
-  <div id="summary"></div>
-  <input id="search" type="search" placeholder="search query id" autocomplete="off">
-  <ul id="list"></ul>
-  <div id="detail"></div>
-</div>
-<div id="map"></div>
-<div id="legend">
-  <span class="sw fp"></span>footprint
-  <span class="sw pos"></span>positive
-  <span class="sw hit"></span>prediction, positive
-  <span class="sw miss"></span>prediction, not positive
-  <span class="sw cov"></span>database
-  <span id="mouse"></span>
-</div>
-<script id="data" type="application/json">%%DATA%%</script>
-<script>%%LEAFLET_JS%%</script>
-<script>%%PAGE_JS%%</script>
-</body>
-</html>
-"""
-
-_PAGE_CSS = """
-html, body { margin: 0; height: 100%; font: 13px/1.35 system-ui, sans-serif; color: #222; }
-#side { position: absolute; top: 0; left: 0; bottom: 0; width: 330px; overflow-y: auto;
-        padding: 8px; box-sizing: border-box; border-right: 1px solid #bbb; background: #fafafa; }
-#side h1 { font-size: 15px; margin: 0 0 6px; }
-#map { position: absolute; top: 0; left: 330px; right: 0; bottom: 26px; background: #eef3f7; }
-#legend { position: absolute; left: 330px; right: 0; bottom: 0; height: 26px; line-height: 26px;
-          padding: 0 8px; border-top: 1px solid #bbb; background: #fff; font-size: 12px; }
-.sw { display: inline-block; width: 14px; height: 10px; margin: 0 4px 0 10px; vertical-align: middle; }
-.sw.fp { border: 2px dashed #1f4fd1; } .sw.pos { border: 1px solid #1a9c3c; background: #c9efd4; }
-.sw.hit { border: 3px solid #00b400; } .sw.miss { border: 3px solid #e00000; }
-.sw.cov { background: #cfcfcf; }
-#mouse { float: right; color: #555; }
-#search { width: 100%; box-sizing: border-box; margin: 6px 0; padding: 4px; }
-#list { list-style: none; margin: 0; padding: 0; max-height: 30vh; overflow-y: auto; border: 1px solid #ccc; background: #fff; }
-#list li { padding: 2px 6px; cursor: pointer; white-space: nowrap; }
-#list li.sel { background: #cde0ff; }
-#list li .r { float: right; font-variant-numeric: tabular-nums; }
-.ok { color: #007a00; } .ko { color: #c00000; }
-#detail img { display: block; max-width: 160px; margin: 6px 0; border: 1px solid #999; }
-#detail table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
-#detail td, #detail th { padding: 1px 4px; text-align: right; }
-#detail td:nth-child(2), #detail th:nth-child(2) { text-align: left; }
-#detail tr.hit td { background: #d9f5d9; } #detail tr.miss td { background: #fadcdc; }
-#detail tr { cursor: pointer; }
-.rank { background: none; border: none; box-shadow: none; font-weight: bold; font-size: 15px; padding: 0;
-        text-shadow: 0 0 3px #fff, 0 0 3px #fff; }
-.rank.hit { color: #007a00; } .rank.miss { color: #c00000; }
-.rank::before { display: none; }
-"""
-
-_PAGE_JS = r"""
-(function () {
-  "use strict";
-  var D = JSON.parse(document.getElementById("data").textContent);
-  var COLORS = { fp: "#1f4fd1", pos: "#1a9c3c", hit: "#00b400", miss: "#e00000", cov: "#bdbdbd", coast: "#5a6b7a", grid: "#b8c4ce" };
-  // A grid region without a ring is the lon/lat rectangle its id ZZ_RRRR_CCCC implies
-  // (Web-Mercator tiles row..row+T, col..col+T; east unwrapped past 180 when it wraps).
-  function tileLat(row, n) { return Math.atan(Math.sinh(Math.PI * (1 - 2 * row / n))) * 180 / Math.PI; }
-  D.regions.forEach(function (r) {
-    if (r.ring) return;
-    var m = /^(\d{2})_(\d{4})_(\d{4})$/.exec(r.id), z = +m[1], row = +m[2], col = +m[3], n = Math.pow(2, z), t = D.region_tiles;
-    var north = tileLat(row, n), south = tileLat(row + t, n), west = 360 * col / n - 180, east = 360 * (col + t) / n - 180;
-    r.ring = [south, west, north, west, north, east, south, east];
-  });
-  D.queries.forEach(function (q) {
-    var acc = 0;
-    q.positives = q.pos.map(function (d) { acc += d; return acc; });
-  });
-  function latlngs(flat, shift) {
-    var out = [];
-    for (var i = 0; i < flat.length; i += 2) out.push([flat[i], flat[i + 1] + (shift || 0)]);
-    return out;
-  }
-  function centerLon(flat) {
-    var s = 0, n = 0;
-    for (var i = 1; i < flat.length; i += 2) { s += flat[i]; n++; }
-    return n ? s / n : 0;
-  }
-  // Move a region by a multiple of 360 degrees next to the query (antimeridian).
-  function shiftNear(flat, lon0) {
-    return 360 * Math.round((lon0 - centerLon(flat)) / 360);
-  }
-
-  var map = L.map("map", { attributionControl: false, zoomSnap: 0.25, worldCopyJump: false, minZoom: 1, maxZoom: 14 });
-  L.control.scale({ imperial: false }).addTo(map);
-  var bg = L.layerGroup().addTo(map);
-  D.coverage.forEach(function (r) {
-    L.polygon(latlngs(r), { stroke: false, fillColor: COLORS.cov, fillOpacity: 0.45, interactive: false }).addTo(bg);
-  });
-  D.coast.forEach(function (l) {
-    L.polyline(latlngs(l), { color: COLORS.coast, weight: 1, opacity: 0.9, interactive: false }).addTo(bg);
-  });
-
-  // Graticule, redrawn for the visible area with about 6-12 lines each way.
-  var grid = L.layerGroup().addTo(map);
-  function drawGrid() {
-    grid.clearLayers();
-    var b = map.getBounds(), span = Math.max(b.getEast() - b.getWest(), b.getNorth() - b.getSouth());
-    var steps = [0.25, 0.5, 1, 2, 5, 10, 20, 30], step = 30;
-    for (var i = 0; i < steps.length; i++) { if (span / steps[i] <= 12) { step = steps[i]; break; } }
-    var s = Math.max(-85, Math.floor(b.getSouth() / step) * step), n = Math.min(85, Math.ceil(b.getNorth() / step) * step);
-    var w = Math.floor(b.getWest() / step) * step, e = Math.ceil(b.getEast() / step) * step;
-    for (var lat = s; lat <= n + 1e-9; lat += step)
-      L.polyline([[lat, w], [lat, e]], { color: COLORS.grid, weight: 0.7, interactive: false }).addTo(grid);
-    for (var lon = w; lon <= e + 1e-9; lon += step)
-      L.polyline([[s, lon], [n, lon]], { color: COLORS.grid, weight: 0.7, interactive: false }).addTo(grid);
-  }
-  map.on("moveend zoomend", drawGrid);
-  map.on("mousemove", function (ev) {
-    var lon = ((ev.latlng.lng + 180) % 360 + 360) % 360 - 180;
-    document.getElementById("mouse").textContent = ev.latlng.lat.toFixed(3) + ", " + lon.toFixed(3);
-  });
-
-  var fg = L.layerGroup().addTo(map);
-  var byId = {}, current = null, predLayers = [];
-  D.queries.forEach(function (q, i) { byId[q.id] = i; });
-
-  function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]; }); }
-  function hitAt(q, k) { return q.first_hit !== null && q.first_hit <= k; }
-
-  function summary() {
-    var n = D.queries.length, withPred = D.queries.filter(function (q) { return q.preds.length; });
-    var ks = [1, 5, 10].filter(function (k) { return k <= D.top_k; });
-    var parts = ks.map(function (k) {
-      var h = withPred.filter(function (q) { return hitAt(q, k); }).length;
-      return "hit@" + k + " " + (withPred.length ? (100 * h / withPred.length).toFixed(1) : "-") + "%";
-    });
-    document.getElementById("summary").textContent = n + " queries, " + withPred.length + " with predictions; " + parts.join(", ");
-  }
-
-  function fillList(filter) {
-    var ul = document.getElementById("list"), f = (filter || "").trim().toUpperCase(), html = [];
-    D.queries.forEach(function (q, i) {
-      if (f && q.id.toUpperCase().indexOf(f) < 0) return;
-      var mark = q.preds.length ? (hitAt(q, 1) ? '<span class="r ok">R@1 \u2713</span>'
-        : q.first_hit ? '<span class="r ok">first hit ' + q.first_hit + '</span>' : '<span class="r ko">miss</span>') : '<span class="r">-</span>';
-      html.push('<li data-i="' + i + '"' + (current === i ? ' class="sel"' : "") + ">" + esc(q.id) + mark + "</li>");
-    });
-    ul.innerHTML = html.join("");
-  }
-
-  function select(i, fit) {
-    var q = D.queries[i];
-    current = i;
-    fg.clearLayers();
-    predLayers = [];
-    var lon0 = centerLon(q.footprint), all = [];
-    q.positives.forEach(function (ri) {
-      var r = D.regions[ri], ll = latlngs(r.ring, shiftNear(r.ring, lon0));
-      all.push.apply(all, ll);
-      L.polygon(ll, { color: COLORS.pos, weight: 1, opacity: 0.9, fillColor: COLORS.pos, fillOpacity: 0.08 })
-        .bindTooltip("positive " + r.id).addTo(fg);
-    });
-    var fp = latlngs(q.footprint);
-    all.push.apply(all, fp);
-    L.polygon(fp, { color: COLORS.fp, weight: 2.5, dashArray: "6 4", fillOpacity: 0.05 }).bindTooltip("footprint " + q.id).addTo(fg);
-    // Worst rank first, so rank 1 is drawn on top; a region retrieved at several ranks is framed once, at its best.
-    var drawn = {};
-    q.preds.forEach(function (p, k) { if (!(p[0] in drawn)) drawn[p[0]] = k; });
-    for (var k = q.preds.length - 1; k >= 0; k--) {
-      var p = q.preds[k];
-      if (drawn[p[0]] !== k) { predLayers[k] = null; continue; }
-      var r = D.regions[p[0]], ll = latlngs(r.ring, shiftNear(r.ring, lon0)), cls = p[3] ? "hit" : "miss";
-      all.push.apply(all, ll);
-      var poly = L.polygon(ll, { color: COLORS[cls], weight: 3, opacity: 1, fillColor: COLORS[cls], fillOpacity: 0.12 })
-        .bindTooltip(String(k + 1), { permanent: true, direction: "center", className: "rank " + cls })
-        .bindPopup("rank " + (k + 1) + ": " + r.id + "<br>score " + p[1] + ", angle " + p[2] + "\u00b0" + (p[3] ? "<br>positive" : ""))
-        .addTo(fg);
-      predLayers[k] = poly;
-    }
-    var pred0 = q.preds.length ? q.preds[0][2] + "\u00b0" : "-";
-    var rows = q.preds.map(function (p, k) {
-      return '<tr class="' + (p[3] ? "hit" : "miss") + '" data-k="' + k + '"><td>' + (k + 1) + "</td><td>" + esc(D.regions[p[0]].id) +
-        "</td><td>" + p[1].toFixed(3) + "</td><td>" + p[2] + "\u00b0</td><td>" + (p[3] ? "\u2713" : "\u2717") + "</td></tr>";
-    }).join("");
-    var img = q.thumb ? '<img id="thumb" alt="query photo" src="' + q.thumb + '">' : "<p><i>no thumbnail embedded</i></p>";
-    document.getElementById("detail").innerHTML =
-      '<h2 id="qid">' + esc(q.id) + "</h2>" + img +
-      "<div>photo orientation: " + esc(q.orientation || "-") + "; predicted rotation (rank 1): <b id='angle'>" + pred0 + "</b></div>" +
-      "<div>nadir: " + (q.nadir ? q.nadir[0] + ", " + q.nadir[1] : "-") + "; positives: " + q.positives.length +
-      "; first positive at rank " + (q.first_hit || "-") + "</div>" +
-      "<table><tr><th>#</th><th>region</th><th>score</th><th>angle</th><th>pos</th></tr>" + rows + "</table>";
-    document.querySelectorAll("#detail tr[data-k]").forEach(function (tr) {
-      tr.addEventListener("click", function () {
-        var lay = predLayers[+tr.getAttribute("data-k")];
-        if (lay) { map.fitBounds(lay.getBounds(), { maxZoom: 9 }); lay.openPopup(); }
-      });
-    });
-    if (fit !== false && all.length) map.fitBounds(L.latLngBounds(all), { padding: [20, 20] });
-    document.querySelectorAll("#list li").forEach(function (li) { li.classList.toggle("sel", +li.getAttribute("data-i") === i); });
-    if (location.hash !== "#q=" + encodeURIComponent(q.id)) history.replaceState(null, "", "#q=" + encodeURIComponent(q.id));
-    document.body.setAttribute("data-query", q.id);
-  }
-
-  document.getElementById("list").addEventListener("click", function (ev) {
-    var li = ev.target.closest("li");
-    if (li) select(+li.getAttribute("data-i"));
-  });
-  var search = document.getElementById("search");
-  search.addEventListener("input", function () { fillList(search.value); });
-  search.addEventListener("keydown", function (ev) {
-    if (ev.key !== "Enter") return;
-    var first = document.querySelector("#list li");
-    if (first) select(+first.getAttribute("data-i"));
-  });
-  function fromHash() {
-    var m = /^#q=(.+)$/.exec(location.hash);
-    var i = m ? byId[decodeURIComponent(m[1])] : undefined;
-    return i === undefined ? null : i;
-  }
-  window.addEventListener("hashchange", function () { var i = fromHash(); if (i !== null && i !== current) select(i); });
-
-  summary();
-  fillList("");
-  map.setView([20, 0], 2);
-  drawGrid();
-  if (D.queries.length) select(fromHash() !== null ? fromHash() : 0);
-  window.auditPage = { data: D, map: map, select: function (id) { select(byId[id]); } };
-  document.body.setAttribute("data-ready", "1");
-})();
-"""

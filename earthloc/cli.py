@@ -264,17 +264,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: str) -> str:
+    """An error message as one line: line breaks and other control characters (from a
+    file name or a value quoted from a hostile file) shown as escapes."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc = args.func(args)
     except EarthLocError as exc:
-        print(f"earthloc {args.command}: error: {exc}", file=sys.stderr)
+        print(f"earthloc {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, as other CLI tools do.
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        # A path the user named that cannot be read or written (a directory, no permission,
+        # a full disk): bad input or environment, not a bug, so one line too.
+        print(f"earthloc {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

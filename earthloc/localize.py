@@ -42,6 +42,11 @@ from pipeline.params import build_config
 
 CORNERS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 INDEX_FORMAT = "earthloc-index/1"
+# A photo is checked from its header before any pixel is decoded. The largest ISS camera
+# frames are about 46 megapixels at 3:2; decoding costs 3 bytes a pixel, and the resize to
+# the model's input scales the longer side by the aspect ratio, so both are bounded.
+MAX_IMAGE_PIXELS = 64_000_000
+MAX_ASPECT_RATIO = 4.0
 
 
 @dataclass(frozen=True)
@@ -186,18 +191,58 @@ class LoadedIndex:
         return tuple(self.meta["rotations"])
 
 
+def check_image_bounds(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header only; InputError when the
+    file is not an image or is larger than MAX_IMAGE_PIXELS or more elongated than
+    MAX_ASPECT_RATIO, so a small crafted file cannot make the decoder allocate gigabytes."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # parses the header; pixels are decoded later, on load
+                width, height = im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{path}: image over the limit of {MAX_IMAGE_PIXELS:,} pixels ({exc})") from None
+    except FileNotFoundError:
+        raise InputError(f"{path}: image not found") from None
+    except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        raise InputError(f"{path}: not a readable image ({exc})") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{path}: {width}x{height} image has {width * height:,} pixels, "
+                         f"over the limit of {MAX_IMAGE_PIXELS:,}")  # fmt: skip
+    if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
+        raise InputError(f"{path}: {width}x{height} image is more elongated than the limit of "
+                         f"{MAX_ASPECT_RATIO:g}:1")  # fmt: skip
+    return width, height
+
+
 def load_index(index_dir: str | os.PathLike[str]) -> LoadedIndex:
+    """The index directory written by `earthloc index`; anything missing, truncated or
+    of another format is one InputError naming the file."""
     import faiss
 
     d = Path(index_dir)
     for name in ("index.faiss", "regions.parquet", "meta.json"):
         if not (d / name).is_file():
             raise InputError(f"{d / name}: missing (run `earthloc index` first)")
-    meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
-    if meta.get("format") != INDEX_FORMAT:
+    try:
+        meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{d / 'meta.json'}: not JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or not isinstance(meta.get("rotations"), list):
         raise InputError(f"{d / 'meta.json'}: not an {INDEX_FORMAT} index")
-    regions = pd.read_parquet(d / "regions.parquet")
-    index = faiss.read_index(str(d / "index.faiss"))
+    try:
+        regions = pd.read_parquet(d / "regions.parquet")
+    except Exception as exc:  # pyarrow raises many types; report one line
+        raise InputError(f"{d / 'regions.parquet'}: not a readable Parquet file ({type(exc).__name__})") from None
+    try:
+        index = faiss.read_index(str(d / "index.faiss"))
+    except RuntimeError as exc:  # faiss reports a truncated or foreign file as a RuntimeError
+        first = next((ln.strip() for ln in str(exc).splitlines() if "Error" in ln), "unreadable")
+        raise InputError(f"{d / 'index.faiss'}: not a readable faiss index ({first})") from None
     if index.ntotal != len(regions) * len(meta["rotations"]):
         raise InputError(f"{d}: index holds {index.ntotal} vectors for {len(regions)} regions; rebuild it")
     return LoadedIndex(index, regions, meta)
@@ -339,6 +384,7 @@ def localize_image(
 ) -> list[Match]:
     from earthloc.model import load_model
 
+    check_image_bounds(image)  # before the index and the model: bad input fails fast
     loaded = load_index(index_dir)
     check_model_matches(loaded, Path(model_path))
     model, cfg = load_model(model_path)

@@ -200,6 +200,10 @@ def test_from_files_bad_input(tmp_path: Path) -> None:
         with pytest.raises(EarthLocError, match=message):
             audit_page_from_files(set_dir, tmp_path / "bad.parquet", grid, None, tmp_path / "x.html")
     assert not (tmp_path / "x.html").exists()
+    for content in (b"", b'query_index,query_id\n0,"a\n1,b,c,d,e\n', b"\xff\xfe\x00q\x00"):
+        (set_dir / "queries.csv").write_bytes(content)
+        with pytest.raises(EarthLocError, match="queries.csv: not a readable CSV"):
+            audit_page_from_files(set_dir, preds, grid, None, tmp_path / "x.html")
 
 
 def test_background_has_coastlines_near_texas() -> None:
@@ -312,3 +316,132 @@ def test_page_in_chromium(driver: object, tmp_path: Path) -> None:
     assert page.as_uri() in urls
     remote = [u for u in urls if not u.startswith(("file:", "data:", "chrome:", "about:"))]
     assert not remote, remote
+
+
+# -- hostile data and the antimeridian in the browser ------------------------------------------
+HOSTILE_ID = '<img src=x onerror="window.__pwned=(window.__pwned||0)+1">'
+HOSTILE_SET = "</script><!--<script>\u2028&amp;<b onmouseover=window.__pwned=1>set"
+HOSTILE_REGION = "<svg onload=window.__pwned=1>"
+# Installed before the page's own scripts: any error (a script error, or an image that an
+# injected <img> tried to load) is recorded.
+ERROR_PROBE = ("window.__errors = []; window.addEventListener('error', function (e) {"
+               " window.__errors.push(String(e.message || (e.target && e.target.outerHTML) || e.type)); }, true);")
+
+
+def hostile_page(tmp_path: Path) -> tuple[Path, list[AuditQuery]]:
+    queries, rings = hand_made()
+    rings[HOSTILE_REGION] = [(lat + 1.0, lon) for lat, lon in rings[FAR_1]]
+    evil = AuditQuery(HOSTILE_ID, FOOT_A, [POS_A[0]],
+                      [Prediction(POS_A[0], 0.9, 0.0, True), Prediction(HOSTILE_REGION, 0.8, 90.0, False)],
+                      orientation="<svg onload=window.__pwned=1>")  # fmt: skip
+    proto = AuditQuery("__proto__", FOOT_A, [POS_A[1]], [Prediction(POS_A[1], 0.7, 0.0, True)])
+    queries = [*queries, evil, proto]
+    return write_audit_page(tmp_path / "hostile.html", HOSTILE_SET, queries, rings), queries
+
+
+def test_hostile_strings_stay_inside_the_json(tmp_path: Path) -> None:
+    page, _ = hostile_page(tmp_path)
+    text = page.read_text(encoding="utf-8")
+    data_text = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S).group(1)
+    assert not re.search(r"[<>&\u2028\u2029]", data_text)  # all escaped: nothing can end the element
+    data = json.loads(data_text)
+    assert data["set"] == HOSTILE_SET and HOSTILE_ID in [q["id"] for q in data["queries"]]
+    assert text.count("<script") == 3  # data, Leaflet, the page script: none injected
+
+
+def _open_every_overlay(drv: object) -> None:
+    drv.execute_script(  # type: ignore[attr-defined]
+        "auditPage.layers.eachLayer(function (l) {"
+        " if (l.getTooltip && l.getTooltip()) l.openTooltip(); if (l.getPopup && l.getPopup()) l.openPopup(); });"
+    )
+
+
+def test_hostile_page_in_chromium(driver: object, tmp_path: Path) -> None:
+    """Hostile query and region ids, orientation, set name and hashes: no script runs, no
+    element is injected, no error is thrown, and the page still selects queries."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page, queries = hostile_page(tmp_path)
+    drv = driver
+    drv.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": ERROR_PROBE})  # type: ignore[attr-defined]
+    wait = WebDriverWait(drv, 20)
+
+    def load(fragment: str) -> None:
+        drv.get("about:blank")  # type: ignore[attr-defined]
+        drv.get(page.as_uri() + fragment)  # type: ignore[attr-defined]
+        ready = "return document.body && document.body.getAttribute('data-ready')"
+        wait.until(lambda d: d.execute_script(ready) == "1")
+
+    def state() -> dict:
+        return drv.execute_script(  # type: ignore[attr-defined]
+            "return {pwned: window.__pwned === undefined ? null : window.__pwned, errors: window.__errors,"
+            " imgs: Array.from(document.querySelectorAll("
+            "   'img:not(#thumb), svg:not(.leaflet-zoom-animated), b:not(#angle)')).map(e => e.outerHTML),"
+            " query: document.body.getAttribute('data-query'), title: document.title,"
+            " h1: document.querySelector('h1').textContent, items: document.querySelectorAll('#list li').length}"
+        )
+
+    load("")
+    for q in queries:
+        drv.execute_script("auditPage.select(arguments[0])", q.query_id)  # type: ignore[attr-defined]
+        _open_every_overlay(drv)
+        drv.execute_script("return new Promise(function (r) { setTimeout(r, 300); })")  # type: ignore[attr-defined]
+        s = state()
+        assert s["pwned"] is None and s["errors"] == [] and s["imgs"] == [], (q.query_id, s)
+        assert s["query"] == q.query_id
+    s = state()
+    assert s["title"] == s["h1"] == f"EarthLoc audit: {HOSTILE_SET}" and s["items"] == len(queries)
+    # The hostile ids are shown as text: in the list, the heading, a tooltip and a popup.
+    drv.execute_script("auditPage.select(arguments[0])", HOSTILE_ID)  # type: ignore[attr-defined]
+    _open_every_overlay(drv)
+    shown = drv.execute_script(  # type: ignore[attr-defined]
+        "return [document.getElementById('qid').textContent,"
+        " Array.from(document.querySelectorAll('.leaflet-tooltip, .leaflet-popup-content'))"
+        "   .map(e => e.textContent).join('|')]"
+    )
+    assert shown[0] == HOSTILE_ID and f"footprint {HOSTILE_ID}" in shown[1] and HOSTILE_REGION in shown[1]
+
+    # Hashes: a query named __proto__, undecodable, unknown, and the hostile id itself.
+    from urllib.parse import quote
+
+    for fragment, expected in [("#q=__proto__", "__proto__"), ("#q=%E0%A4%A", queries[0].query_id),
+                               ("#q=constructor", queries[0].query_id), ("#q=toString", queries[0].query_id),
+                               ("#q=" + quote(HOSTILE_ID, safe=""), HOSTILE_ID)]:  # fmt: skip
+        load(fragment)
+        s = state()
+        assert s["errors"] == [] and s["pwned"] is None and s["query"] == expected, (fragment, s)
+        drv.execute_script("location.hash = '#q=%E0%A4%A'")  # type: ignore[attr-defined]
+        drv.execute_script("return new Promise(function (r) { setTimeout(r, 100); })")  # type: ignore[attr-defined]
+        assert state()["errors"] == []
+
+
+# A footprint across ±180 near Fiji; regions at both edges of the grid and one that wraps.
+FOOT_AM = [(-18.0, 179.3), (-17.0, 179.3), (-17.0, -179.4), (-18.0, -179.4)]
+AM_EAST, AM_WEST, AM_WRAP = rid(284, 0), rid(284, 508), rid(284, 510)  # -180..-177.2, 177.2..180, 178.6..181.4
+
+
+def test_antimeridian_in_chromium(driver: object, tmp_path: Path) -> None:
+    """Regions east of -180 are drawn next to a footprint west of +180 (shifted by 360
+    degrees), so the map frames them together instead of spanning the whole world."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    rings = region_rings_from_ids([AM_EAST, AM_WEST, AM_WRAP])
+    q = AuditQuery("ISS050-E-5555", FOOT_AM, [AM_EAST, AM_WRAP],
+                   [Prediction(AM_EAST, 0.9, 0.0, True), Prediction(AM_WEST, 0.8, 0.0, False),
+                    Prediction(AM_WRAP, 0.7, 0.0, True)])  # fmt: skip
+    page = write_audit_page(tmp_path / "am.html", "fiji", [q], rings)
+    drv = driver
+    drv.get(page.as_uri())  # type: ignore[attr-defined]
+    WebDriverWait(drv, 20).until(lambda d: d.execute_script("return document.body.getAttribute('data-ready')") == "1")
+    lngs = drv.execute_script(  # type: ignore[attr-defined]
+        "var out = []; auditPage.layers.eachLayer(function (l) {"
+        " if (l.getLatLngs) l.getLatLngs()[0].forEach(function (p) { out.push(p.lng); }); }); return out;"
+    )
+    assert len(lngs) == 6 * 4  # the footprint, two positives, three predictions
+    assert min(lngs) >= 177.0 and max(lngs) <= 183.0, sorted(lngs)  # all on one side of the world
+    west, east = drv.execute_script(  # type: ignore[attr-defined]
+        "var b = auditPage.map.getBounds(); return [b.getWest(), b.getEast()];"
+    )
+    assert east - west < 30, (west, east)  # framed around the footprint, not the whole world
+    green, red = colour_counts(drv.get_screenshot_as_png())  # type: ignore[attr-defined]
+    assert green > 200 and red > 200, (green, red)

@@ -102,6 +102,39 @@ def test_alps_land_fraction_is_mostly_land(alps):
     assert alps["land_fraction"].median() > 0.8
 
 
+def sampled_land_fraction(west: float, south: float, east: float, north: float, shift: float = 0.0,
+                          n: int = 100) -> float:  # fmt: skip
+    """Land share of a lon/lat box from global-land-mask's `is_land`, on an n x n grid of
+    points uniform in Web-Mercator y and in longitude (as the image's pixels are), the box
+    moved east by `shift` of its width. Independent of the grid's own tile counting."""
+    from global_land_mask import globe
+
+    def merc(lat: float) -> float:
+        return float(np.log(np.tan(np.pi / 4 + np.radians(lat) / 2)))
+
+    y = merc(south) + (np.arange(n) + 0.5) / n * (merc(north) - merc(south))
+    lats = np.degrees(2 * np.arctan(np.exp(y)) - np.pi / 2)
+    lons = west + (shift + (np.arange(n) + 0.5) / n) * (east - west)
+    lat, lon = np.meshgrid(lats, (lons + 180.0) % 360.0 - 180.0, indexing="ij")
+    return float(globe.is_land(lat, lon).mean())
+
+
+def test_land_fraction_matches_the_land_mask_sampled_independently(grid):
+    """Coastal regions (where a window shifted by a tile changes the count): the grid's
+    land_fraction agrees with the mask sampled here, and a shifted window would not."""
+    coastal = grid[(grid["land_fraction"] > 0.15) & (grid["land_fraction"] < 0.85)]
+    picked = coastal.iloc[np.linspace(0, len(coastal) - 1, 10).astype(int)]
+    assert len(coastal) >= 10
+    worst_shifted = 0.0
+    for _, r in picked.iterrows():
+        west = r["ll_lon"]
+        east = west + (r["ur_lon"] - west) % 360.0  # unwrapped across ±180
+        box = (west, r["ll_lat"], east, r["ul_lat"])
+        assert r["land_fraction"] == pytest.approx(sampled_land_fraction(*box), abs=0.02), r["region_id"]
+        worst_shifted = max(worst_shifted, abs(r["land_fraction"] - sampled_land_fraction(*box, shift=0.25)))
+    assert worst_shifted > 0.1  # the comparison can tell a window one tile off
+
+
 def test_meets_bbox(grid):
     bbox = ALPS if grid["ll_lat"].max() > 0 else FIJI
     assert shapely.intersects(grid.geometry.values, bbox_geometry(bbox)).all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,6 +15,8 @@ import pyproj
 import pytest
 import shapely
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from earthloc import cli
 from pipeline.errors import ConfigError, InputError, RejectedShareError
@@ -59,12 +62,30 @@ def _swap_corners(row: list[str], a: str, b: str) -> list[str]:
     return row
 
 
+def geodesic_km2(row: list[str]) -> float:
+    """The row's corner quad area by pyproj's Geod (geodesic edges), independent of the stage."""
+    lats = [float(row[COL[f"{c}_LAT"]]) for c in ("LL", "UL", "UR", "LR")]
+    lons = [float(row[COL[f"{c}_LON"]]) for c in ("LL", "UL", "UR", "LR")]
+    a, _ = GEOD.polygon_area_perimeter(lons, lats)
+    return abs(a) / 1e6
+
+
+def area_at(rel: float) -> str:
+    """SQ_KM_AREA for which |geodesic - NASA| / NASA equals `rel` (geodesic larger)."""
+    return repr(geodesic_km2(REAL_ROWS[N_GOOD_REAL]) / (1 + rel))
+
+
+MAX_REL = QueriesParams().max_area_rel_diff
+HUGE = "https://example.org/" + "a" * 140_000  # over the csv module's 131,072-character field limit
+
+
 def build_csv(path: Path) -> dict:
     """Write the test CSV; return the expected good ids and (line, reason, id) of bad rows."""
     base = REAL_ROWS[N_GOOD_REAL]
     first_id = "-".join(REAL_ROWS[0][COL[c]] for c in ("MISSION", "ROLL", "FRAME"))
     area = float(base[COL["SQ_KM_AREA"]])
     url_row = variant("800001", URL="https://example.org/a,b\nsecond line")  # quoted, comma and newline
+    stray = ",".join(variant("800002")[:-1]) + ',"https://example.org/x.jpg'  # a lone quote opens the URL
     bowtie = _swap_corners(variant("100007"), "UR", "LR")
     repeated = variant("100008", UR_LAT=base[COL["UL_LAT"]], UR_LON=base[COL["UL_LON"]])
     # (kind, fields, expected reason or None for a good row, expected id)
@@ -72,7 +93,13 @@ def build_csv(path: Path) -> dict:
     for r in REAL_ROWS[:N_GOOD_REAL]:
         records.append(("good", r, None))
     records += [
-        ("good_quoted_url", url_row, None),  # takes two physical lines
+        # A field never holds a line break: the record ends at the line end, the rest is its own record.
+        ("url_newline", url_row, "malformed_csv"),
+        ("stray_quote", stray, "malformed_csv"),  # must not swallow the next lines
+        ("good_after_quote", variant("800003"), None),
+        ("blank", "", None),
+        ("good_after_blank", variant("800004"), None),
+        ("blank_spaces", "   ", None),
         ("empty_field", variant("100001", NADIR_LON=""), "missing_field"),
         ("non_numeric", variant("100002", LL_LAT="abc"), "non_numeric_field"),
         ("lat_95", variant("100003", UL_LAT="95.0"), "coordinate_out_of_range"),
@@ -82,20 +109,36 @@ def build_csv(path: Path) -> dict:
         ("bowtie", bowtie, "self_intersecting_footprint"),
         ("repeated", repeated, "degenerate_footprint"),
         ("area_x3", variant("100009", SQ_KM_AREA=str(int(area * 3))), "area_mismatch"),
+        ("area_zero", variant("100020", SQ_KM_AREA="0"), "non_positive_area"),
+        ("area_negative", variant("100021", SQ_KM_AREA=str(-area)), "non_positive_area"),
+        ("good_area_just_within", variant("100022", SQ_KM_AREA=area_at(0.9 * MAX_REL)), None),
+        ("area_just_beyond", variant("100023", SQ_KM_AREA=area_at(1.1 * MAX_REL)), "area_mismatch"),
         ("id_slash", variant("100010", MISSION="ISS047/x"), "unsafe_id"),
         ("id_dotdot", variant(".."), "unsafe_id"),
         ("id_at", variant("1000@12"), "unsafe_id"),
         ("id_space", variant("1000 13"), "unsafe_id"),
         ("bad_date", variant("100014", YYYYMMDD="20211350"), "bad_date"),
+        ("date_7_digits", variant("100017", YYYYMMDD="2021011"), "bad_date"),
         ("too_few", ",".join(variant("100015")[:10]), "wrong_field_count"),
         ("quoted_comma", variant("100016", NADIR_LAT="1,5"), "non_numeric_field"),
+        ("url_file", variant("100030", URL="file:///etc/passwd"), "bad_url"),
+        ("url_ftp", variant("100031", URL="ftp://example.org/a.jpg"), "bad_url"),
+        ("url_no_host", variant("100032", URL="https:///a.jpg"), "bad_url"),
+        ("url_script", variant("100033", URL="javascript:alert(1)"), "bad_url"),
+        ("url_space", variant("100034", URL="https://example.org/a b.jpg"), "bad_url"),
+        ("good_url_http", variant("100035", URL="http://example.org:8080/a.jpg"), None),
+        ("good_no_url", variant("100036", URL=""), None),
+        ("nul", variant("100040", ORIENTATION="1\x002"), "control_character"),
+        ("escape_sequence", variant("100041", FRAME="1\x1b[31m"), "control_character"),
+        ("huge_field", variant("100042", URL=HUGE), "malformed_csv"),
+        ("good_after_huge", variant("100043"), None),
         ("good_antimeridian", antimeridian_row(), None),
     ]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(HEADER)
     line = 2
-    expected_bad, expected_good = {}, {}
+    expected_bad, expected_good, blank = {}, {}, []
     for kind, fields, reason in records:
         if isinstance(fields, str):
             buf.write(fields + "\n")
@@ -103,15 +146,22 @@ def build_csv(path: Path) -> dict:
         else:
             w.writerow(fields)
             qid = "-".join(fields[COL[c]] for c in ("MISSION", "ROLL", "FRAME"))
-        if reason is None:
+        n_lines = 1 + (fields.count("\n") if isinstance(fields, str) else sum(f.count("\n") for f in fields))
+        if kind.startswith("blank"):
+            blank.append(line)
+        elif reason is None:
             expected_good[qid] = (line, fields)
         else:
-            expected_bad[kind] = (line, reason, qid)
-        line += 1 + (fields.count("\n") if isinstance(fields, str) else sum(f.count("\n") for f in fields))
+            # A record cut at a line break has no id; its tail lines are records of their own.
+            expected_bad[kind] = (line, reason, qid if n_lines == 1 and reason != "malformed_csv" else None)
+            for extra in range(1, n_lines):
+                expected_bad[f"{kind}_tail{extra}"] = (line + extra, "wrong_field_count", None)
+        line += n_lines
     text = buf.getvalue()
     assert '"https://example.org/a,b\nsecond line"' in text and '"1,5"' in text
     path.write_text(text, encoding="utf-8")
-    return {"good": expected_good, "bad": expected_bad, "first_id": first_id, "n_rows": len(records)}
+    return {"good": expected_good, "bad": expected_bad, "first_id": first_id, "blank": blank,
+            "n_rows": len(expected_good) + len(expected_bad), "n_lines": line - 1}
 
 
 @pytest.fixture()
@@ -133,11 +183,12 @@ def test_read_nasa_csv_physical_lines(ingested):
     raw, _, _, exp = ingested
     assert len(raw) == exp["n_rows"]
     assert raw["_line"].iloc[0] == 2
-    # The quoted URL spans lines 22-23, so the next record starts on line 24.
+    # The quoted URL's line break ends its record at line 22; line 23 is a record of its own.
     assert raw["_line"].iloc[N_GOOD_REAL] == N_GOOD_REAL + 2
-    assert raw["_line"].iloc[N_GOOD_REAL + 1] == N_GOOD_REAL + 4
-    url = raw["URL"].iloc[N_GOOD_REAL]
-    assert url == "https://example.org/a,b\nsecond line"
+    assert raw["_line"].iloc[N_GOOD_REAL + 1] == N_GOOD_REAL + 3
+    assert raw.attrs["blank_lines"] == exp["blank"]
+    # Every line is a record or blank, once.
+    assert sorted([*raw["_line"], *exp["blank"]]) == list(range(2, exp["n_lines"] + 1))
 
 
 def test_every_bad_row_rejected_with_line_and_reason(ingested):
@@ -322,3 +373,117 @@ def test_real_csv_all_accepted():
     assert rel.max() < 0.01
     assert gdf["filename"].str.match(r"^@(-?\d+\.\d{6}@){8}[A-Z]+\d+-E-\d+@\d{8}@").all()
     assert set(queries.REQUIRED_COLUMNS) <= set(raw.columns)
+
+
+def test_bom_before_header_is_accepted(tmp_path):
+    p = tmp_path / "bom.csv"
+    with open(p, "w", newline="", encoding="utf-8-sig") as fh:  # writes EF BB BF first
+        csv.writer(fh).writerows([HEADER, *REAL_ROWS[:3]])
+    assert p.read_bytes().startswith(b"\xef\xbb\xbf")
+    gdf, rej = ingest(read_nasa_csv(p), QueriesParams())
+    assert len(gdf) == 3 and rej.empty
+
+
+def test_rejected_csv_is_printable_and_short(case, tmp_path):
+    path, exp = case
+    rej_out = tmp_path / "rej.csv"
+    run(path, tmp_path / "q.parquet", rej_out, QueriesParams(max_rejected_fraction=1.0))
+    data = rej_out.read_bytes()
+    assert not re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", data), "a raw control character in rejected.csv"
+    assert len(data.splitlines()) == 1 + len(exp["bad"])  # one line per rejected record
+    rej = pd.read_csv(rej_out, keep_default_na=False).set_index("line")
+    assert rej.loc[exp["bad"]["nul"][0], "reason"] == "control_character"
+    assert "\\x1b" in rej.loc[exp["bad"]["escape_sequence"][0], "query_id"]
+    assert "field larger than field limit" in rej.loc[exp["bad"]["huge_field"][0], "detail"]
+    assert rej["detail"].str.len().max() < 400 and rej["query_id"].str.len().max() < 400
+
+
+def test_url_problem():
+    from pipeline.stages.queries import url_problem
+
+    assert url_problem("") == ""
+    assert url_problem("https://eol.jsc.nasa.gov/DatabaseImages/ESC/large/ISS047/ISS047-E-55412.JPG") == ""
+    for bad, words in [("file:///etc/passwd", "scheme 'file'"), ("https:///x", "no host"),
+                       ("http://[::1/x", "does not parse"), ("https://x.org:99999/", "does not parse"),
+                       ("https://x.org/a\tb", "whitespace"), ("//x.org/a", "scheme ''")]:  # fmt: skip
+        assert words in url_problem(bad), bad
+
+
+# -- every physical line is accounted for, whatever the file holds ------------------------------
+LINE_MUTATIONS = ["intact", "stray_quote", "quoted_newline", "raw_newline", "nul", "bom", "huge", "blank",
+                  "cr", "invalid_utf8", "too_many_fields"]  # fmt: skip
+
+
+def _hostile_line(i: int, kind: str, pos: int) -> bytes:
+    row = variant(f"7{i:05d}")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(row)
+    text = buf.getvalue()
+    cut = pos % (len(text) + 1)
+    if kind == "stray_quote":
+        text = text[:cut] + '"' + text[cut:]
+    elif kind == "quoted_newline":
+        field = pos % len(row)
+        row[field] = row[field][:1] + "\n" + row[field][1:]
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(row)  # quotes the field holding "\n"
+        text = buf.getvalue()[:-1]
+    elif kind == "raw_newline":
+        text = text[:cut] + "\n" + text[cut:]
+    elif kind == "nul":
+        text = text[:cut] + "\x00" + text[cut:]
+    elif kind == "bom":
+        text = text[:cut] + "\ufeff" + text[cut:]
+    elif kind == "huge":
+        text = text + "," + "9" * 140_000
+    elif kind == "blank":
+        text = " " * (pos % 3)
+    elif kind == "cr":
+        text = text[:cut] + "\r" + text[cut:]
+    elif kind == "too_many_fields":
+        text = text + ",x"
+    data = text.encode("utf-8")
+    if kind == "invalid_utf8":
+        data = data[:cut] + b"\xff" + data[cut:]
+    return data
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.tuples(st.sampled_from(LINE_MUTATIONS), st.integers(0, 10_000)), min_size=1, max_size=12),
+       bom=st.booleans(), crlf=st.booleans(), final_newline=st.booleans())  # fmt: skip
+def test_every_physical_line_is_kept_rejected_or_blank(tmp_path, lines, bom, crlf, final_newline):
+    """Generated files with stray quotes, line breaks in and out of quotes, NULs, BOMs,
+    huge fields and invalid bytes: each physical line (split on \\n) is exactly one of a
+    kept footprint (at its own line, with its own id), a rejected record or a blank line."""
+    eol = b"\r\n" if crlf else b"\n"
+    parts = [",".join(HEADER).encode()]
+    for i, (kind, pos) in enumerate(lines):
+        data = _hostile_line(i, kind, pos)
+        parts.append(data)
+    body = eol.join(parts) + (eol if final_newline else b"")
+    p = tmp_path / "hostile.csv"
+    p.write_bytes((b"\xef\xbb\xbf" if bom else b"") + body)
+    # The truth, counted here: physical lines are what b"\n" separates.
+    n_lines = body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
+    span: dict[str, range] = {}  # id of each generated row -> the lines it was written on
+    intact: dict[int, str] = {}  # first line -> id of the rows written unchanged
+    line = 1
+    for i, part in enumerate(parts[1:]):
+        line += 1 + parts[i].count(b"\n")
+        qid = "-".join(variant(f"7{i:05d}")[COL[c]] for c in ("MISSION", "ROLL", "FRAME"))
+        span[qid] = range(line, line + part.count(b"\n") + 1)
+        if lines[i][0] == "intact":
+            intact[line] = qid
+
+    raw = read_nasa_csv(p)
+    gdf, rej = ingest(raw, QueriesParams(max_area_rel_diff=1.0))
+    kept = gdf["source_line"].tolist()
+    rejected = rej["line"].tolist()
+    blank = raw.attrs["blank_lines"]
+    assert sorted(kept + rejected + blank) == list(range(2, n_lines + 1))
+    found = dict(zip(gdf["source_line"], gdf["query_id"]))
+    assert intact.items() <= found.items()  # no intact row swallowed by a neighbour
+    # A row kept despite a change (a line break that leaves a whole record on one line, say) is
+    # on a line of its own, with its own id: nothing invented, nothing shifted.
+    assert all(line in span[qid] for line, qid in found.items())
+    assert rej["reason"].ne("").all()

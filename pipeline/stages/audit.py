@@ -88,6 +88,41 @@ def load_parquet(path: Path, only: set[str] | None = None) -> Intersections:
     return Intersections(path, "parquet", df.reset_index(drop=True), listed)
 
 
+# A `.pt` is read whole into memory, so its size is bounded before anything is decoded:
+# the project's own world file is about 90 MB. torch.save stores its members
+# uncompressed; a member that inflates more than MAX_PT_INFLATION times is a zip bomb.
+MAX_PT_BYTES = 2 << 30
+MAX_PT_INFLATION = 20
+
+
+def _check_pt_sizes(path: Path, zf: zipfile.ZipFile | None) -> None:
+    """Refuse a file whose (declared) decompressed size is over MAX_PT_BYTES, or any zip
+    member that would inflate more than MAX_PT_INFLATION times, before reading it."""
+    if zf is None:
+        size = path.stat().st_size
+        if size > MAX_PT_BYTES:
+            raise InputError(f"{path}: {size:,} bytes, more than the limit of {MAX_PT_BYTES:,} for a .pt file")
+        return
+    total = 0
+    for info in zf.infolist():
+        total += info.file_size
+        if info.file_size > MAX_PT_INFLATION * max(info.compress_size, 1024):
+            raise InputError(f"{path}: zip member {info.filename!r} inflates {info.compress_size:,} bytes to "
+                             f"{info.file_size:,}, more than the limit of {MAX_PT_INFLATION}x")  # fmt: skip
+    if total > MAX_PT_BYTES:
+        raise InputError(f"{path}: {total:,} bytes once decompressed, more than the limit of {MAX_PT_BYTES:,}")
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A zip member's bytes, reading no more than its header declares: a header that
+    understates the size cannot make the read grow past the checked bounds."""
+    with zf.open(info) as fh:
+        data = fh.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise InputError(f"{path}: zip member {info.filename!r} is longer than its header says")
+    return data
+
+
 class _PrimitiveUnpickler(pickle.Unpickler):
     """The C unpickler with every global refused: it can only build str, numbers,
     lists, tuples and dicts, which is all an intersection file holds."""
@@ -102,21 +137,43 @@ def _read_pt(path: Path) -> Any:
     `torch.load(weights_only=True)` runs a pure-Python unpickler (about 20 s for the
     world file); a torch.save zip archive of primitives is read here with the C
     unpickler restricted as above, which is as safe and several times faster. Any
-    other layout (legacy format, tensors) goes to torch.load(weights_only=True)."""
+    other layout (legacy format, tensors) goes to torch.load(weights_only=True).
+    Sizes are checked first (`_check_pt_sizes`), and whatever the unpickler rejects
+    (an unhashable dict key, a truncated stream) is one InputError."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        zf: zipfile.ZipFile | None = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        zf = None
+    try:
+        _check_pt_sizes(path, zf)
+        if zf is not None:
             names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
             if len(names) == 1 and not any("/data/" in n for n in zf.namelist()):
-                return _PrimitiveUnpickler(io.BytesIO(zf.read(names[0]))).load()
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError):
-        pass
+                data = _read_member(path, zf, zf.getinfo(names[0]))
+                try:
+                    return _PrimitiveUnpickler(io.BytesIO(data)).load()
+                except pickle.UnpicklingError:
+                    pass  # a global: torch.load below refuses it or reads an allowed one
+                except (EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError, RecursionError,
+                        zipfile.BadZipFile, OSError) as exc:  # fmt: skip
+                    raise InputError(f"{path}: not a readable .pt file ({type(exc).__name__}: "
+                                     f"{_first_line(exc)})") from exc  # fmt: skip
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .pt file ({type(exc).__name__}: {_first_line(exc)})") from exc
+    finally:
+        if zf is not None:
+            zf.close()
     import torch  # heavy; only when the fast path does not apply
 
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # unpickling errors come in many types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise InputError(f"{path}: not a readable .pt file ({type(exc).__name__}: {msg})") from exc
+        raise InputError(f"{path}: not a readable .pt file ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def load_pt(path: Path, only: set[str] | None = None) -> Intersections:

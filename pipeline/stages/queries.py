@@ -1,17 +1,24 @@
 """queries stage: NASA astronaut-photo metadata (CSV) -> footprints (GeoParquet).
 
-Every row either becomes a footprint or a line of rejected.csv with its CSV line
-number and reason; nothing is dropped silently. The stage fails only when the
-rejected share exceeds `queries.max_rejected_fraction`.
+Every physical line of the CSV ends as a footprint, a line of rejected.csv (with its
+line number and reason) or a counted blank line; nothing is dropped silently and no line
+is swallowed by a neighbour (see `read_nasa_csv`). The stage fails only when the
+rejected share exceeds `queries.max_rejected_fraction`. docs/reliability_input.md lists
+the hostile-input rules.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import re
 import time
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import geopandas as gpd
 import numpy as np
@@ -29,6 +36,20 @@ ID_COLUMNS = ["MISSION", "ROLL", "FRAME"]
 REQUIRED_COLUMNS = [*CORNER_COLUMNS, *ID_COLUMNS, "YYYYMMDD", "NADIR_LAT", "NADIR_LON", "SQ_KM_AREA", "ORIENTATION"]
 OPTIONAL_COLUMNS = ["URL"]
 REJECTED_COLUMNS = ["line", "query_id", "reason", "detail"]
+# A NASA record is about 200 bytes; a line past this is refused unread (not held in memory).
+MAX_LINE_BYTES = 1 << 20
+# rejected.csv shows at most this many characters of a detail or id (a huge field stays out).
+MAX_SHOWN_CHARS = 200
+# C0 controls but the tab, DEL and C1 controls: never in NASA's metadata.
+_NOT_IN_URLS = frozenset('<>"{}|\\^`')  # RFC 3986: must be percent-encoded
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _unprintable(ch: str) -> bool:
+    """Control, format, surrogate, private or unassigned characters, and the line and
+    paragraph separators: what must not reach a terminal or a CSV cell raw."""
+    cat = unicodedata.category(ch)
+    return cat[0] == "C" or cat in ("Zl", "Zp")
 
 
 @dataclass(frozen=True)
@@ -73,39 +94,141 @@ class _Rejections:
         return self.reason == ""
 
 
+def _physical_lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, bytes without the line end, length) of every line split on b"\\n" alone;
+    a line longer than `max_bytes` is skipped unread and comes back as None, so one huge
+    line costs no more memory than a normal one."""
+    number = 0
+    while True:
+        chunk = fh.readline(max_bytes + 1)
+        if not chunk:
+            return
+        number += 1
+        if len(chunk) <= max_bytes or chunk.endswith(b"\n"):
+            body = chunk[:-1] if chunk.endswith(b"\n") else chunk
+            yield number, (body[:-1] if body.endswith(b"\r") else body), len(body)
+            continue
+        length = len(chunk)
+        while not chunk.endswith(b"\n"):
+            chunk = fh.readline(1 << 20)
+            if not chunk:
+                break
+            length += len(chunk)
+        yield number, None, length
+
+
+def escape_controls(text: str) -> str:
+    """`text` with control, format and separator characters written as escapes (\\x00,
+    \\u2028, ...) and backslashes doubled: one printable line, whatever the input held."""
+    return "".join(
+        "\\\\" if ch == "\\" else ch if not _unprintable(ch) else
+        (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+        for ch in text
+    )
+
+
+def _parse_line(text: str) -> tuple[list[str], str, str]:
+    """Fields of one physical line, and (reason, detail) when it is not a clean CSV record."""
+    try:
+        fields = next(csv.reader([text], strict=True), [])
+    except csv.Error as exc:
+        return [], "malformed_csv", f"{exc} (an unbalanced quote or a field over {csv.field_size_limit():,} characters)"
+    if _CONTROL_RE.search(text):
+        return fields, "control_character", "the line holds a control character (NUL, CR, ...)"
+    return fields, "", ""
+
+
 def read_nasa_csv(path: Path) -> pd.DataFrame:
-    """The CSV as strings, with the physical line number of every record."""
+    """The CSV as strings, one record per physical line, with its line number.
+
+    NASA's fields (numbers, ids, dates, URLs) never hold a line break, so a record is one
+    line: a stray quote cannot swallow the lines after it, and every line ends either as
+    a record (kept or rejected by `ingest`) or as a blank line (listed in
+    `df.attrs["blank_lines"]`). Lines the csv module cannot split, that are not UTF-8,
+    that hold control characters or that are longer than `MAX_LINE_BYTES` become records
+    whose `_problem` column says why (`ingest` rejects them with that reason). A UTF-8
+    byte order mark before the header is accepted."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    widths: list[int] = []
+    problems: list[str] = []
+    details: list[str] = []
+    blank: list[int] = []
+    header: list[str] | None = None
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise InputError(f"{path}: empty file")
-            header = [h.strip() for h in header]
-            missing = [c for c in REQUIRED_COLUMNS if c not in header]
-            if missing:
-                raise InputError(f"{path}: not a NASA metadata CSV, missing columns {missing}")
-            rows, lines, widths = [], [], []
-            line = reader.line_num
-            for rec in reader:
-                lines.append(line + 1)
-                line = reader.line_num
-                widths.append(len(rec))
-                rows.append((rec + [""] * len(header))[: len(header)])
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc})") from exc
-    except csv.Error as exc:
-        raise InputError(f"{path}: malformed CSV ({exc})") from exc
+        with open(path, "rb") as fh:
+            for number, data, length in _physical_lines(fh, MAX_LINE_BYTES):
+                if header is None:
+                    if data is None:
+                        raise InputError(f"{path}: header line longer than {MAX_LINE_BYTES:,} bytes")
+                    try:
+                        text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise InputError(f"{path}: header is not UTF-8 text ({exc})") from exc
+                    fields, reason, detail = _parse_line(text)
+                    if reason:
+                        raise InputError(f"{path}: header line unreadable: {detail}")
+                    header = [h.strip() for h in fields]
+                    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+                    if missing:
+                        raise InputError(f"{path}: not a NASA metadata CSV, missing columns {missing}")
+                    continue
+                if data is None:
+                    fields, reason, detail = [], "line_too_long", f"line of {length:,} bytes > {MAX_LINE_BYTES:,}"
+                else:
+                    try:
+                        text = data.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        fields, reason, detail = [], "not_utf8", f"bytes {exc.start}-{exc.end} are not UTF-8"
+                    else:
+                        if not text.strip():
+                            blank.append(number)
+                            continue
+                        fields, reason, detail = _parse_line(text)
+                lines.append(number)
+                widths.append(len(fields))
+                rows.append((fields + [""] * len(header))[: len(header)])
+                problems.append(reason)
+                details.append(detail)
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable ({exc})") from exc
+    if header is None:
+        raise InputError(f"{path}: empty file")
     df = pd.DataFrame(rows, columns=header, dtype=object)
     df.insert(0, "_line", np.asarray(lines, dtype=np.int64))
     df["_width"] = np.asarray(widths, dtype=np.int64)
     df["_expected_width"] = len(header)
+    df["_problem"] = np.asarray(problems, dtype=object)
+    df["_problem_detail"] = np.asarray(details, dtype=object)
     for col in OPTIONAL_COLUMNS:
         if col not in df:
             df[col] = ""
+    df.attrs["blank_lines"] = blank
     return df
+
+
+def url_problem(url: str) -> str:
+    """Why `url` is not an http(s) URL with a host, or "" if it is (or is empty: no URL).
+    Only such URLs reach the fetch stage, which downloads them: never a file:, ftp: or
+    other scheme, nor a link without a host."""
+    if not url:
+        return ""
+    if any(ch.isspace() or _unprintable(ch) for ch in url):
+        return "URL holds whitespace or control characters"
+    if any(ch in _NOT_IN_URLS for ch in url):
+        return "URL holds characters a URL never holds unescaped (<>\"{}|\\^`)"
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port
+    except ValueError as exc:
+        return f"URL does not parse ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"URL scheme {parts.scheme!r} is not http or https"
+    if not host:
+        return "URL has no host"
+    return ""
 
 
 def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, pd.DataFrame]:
@@ -114,7 +237,12 @@ def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, 
     rej = _Rejections(n)
     text = {c: raw[c].astype(str).str.strip() for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
     query_id = (text["MISSION"] + "-" + text["ROLL"] + "-" + text["FRAME"]).to_numpy(dtype=object)
+    query_id[raw["_width"].to_numpy() == 0] = ""  # a line that could not be split has no id
 
+    if "_problem" in raw:
+        problem = raw["_problem"].to_numpy(dtype=object)
+        for reason in pd.unique(problem[problem != ""]):
+            rej.add(problem == reason, str(reason), raw["_problem_detail"].to_numpy(dtype=object))
     rej.add((raw["_width"] != raw["_expected_width"]).to_numpy(), "wrong_field_count",
             "record has " + raw["_width"].astype(str).to_numpy(dtype=object) + " fields, header has "
             + raw["_expected_width"].astype(str).to_numpy(dtype=object))
@@ -135,13 +263,19 @@ def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, 
         rej.add(np.abs(values["NADIR_LON"]) > 180, "coordinate_out_of_range", "nadir longitude outside [-180, 180]")
         rej.add(values["SQ_KM_AREA"] <= 0, "non_positive_area", "SQ_KM_AREA <= 0")
 
-    safe = np.array([bool(SAFE_ID_RE.match(q)) for q in query_id])
+    safe = np.array([bool(SAFE_ID_RE.match(q)) for q in query_id], dtype=bool)
     for col in ID_COLUMNS:
         part_ok = text[col].str.fullmatch(r"[A-Za-z0-9]+").to_numpy(dtype=bool)
         safe &= part_ok
     rej.add(~safe, "unsafe_id", "id has characters outside [A-Za-z0-9-]: " + pd.Series(query_id).map(repr).to_numpy(dtype=object))
-    dates = pd.to_datetime(text["YYYYMMDD"], format="%Y%m%d", errors="coerce")
+    # Exactly eight digits: pandas would read "2021011" as 2021-01-01.
+    dates = pd.to_datetime(text["YYYYMMDD"].where(text["YYYYMMDD"].str.fullmatch(r"[0-9]{8}")),
+                           format="%Y%m%d", errors="coerce")  # fmt: skip
     rej.add(dates.isna().to_numpy(), "bad_date", "YYYYMMDD is not a valid date: " + text["YYYYMMDD"].to_numpy(dtype=object))
+
+    url_problems = {u: url_problem(u) for u in pd.unique(text["URL"])}
+    url_reason = text["URL"].map(url_problems).to_numpy(dtype=object)
+    rej.add(url_reason != "", "bad_url", url_reason + ": " + text["URL"].to_numpy(dtype=object))
 
     # Duplicates: the first occurrence of an id wins; later ones name the line they repeat.
     first_line = pd.Series(raw["_line"].to_numpy()).groupby(query_id).transform("min").to_numpy()
@@ -218,9 +352,20 @@ def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, 
     return gdf, rejected
 
 
+def _shown(text: str) -> str:
+    """A value as rejected.csv shows it: control characters escaped, at most MAX_SHOWN_CHARS."""
+    if len(text) > MAX_SHOWN_CHARS:
+        text = f"{text[:MAX_SHOWN_CHARS]}... ({len(text):,} characters)"
+    return escape_controls(text)
+
+
 def write_rejected(rejected: pd.DataFrame, dest: Path) -> None:
+    """rejected.csv, one printable line per rejected record (ids and details escaped)."""
+    shown = rejected.copy()
+    for col in ("query_id", "detail"):
+        shown[col] = [_shown(str(v)) for v in shown[col]]
     with atomic_path(dest) as tmp:
-        rejected.to_csv(tmp, index=False, columns=REJECTED_COLUMNS, quoting=csv.QUOTE_MINIMAL)
+        shown.to_csv(tmp, index=False, columns=REJECTED_COLUMNS, quoting=csv.QUOTE_MINIMAL)
 
 
 def run(csv_path: Path, out: Path, rejected_out: Path, params: QueriesParams) -> gpd.GeoDataFrame:
@@ -237,8 +382,9 @@ def run(csv_path: Path, out: Path, rejected_out: Path, params: QueriesParams) ->
             f"{params.max_rejected_fraction:.1%}): {by_reason}; see {rejected_out}"
         )
     write_geoparquet(gdf, out)
+    blank = len(raw.attrs.get("blank_lines", []))
     print(
-        f"queries: {len(gdf):,} footprints, {len(rejected)} rejected {by_reason} "
+        f"queries: {len(gdf):,} footprints, {len(rejected)} rejected {by_reason}, {blank} blank lines "
         f"({int(gdf['crosses_antimeridian'].sum())} across the antimeridian) -> {out} in {time.perf_counter() - t0:.1f} s"
     )
     return gdf
