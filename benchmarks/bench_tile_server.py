@@ -8,7 +8,11 @@ Two measurements per setting of `render_processes` (pipeline/synthetic/server.py
   whole stage, whose client decodes tiles and encodes mosaics in the same process as an
   in-process server.
 Every setting serves the same tiles; the script checks that their bytes are identical.
-Timings are upper bounds on a machine shared with other work.
+Wall-clock rates depend on what else runs: on a machine shared with other work they are
+lower bounds. The `http` line also reports CPU seconds per tile (this process and its
+worker processes, HTTP included), which load barely changes, and the ceiling that implies:
+in-process rendering holds the GIL, so at most one core works on tiles (1 / cpu per tile);
+with N worker processes min(N, cores) do.
 
     .venv/bin/python benchmarks/bench_tile_server.py [--tiles 240] [--regions 40] [--processes 0 2]
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -46,13 +51,22 @@ def tile_keys(n: int, offset: int) -> list[tuple[int, int, int]]:
     return [(ZOOM, y0 + i // side, x0 + offset + i % side) for i in range(n)]
 
 
-def http_rate(processes: int, n: int, concurrency: int, offset: int) -> tuple[float, str]:
-    """(tiles/s, sha256 of all bodies in key order) over HTTP from a fresh server."""
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (the pool's workers, once shut down)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def http_rate(processes: int, n: int, concurrency: int, offset: int) -> tuple[float, float, str]:
+    """(tiles/s, CPU s of the whole run, sha256 of all bodies in key order) over HTTP from a
+    fresh server; n = 0 measures the start-up and warm-up alone."""
     keys = tile_keys(n, offset)
+    cpu0 = _cpu_seconds()
     with SyntheticTileServer(seed=0, cache_tiles=0, render_processes=processes) as srv:
         base = f"{srv.base_url}/wmts/1.0.0/{layer_name(YEAR)}/default/g"
         # Warm-up outside the timing: worker start-up and the world's lazily built fields.
-        urllib.request.urlopen(f"{base}/{ZOOM}/0/0.jpg").read()
+        with ThreadPoolExecutor(max(processes, 1)) as pool:
+            list(pool.map(lambda x: urllib.request.urlopen(f"{base}/{ZOOM}/0/{x}.jpg").read(), range(max(processes, 1))))
 
         def get(key: tuple[int, int, int]) -> bytes:
             z, y, x = key
@@ -62,9 +76,10 @@ def http_rate(processes: int, n: int, concurrency: int, offset: int) -> tuple[fl
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             bodies = list(pool.map(get, keys))
-        seconds = time.perf_counter() - t0
+        seconds = max(time.perf_counter() - t0, 1e-9)
+    cpu = _cpu_seconds() - cpu0
     digest = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in bodies)).hexdigest()
-    return n / seconds, digest
+    return n / seconds, cpu, digest
 
 
 def fetch_rate(processes: int, regions: pd.DataFrame, concurrency: int, writers: int) -> tuple[float, float, str]:
@@ -101,10 +116,14 @@ def main() -> None:
 
     digests = set()
     for p in args.processes:
-        rate, digest = http_rate(p, args.tiles, args.concurrency, offset=0)
+        _, startup_cpu, _ = http_rate(p, 0, args.concurrency, offset=0)
+        rate, cpu, digest = http_rate(p, args.tiles, args.concurrency, offset=0)
+        cpu = (cpu - startup_cpu) / args.tiles
         digests.add(digest)
+        ceiling = min(max(p, 1), os.cpu_count() or 1) / cpu
         print(f"http   render_processes={p}: {rate:6.1f} tiles/s ({args.tiles} distinct zoom-{ZOOM} tiles, "
-              f"{args.concurrency} in flight)")  # fmt: skip
+              f"{args.concurrency} in flight); {1e3 * cpu:.1f} ms CPU per tile, CPU-bound ceiling "
+              f"{ceiling:.0f} tiles/s")  # fmt: skip
     print("tile bytes identical across settings:", len(digests) == 1)
 
     if args.regions > 0:
