@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--query-radii", type=float, nargs="+", default=[300.0, 400.0])
     ap.add_argument("--db-radii", type=float, nargs="+", default=[400.0, 800.0, 1200.0, 1500.0, 1600.0, 1700.0])
     ap.add_argument("--db-aoi", default="texas_demo", help="the fetch.aois entry that is the evaluation database")
+    ap.add_argument("--zooms", type=int, nargs="+", default=None,
+                    help="keep only these zooms of the grid (a what-if: the database, the positives and the fetch plan)")
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -73,6 +75,9 @@ def main() -> None:
                               columns=["region_id", "zoom", "row", "col", "center_lat", "center_lon"])  # fmt: skip
     queries = pd.read_parquet(args.data / "queries/queries.parquet", columns=["query_id", "nadir_lat", "nadir_lon"])
     pairs = pd.read_parquet(args.data / "intersections/intersections_2021.parquet", columns=["query_id", "region_id"])
+    if args.zooms:
+        regions = regions[regions["zoom"].isin(args.zooms)].reset_index(drop=True)
+        pairs = pairs[pairs["region_id"].isin(set(regions["region_id"]))].reset_index(drop=True)
 
     print("| query radius km | database radius km | test queries | dropped | database regions | mean positives "
           "| random R@10 uncollapsed | random R@10 collapsed | val queries | region images | tiles | photos |")  # fmt: skip
