@@ -7,7 +7,7 @@ pay the same per-request server cost and neither pays for rendering; what differ
 number of requests and the local work. The start spacing is the politeness knob that bounds
 a real run (EOX: 0.5 s, params fetch.client.min_interval_s); the benchmark reports several
 spacings, from 0 (CPU-bound: mosaic decode/encode dominates) upward.
-Default: the regions of zoom 11 of the default area of interest (params fetch.aois), one year.
+Default: the regions of zoom 11 of the areas fetched for every year (params fetch.aois), one year.
 
     .venv/bin/python benchmarks/bench_fetch.py [--zoom 11] [--years 1] [--spacings 0 0.005 0.02]
 """
@@ -64,7 +64,8 @@ def main() -> None:
     from pipeline.synthetic.server import SyntheticTileServer
 
     params = FetchParams.from_section(parse_yaml((ROOT / "params.yaml").read_text())["fetch"])
-    regions = select_regions(args.grid, args.zoom, params.aois)
+    # The areas fetched for every year (the training areas), not the wide 2021-only database disc.
+    regions = select_regions(args.grid, args.zoom, params.aois, min(params.years))
     years = list(range(2021 - args.years + 1, 2022))
     images = len(regions) * len(years)
     threads = 2 * args.concurrency

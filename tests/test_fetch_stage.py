@@ -156,7 +156,7 @@ def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, g
     pairs.to_parquet(tmp_path / "pairs.parquet")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["fetch"] = section(zooms=["10", "11"])
-    params["fetch_queries"].update(workers=1, size=256)
+    params["fetch_queries"].update(workers=1, size=256, scope=None)  # every photographable query
 
     s = fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", tmp_path / "q.json")
     photos = sorted((tmp_path / "tiles" / "queries").glob("*.jpg"))

@@ -48,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
@@ -159,6 +160,53 @@ def select_queries(queries: pd.DataFrame, intersections: pd.DataFrame, region_id
     keep = all_inside.index[all_inside.to_numpy()]
     out = queries[queries["query_id"].isin(keep)]
     return out.sort_values("query_id", kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class PhotoScope:
+    """Which queries get a photo (params `fetch_queries.scope`).
+
+    Photos cost ~0.4 s each and a wide evaluation database makes thousands of queries
+    photographable, while the pipeline uses only two kinds: the queries of the evaluation
+    sets it evaluates or validates on, and AstroLoc's training photos, whose nadir lies in a
+    training area of `fetch.aois`. A query outside both is never read downstream."""
+
+    evalsets: tuple[str, ...]  # names: data/evalsets/<name>/queries.csv
+    aois: tuple[str, ...]  # names of fetch.aois whose disc holds the photo's nadir
+    evalsets_dir: str = "data/evalsets"
+
+    @classmethod
+    def from_section(cls, sec: Any) -> PhotoScope | None:
+        """None (no key): every query all of whose positives are fetched."""
+        if sec is None:
+            return None
+        if not isinstance(sec, dict):
+            raise ConfigError(f"fetch_queries.scope must be a mapping, got {sec!r}")
+        unknown = set(sec) - {"evalsets", "aois", "evalsets_dir"}
+        if unknown:
+            raise ConfigError(f"fetch_queries.scope: unknown key(s) {sorted(unknown)}")
+        names = {}
+        for key in ("evalsets", "aois"):
+            raw = sec.get(key) or []
+            if isinstance(raw, (str, bytes)) or not isinstance(raw, list):
+                raise ConfigError(f"fetch_queries.scope.{key} must be a list of names, got {raw!r}")
+            names[key] = tuple(str(n) for n in raw)
+            for n in names[key]:
+                if not n or "/" in n or "\\" in n or n.startswith("."):
+                    raise ConfigError(f"fetch_queries.scope.{key}: bad name {n!r}")
+        return cls(names["evalsets"], names["aois"], str(sec.get("evalsets_dir", "data/evalsets")))
+
+    def evalset_queries(self, name: str) -> Path:
+        return Path(self.evalsets_dir) / name / "queries.csv"
+
+
+def scoped_queries(
+    photographable: pd.DataFrame, evalset_ids: Collection[str], aoi_mask: Any
+) -> pd.DataFrame:
+    """The rows of `photographable` (select_queries' result) that are in an evaluation set
+    or whose nadir lies in a named area (`aoi_mask`, aligned with its rows); same order."""
+    keep = photographable["query_id"].isin(set(evalset_ids)).to_numpy() | np.asarray(aoi_mask, dtype=bool)
+    return photographable[keep].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- one photo

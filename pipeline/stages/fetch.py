@@ -32,7 +32,7 @@ from pipeline.fetch.estimate import (
 )  # fmt: skip
 from pipeline.fetch.run import DESCRIBED, RunConfig, fetch_regions, planned_paths
 from pipeline.fetch.store import REGION_COLUMNS, TILE_COLUMNS, TileStore, read_manifest, shard_name
-from pipeline.geo.aoi import Aoi, in_aois
+from pipeline.geo.aoi import Aoi, aois_for_year, in_aois
 from pipeline.io import write_json
 from pipeline.params import load_params, section
 
@@ -55,6 +55,7 @@ class FetchParams:
     synthetic_client: dict[str, Any]  # client overrides for the local server (no politeness needed)
     keep_tile_cache: bool
     max_failed_fraction: float
+    synthetic_render_processes: int = 0  # local server: worker processes rendering tiles (0: its HTTP threads)
 
     @classmethod
     def from_section(cls, sec: dict[str, Any]) -> FetchParams:
@@ -76,6 +77,10 @@ class FetchParams:
             aois = None if raw_aois is None else tuple(Aoi.from_dict(a, f"aoi{i}") for i, a in enumerate(raw_aois))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"params fetch.aois: {exc}") from exc
+        for a in aois or ():
+            extra = sorted(set(a.years or ()) - set(years))
+            if extra:
+                raise ConfigError(f"params fetch.aois: {a.name} names year(s) {extra} that fetch.years lacks")
         client_keys = dict(sec.get("client") or {})
         client_keys.setdefault("url_template", sec.get("url_template") or URL_FORMS[url_form])
         client_keys.setdefault("layer_template", sec.get("layer_template", EOX_LAYER))
@@ -83,6 +88,11 @@ class FetchParams:
             client_keys.setdefault("contact", sec["contact"])
         synthetic = dict(sec.get("synthetic") or {})
         seed = int(synthetic.pop("seed", 0))
+        # How fast the local server renders, not what it renders: under `run`, which dvc.yaml
+        # does not list (except jpeg_quality), so changing it reruns nothing.
+        render_processes = int((sec.get("run") or {}).get("render_processes", 0))
+        if render_processes < 0:
+            raise ConfigError(f"fetch.run.render_processes must be >= 0, got {render_processes}")
         return cls(
             source=source,
             url_form=url_form,
@@ -95,6 +105,7 @@ class FetchParams:
             synthetic_client=synthetic,
             keep_tile_cache=bool(sec.get("keep_tile_cache", False)),
             max_failed_fraction=float(sec.get("max_failed_fraction", 0.0)),
+            synthetic_render_processes=render_processes,
         )
 
 
@@ -112,7 +123,7 @@ def tile_source(params: FetchParams) -> Iterator[ClientConfig]:
         return
     from pipeline.synthetic.server import SyntheticTileServer
 
-    with SyntheticTileServer(seed=params.synthetic_seed) as server:
+    with SyntheticTileServer(seed=params.synthetic_seed, render_processes=params.synthetic_render_processes) as server:
         cfg = replace(
             params.client,
             url_template=local_template(params.client.url_template, server.base_url),
@@ -121,8 +132,9 @@ def tile_source(params: FetchParams) -> Iterator[ClientConfig]:
         yield cfg
 
 
-def select_regions(grid: Path, zoom: int, aois: tuple[Aoi, ...] | None) -> pd.DataFrame:
-    """Regions of `zoom` inside the areas of interest, with what fetch_regions needs."""
+def select_regions(grid: Path, zoom: int, aois: tuple[Aoi, ...] | None, year: int | None = None) -> pd.DataFrame:
+    """Regions of `zoom` inside the areas of interest (those fetched for `year` when it is
+    given), with what fetch_regions needs."""
     if not grid.exists():
         raise InputError(f"{grid}: no such file (run the grid stage first)")
     try:
@@ -130,6 +142,8 @@ def select_regions(grid: Path, zoom: int, aois: tuple[Aoi, ...] | None) -> pd.Da
     except Exception as exc:  # pyarrow raises many types; report one line
         raise InputError(f"{grid}: cannot read the region columns {DESCRIBED} ({exc})") from exc
     df = df[df["zoom"] == zoom]
+    if year is not None:
+        aois = aois_for_year(aois, year)
     return df[in_aois(df["center_lat"].to_numpy(), df["center_lon"].to_numpy(), aois)].reset_index(drop=True)
 
 
@@ -313,7 +327,7 @@ def run_shard(
 ) -> dict[str, Any]:  # fmt: skip
     if year not in params.years or zoom not in params.zooms:
         raise ConfigError(f"shard {shard_name(year, zoom)} is not in fetch.years x fetch.zooms of params")
-    regions = select_regions(grid, zoom, params.aois)
+    regions = select_regions(grid, zoom, params.aois, year)
     rc = replace(params.run, source_id=source_id(params))
     if scheduler is not None:
         rc = replace(rc, scheduler_address=scheduler)
@@ -435,15 +449,46 @@ def prune_photos(root: Path, keep_filenames: set[str]) -> int:
     return removed
 
 
+def apply_scope(photographable: pd.DataFrame, scope: Any, aois: tuple[Aoi, ...] | None) -> pd.DataFrame:
+    """The photographable queries the scope names: every query of its evaluation sets (read
+    from their queries.csv; one that lacks a fetched positive is reported, since it will be
+    evaluated without a photo) and those whose nadir lies in its areas of fetch.aois."""
+    from pipeline.fetch.queries import scoped_queries
+
+    by_name = {a.name: a for a in aois or ()}
+    unknown = [n for n in scope.aois if n not in by_name]
+    if unknown:
+        raise ConfigError(f"fetch_queries.scope.aois names {unknown}, not in fetch.aois ({sorted(by_name) or 'none'})")
+    evalset_ids: set[str] = set()
+    for name in scope.evalsets:
+        path = scope.evalset_queries(name)
+        if not path.exists():
+            raise InputError(f"{path}: no such file (run `earthloc evalset {name}` first)")
+        try:
+            ids = pd.read_csv(path, usecols=["query_id"], dtype={"query_id": str})["query_id"]
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise InputError(f"{path}: not a query table with a query_id column ({exc})") from exc
+        missing = int((~ids.isin(photographable["query_id"])).sum())
+        if missing:
+            print(f"fetch_queries: {missing} queries of {name} have a positive outside the fetched regions: no photo")
+        evalset_ids.update(ids)
+    areas = tuple(by_name[n] for n in scope.aois)
+    in_area = in_aois(photographable["nadir_lat"].to_numpy(), photographable["nadir_lon"].to_numpy(), areas)
+    return scoped_queries(photographable, evalset_ids, in_area)
+
+
 def run_queries(
     params: dict[str, Any], queries_path: Path, intersections_path: Path, root: Path, summary_path: Path | None
 ) -> dict[str, Any]:
     """Photos of the queries all of whose 2021 positives are fetched regions (so every one of
-    them can be evaluated against the fetched database), simulated or downloaded."""
-    from pipeline.fetch.queries import QueryPhotoConfig, fetch_query_photos, select_queries
+    them can be evaluated against the fetched database), simulated or downloaded; with
+    `fetch_queries.scope`, only those of the named evaluation sets and training areas."""
+    from pipeline.fetch.queries import PhotoScope, QueryPhotoConfig, fetch_query_photos, select_queries
 
     fp = FetchParams.from_section(section(params, "fetch"))
-    qcfg = QueryPhotoConfig.from_section(dict(section(params, "fetch_queries")))
+    photo_sec = dict(section(params, "fetch_queries"))
+    scope = PhotoScope.from_section(photo_sec.pop("scope", None))
+    qcfg = QueryPhotoConfig.from_section(photo_sec)
     year = int(section(params, "intersect").get("year", 2021))
     if year not in fp.years:
         raise ConfigError(f"fetch.years lacks {year}, the year of the intersections (intersect.year)")
@@ -454,6 +499,8 @@ def run_queries(
     queries = queries.drop(columns=[c for c in ("geometry",) if c in queries.columns])
     pairs = pd.read_parquet(intersections_path, columns=["query_id", "region_id"])
     selected = select_queries(queries, pairs, fetched_region_ids(root, year, fp.zooms))
+    if scope is not None:
+        selected = apply_scope(selected, scope, fp.aois)
     summary = fetch_query_photos(selected, root, qcfg, client_config=fp.client, progress=fp.run.progress)
     summary["pruned_photos"] = prune_photos(root, set(selected["filename"]))
     print(

@@ -16,7 +16,7 @@ Unknown layer, style, tile matrix set, zoom or an out-of-range tile: 404 with a 
 body; a malformed request: 400. It is built on the standard library's
 ThreadingHTTPServer, served from a background thread:
 
-    with SyntheticTileServer(seed=0) as srv:
+    with SyntheticTileServer(seed=0, render_processes=2) as srv:
         url = f"{srv.base_url}/wmts/1.0.0/s2cloudless-2021_3857/default/g/9/200/300.jpg"
 
 Fault injection for tests of the fetch stage's error handling: pass
@@ -25,17 +25,27 @@ including its query string and how many times that exact path has been requested
 (1 on the first request). Return None to serve normally, or `(status, headers, body)`
 to send that response instead (e.g. `(429, {"Retry-After": "1"}, b"slow down")`, or
 `(200, {"Content-Type": "image/jpeg"}, b"not a jpeg")` for a corrupt tile).
+
+Rendering a tile is numpy work that holds the GIL for most of its ~20 ms, so one process
+serves about 40 tiles/s however many HTTP threads it has, and in the fetch stage the
+server shares that process with the client's mosaic encoding. With `render_processes=N`
+the tiles are rendered and encoded in N worker processes (the HTTP threads only wait on
+them), which uses every core; the bytes are the same as in-process rendering, since the
+same function runs on the same inputs (benchmarks/bench_tile_server.py measures both).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -241,6 +251,18 @@ def encode_jpeg(rgb: npt.NDArray[np.uint8]) -> bytes:
     return buf.getvalue()
 
 
+def tile_jpeg(z: int, x: int, y: int, year: int, seed: int) -> bytes:
+    """The served bytes of one tile: rendered and encoded (a module-level function, so a
+    worker process can run it)."""
+    return encode_jpeg(render_tile(z, x, y, year, seed=seed))
+
+
+def render_pool(processes: int) -> Executor:
+    """Worker processes for `tile_jpeg`, started with `spawn`: forking a process that runs
+    HTTP threads could copy a lock held by one of them into the child."""
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=tune_allocator)
+
+
 class _TileCache:
     """A small thread-safe LRU of encoded tiles: regions overlap by half, so neighbouring
     regions ask for the same tiles."""
@@ -369,10 +391,16 @@ class SyntheticTileServer:
         fault: FaultHook | None = None,
         cache_tiles: int = 2048,
         tune_malloc: bool = True,
+        render_processes: int = 0,
     ) -> None:
+        """`render_processes`: 0 renders in the HTTP threads; N > 0 in N worker processes."""
+        if render_processes < 0:
+            raise ValueError(f"render_processes must be >= 0, got {render_processes}")
         if tune_malloc:
             tune_allocator()
         self.seed = seed
+        self.render_processes = render_processes
+        self._pool: Executor | None = None
         self.fault = fault
         self._cache = _TileCache(cache_tiles)
         self._attempts: dict[str, int] = {}
@@ -387,6 +415,8 @@ class SyntheticTileServer:
     # lifecycle -----------------------------------------------------------------
     def start(self) -> SyntheticTileServer:
         """Serve in a daemon thread; returns self (idempotent)."""
+        if self.render_processes and self._pool is None:
+            self._pool = render_pool(self.render_processes)
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="synthetic-wmts", daemon=True
@@ -401,6 +431,9 @@ class SyntheticTileServer:
             self._thread.join()
             self._thread = None
         self._httpd.server_close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def __enter__(self) -> SyntheticTileServer:
         return self.start()
@@ -443,7 +476,14 @@ class SyntheticTileServer:
         if cached is not None:
             return cached
         t0 = time.perf_counter()
-        body = encode_jpeg(render_tile(z, x, y, year, seed=self.seed))
+        pool = self._pool
+        if pool is not None:
+            try:
+                body = pool.submit(tile_jpeg, z, x, y, year, self.seed).result()
+            except BrokenProcessPool as exc:  # a worker died (e.g. out of memory): a 5xx the client retries
+                raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"tile renderer failed: {exc}") from exc
+        else:
+            body = tile_jpeg(z, x, y, year, self.seed)
         with self._lock:
             self.tiles_rendered += 1
             self.render_seconds += time.perf_counter() - t0
@@ -456,8 +496,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Synthetic EOX-style WMTS on 127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--render-processes", type=int, default=0, help="worker processes rendering tiles (0: in the HTTP threads)")
     args = parser.parse_args()
-    with SyntheticTileServer(seed=args.seed, port=args.port) as srv:
+    with SyntheticTileServer(seed=args.seed, port=args.port, render_processes=args.render_processes) as srv:
         print(f"{srv.base_url}/wmts/1.0.0/WMTSCapabilities.xml", flush=True)
         try:
             while True:
