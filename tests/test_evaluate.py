@@ -317,3 +317,26 @@ def test_bootstrap_resamples_passes_when_the_set_has_them(tiny: tuple[TinySet, P
     a, b = hits[:2].mean(), hits[2:].mean()
     lo, hi = metrics["methods"]["random"]["interval"]["R@5"]
     assert lo == pytest.approx(100 * min(a, b), abs=0.01) and hi == pytest.approx(100 * max(a, b), abs=0.01)
+
+
+def test_thumbnail_descriptor_matches_a_numpy_reference() -> None:
+    """Grey (BT.601), 16x16 block means, standardised, L2-normalised; blind to brightness
+    and contrast; turning the image turns the thumbnail."""
+    import torch
+
+    from earthloc.baselines import ThumbnailDescriptor
+    from earthloc.retrieval import IMAGENET_MEAN, IMAGENET_STD
+
+    rng = np.random.default_rng(0)
+    rgb = rng.random((2, 64, 64, 3))
+    x = torch.from_numpy(((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)).float()
+    got = ThumbnailDescriptor(16)(x).numpy()
+    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    thumb = grey.reshape(2, 16, 4, 16, 4).mean(axis=(2, 4)).reshape(2, -1)
+    thumb = (thumb - thumb.mean(axis=1, keepdims=True)) / thumb.std(axis=1, ddof=1, keepdims=True)
+    ref = thumb / np.linalg.norm(thumb, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    brighter = torch.from_numpy(((0.5 * rgb + 0.2 - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)).float()
+    np.testing.assert_allclose(ThumbnailDescriptor(16)(brighter).numpy(), got, atol=1e-5)
+    turned = ThumbnailDescriptor(16)(torch.rot90(x, 1, dims=(-2, -1))).numpy().reshape(2, 16, 16)
+    np.testing.assert_allclose(turned, np.rot90(got.reshape(2, 16, 16), 1, axes=(1, 2)), atol=1e-5)
