@@ -14,7 +14,7 @@ under `tiles/`, and the model checkpoint; writes to `data/eval/<set>/` (atomical
                       is_positive, repeat (the image already appeared at a better rank)
   grid.png            ~10 queries with their top-5 predictions framed green/red
   audit.html          the interactive audit page (earthloc.audit_page)
-Protocol: earthloc.retrieval (paper Sec. 5.1.2, upstream §7)."""
+Protocol: earthloc.retrieval (the paper's Sec. 5.1.2; docs/evaluation.md)."""
 
 from __future__ import annotations
 

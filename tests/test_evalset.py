@@ -1,4 +1,4 @@
-"""evalset stage: selection (pure), outputs, map, errors; haversine vectors (§10.1)."""
+"""evalset stage: selection (pure), outputs, map, errors; haversine test vectors."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pipeline.geo.names import db_relpath
 from pipeline.stages import evalset as stage
 
 # ---------------------------------------------------------------------------
-# Haversine test vectors (earthloc_upstream.md §10.1)
+# Haversine test vectors
 
 
 @pytest.mark.parametrize(

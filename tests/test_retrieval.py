@@ -1,4 +1,4 @@
-"""earthloc.retrieval: TTA id mapping and recall against upstream's vectors (§10.5-10.6),
+"""earthloc.retrieval: TTA id mapping and recall against upstream's test vectors,
 collapsed vs uncollapsed counting, the -1 guard, index options, the exact random
 baseline, orientation errors, image loading and memmapped embedding."""
 
