@@ -481,7 +481,7 @@ def run_set(
     if "always_0deg" in p.baselines and res.orientation is not None:
         summary, zero_err = always_zero_orientation(ev, p.orientation_thresholds)
         methods["always_0deg"] = {"orientation": summary,
-                                  "note": "orientation prior: the photo's top faces north (TTA angle 0) for every query"}
+                                  "note": "orientation prior: every photo's top faces north (TTA angle 0)"}
         ok = np.isfinite(model_err) & np.isfinite(zero_err)
         if ok.any():
             a = (model_err[ok] <= 45.0).astype(np.float64)[:, None]

@@ -155,7 +155,9 @@ def select_pairs(
     )
 
 
-def leaked_ids(pairs: pd.DataFrame, members: Sequence[SetMembers], pass_of: Mapping[str, str] | None = None) -> set[str]:
+def leaked_ids(
+    pairs: pd.DataFrame, members: Sequence[SetMembers], pass_of: Mapping[str, str] | None = None
+) -> set[str]:
     """Photos of `pairs` that some evaluation set lists (kept or dropped), or, with
     `pass_of` (query_id -> pass_id), that share a pass with such a photo: must be empty."""
     listed: set[str] = set()

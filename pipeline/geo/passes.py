@@ -96,7 +96,8 @@ def pass_ids(
                           "i": np.arange(n)}).sort_values(["root", "day", "num", "i"], kind="stable")
     head = first.drop_duplicates("root").set_index("root")["i"]
     h = head.reindex(root).to_numpy(dtype=np.int64)
-    names = mission_s[h] + "-" + roll_s[h] + "-" + date_s.to_numpy(dtype=object)[h] + "-" + frame_s.to_numpy(dtype=object)[h]
+    dates, frames = date_s.to_numpy(dtype=object), frame_s.to_numpy(dtype=object)
+    names = mission_s[h] + "-" + roll_s[h] + "-" + dates[h] + "-" + frames[h]
     return np.asarray(names, dtype=object)
 
 

@@ -552,8 +552,9 @@ def run(
     qs = with_pass_ids(qs, *pass_rule, source=queries)
     ev = select_evalset(spec, qs, regions, pairs)
     summary: dict[str, Any] = summarize(spec, ev)
-    summary.update({"year": year, "pass_max_frame_gap": pass_rule[0], "pass_max_day_gap": pass_rule[1], "inputs": {"grid": str(grid), "queries": str(queries),
-                                             "intersections": str(intersections)}})
+    summary.update({"year": year, "pass_max_frame_gap": pass_rule[0], "pass_max_day_gap": pass_rule[1],
+                    "inputs": {"grid": str(grid), "queries": str(queries),
+                               "intersections": str(intersections)}})
     out_dir = Path(out_dir)
     write_outputs(out_dir, ev, year, summary)
     if draw_map:
