@@ -166,20 +166,29 @@ def query_clusters(queries: pd.DataFrame) -> tuple[np.ndarray | None, str]:
 
 
 def margins(scores: Mapping[str, MethodScores], ns: Sequence[int], *, seed: int = 0,
-            clusters: np.ndarray | None = None, extra_hits: Mapping[str, np.ndarray] | None = None,
+            clusters: np.ndarray | None = None,
+            extra_hits: Mapping[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
             n_boot: int = 2000) -> dict[str, Any]:
-    """The model's uncollapsed Recall@N minus each baseline's, with a 95 % paired bootstrap
-    interval over passes (`clusters`; None: over queries): a margin is clear when the
-    interval stays above zero. `extra_hits`: more (Q, len(ns)) baselines by name."""
+    """The model's Recall@N minus each baseline's, uncollapsed (`R@N`) and collapsed
+    (`collapsed.R@N`), with a 95 % paired bootstrap interval over passes (`clusters`; None:
+    over queries): a margin is clear when the interval stays above zero. `extra_hits`: more
+    baselines by name, as (uncollapsed, collapsed or None) (Q, len(ns)) arrays."""
     model = scores.get("model")
     out: dict[str, Any] = {}
     if model is None or model.hits is None:
         return out
-    others = {name: sc.hits for name, sc in scores.items() if name != "model" and sc.hits is not None}
+    others = {name: (sc.hits, sc.hits_collapsed) for name, sc in scores.items()
+              if name != "model" and sc.hits is not None}
     others.update(extra_hits or {})
-    for name, hits in others.items():
-        m = R.cluster_margin(model.hits, hits, ns, clusters, seed=seed, n_boot=n_boot)
-        out[f"model-{name}"] = {f"R@{n}": {k: round(v, 2) for k, v in m[n].items()} for n in ns}
+
+    def table(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+        m = R.cluster_margin(a, b, ns, clusters, seed=seed, n_boot=n_boot)
+        return {f"R@{n}": {k: round(v, 2) for k, v in m[n].items()} for n in ns}
+
+    for name, (hits, hits_c) in others.items():
+        out[f"model-{name}"] = table(model.hits, hits)
+        if hits_c is not None and model.hits_collapsed is not None:
+            out[f"model-{name}"]["collapsed"] = table(model.hits_collapsed, hits_c)
     return out
 
 
@@ -326,7 +335,7 @@ def orientation_errors(res: R.EvalResult, ev: R.EvalSetFiles) -> np.ndarray:
 
 def per_query_table(ev: R.EvalSetFiles, scores: Mapping[str, MethodScores], ns: Sequence[int],
                     model_err: np.ndarray, zero_err: np.ndarray | None,
-                    extra_hits: Mapping[str, np.ndarray]) -> pd.DataFrame:
+                    extra_hits: Mapping[str, tuple[np.ndarray, np.ndarray | None]]) -> pd.DataFrame:
     """One row per query: id, pass, and for every method its hit (0/1, or the probability for
     random) at each N, uncollapsed and collapsed; the orientation errors. The tables' numbers
     are means of these columns, so any other summary can be recomputed from them."""
@@ -339,9 +348,12 @@ def per_query_table(ev: R.EvalSetFiles, scores: Mapping[str, MethodScores], ns: 
                 continue
             for j, n in enumerate(ns):
                 cols[f"{name}{suffix}_hit@{n}"] = hits[:, j].astype(np.float32)
-    for name, hits in extra_hits.items():
-        for j, n in enumerate(ns):
-            cols[f"{name}_hit@{n}"] = hits[:, j].astype(np.float32)
+    for name, pair in extra_hits.items():
+        for hits, suffix in zip(pair, ("", "_collapsed"), strict=True):
+            if hits is None:
+                continue
+            for j, n in enumerate(ns):
+                cols[f"{name}{suffix}_hit@{n}"] = hits[:, j].astype(np.float32)
     cols["model_orientation_error_deg"] = model_err.astype(np.float32)
     if zero_err is not None:
         cols["always_0deg_orientation_error_deg"] = zero_err.astype(np.float32)
@@ -442,7 +454,7 @@ def run_set(
     res = evaluate_model(model, cfg.image_size, ev, p, set_dir, features / "model" if features else None)
     timings = {"model_s": round(time.monotonic() - t0, 1)}
     scores: dict[str, MethodScores] = {"model": _from_result(res, ev, p.recall_ns)}
-    extra_hits: dict[str, np.ndarray] = {}
+    extra_hits: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     spread: dict[str, Any] | None = None
     if "untrained" in p.baselines:
         t0 = time.monotonic()
@@ -459,7 +471,8 @@ def run_set(
             runs.append(scores[name_u])
         spread = seed_spread(runs, seeds, p.recall_ns)
         if len(runs) > 1:
-            extra_hits["untrained_mean"] = np.mean([r.hits for r in runs], axis=0)
+            extra_hits["untrained_mean"] = (np.mean([r.hits for r in runs], axis=0),
+                                            np.mean([r.hits_collapsed for r in runs], axis=0))
         timings["untrained_s"] = round(time.monotonic() - t0, 1)
     if "thumbnail" in p.baselines:
         t0 = time.monotonic()

@@ -79,6 +79,9 @@ def test_evaluate_stage_writes_every_output(tiny: tuple[TinySet, Path], tmp_path
     margins = on_disk["margins"]
     assert set(margins) == {"model-untrained", "model-untrained_seed1", "model-untrained_seed2", "model-untrained_mean",
                             "model-thumbnail", "model-random", "model-nadir", "model-always_0deg"}
+    c1 = margins["model-random"]["collapsed"]["R@1"]
+    assert c1["diff"] == pytest.approx(100 - 100 / 9, abs=0.01)
+    assert set(margins["model-untrained_mean"]["collapsed"]) == {"R@1", "R@5", "R@10", "R@20"}
     z = margins["model-always_0deg"]["within_45deg"]
     assert z["diff"] == pytest.approx(75.0) and z["lo"] <= z["diff"] <= z["hi"]
     r1 = margins["model-random"]["R@1"]
