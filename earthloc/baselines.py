@@ -1,4 +1,5 @@
-"""Baselines of the evaluation table that need no network: random choice and nadir.
+"""Baselines of the evaluation table that need no learning: random choice, nadir, and a
+grey thumbnail descriptor.
 
 - random: the DB ranked uniformly at random. Its expected Recall@N is computed exactly
   (hypergeometric, `retrieval.random_recall_curve`), uncollapsed (a random order of the
@@ -10,6 +11,10 @@
   then every other region by distance from its centre to the nadir (haversine), coarser
   zoom first on ties. There is one entry per image (no rotations), so its collapsed and
   uncollapsed recalls are the same.
+- thumbnail: the image itself as a descriptor: grey, averaged down to 16x16, standardised
+  (zero mean, unit variance per image, so brightness and contrast do not count) and
+  L2-normalised. It runs as a torch module through the same loading, 4x90° rotation and
+  search path as the network, so it shows how far plain appearance matching goes.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
 
+from earthloc.retrieval import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.geo.distance import haversine_km
 from pipeline.geo.regions import parse_region_id, region_bounds
 
@@ -66,3 +75,28 @@ def nadir_ranking(
         take = order[: min(k, n)]
         out[qi, : len(take)] = take
     return out
+
+
+_GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
+
+
+class ThumbnailDescriptor(nn.Module):
+    """(B, 3, H, W) ImageNet-normalised images -> (B, size²) descriptors: grey, area-averaged
+    to size x size, standardised per image, L2-normalised. No parameters: nothing learned."""
+
+    def __init__(self, size: int = 16) -> None:
+        super().__init__()
+        if size < 2:
+            raise ValueError("thumbnail size must be >= 2")
+        self.size = size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("grey", torch.tensor(_GREY_WEIGHTS).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = x.float() * self.std + self.mean  # undo the loader's ImageNet normalisation
+        grey = (rgb * self.grey).sum(dim=1, keepdim=True)
+        thumb = F.adaptive_avg_pool2d(grey, self.size).flatten(1)
+        thumb = thumb - thumb.mean(dim=1, keepdim=True)
+        thumb = thumb / thumb.std(dim=1, keepdim=True).clamp_min(1e-6)
+        return F.normalize(thumb, dim=1)

@@ -1,17 +1,20 @@
-"""evaluate stage: one evaluation set, the trained model against three baselines.
+"""evaluate stage: one evaluation set, the trained model against its baselines.
 
 Reads `data/evalsets/<set>/{queries.csv, database.csv, positives.parquet}`, the images
 under `tiles/`, and the model checkpoint; writes to `data/eval/<set>/` (atomically):
   metrics.json        DVC metrics: R@N uncollapsed (upstream's and the paper's count) and
-                      collapsed, per method (model, untrained, random, nadir), orientation
-                      accuracy, num_queries, num_db
+                      collapsed, per method (model, untrained at several seeds, thumbnail,
+                      random, nadir), pass-bootstrap intervals, margins of the model over
+                      each baseline, orientation accuracy (and the always-0° prior)
+  per_query.parquet   every query's hits at each N for every method, its pass, and the
+                      orientation error of the model and of the always-0° prior
   curves/<method>.csv DVC plots: N, recall (percent) for N = 1..k, one file per series
   predictions.parquet the model's top-k per query (uncollapsed, the list R@N counts):
                       query_index, query_id, rank, db_index, region_id, score, angle_deg,
                       is_positive, repeat (the image already appeared at a better rank)
   grid.png            ~10 queries with their top-5 predictions framed green/red
   audit.html          the interactive audit page (earthloc.audit_page)
-Protocol: earthloc.retrieval (paper Sec. 5.1.2, upstream §7)."""
+Protocol: earthloc.retrieval (the paper's Sec. 5.1.2; docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -28,12 +31,12 @@ import pandas as pd
 import torch
 
 from earthloc import retrieval as R
-from earthloc.baselines import nadir_ranking, region_bounds_table
+from earthloc.baselines import ThumbnailDescriptor, nadir_ranking, region_bounds_table
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import build_config
 
-BASELINES = ("random", "nadir", "untrained")
+BASELINES = ("random", "nadir", "untrained", "thumbnail", "always_0deg")
 COUNTING_NOTE = (
     "R@N (uncollapsed) counts the raw 4x90-TTA result list as upstream's test.py does, so one DB image "
     "seen at several rotations takes several ranks: this is what the paper's tables report. "
@@ -41,8 +44,10 @@ COUNTING_NOTE = (
 )
 MARGINS_NOTE = (
     "model-X: the model's uncollapsed R@N minus method X's, in points, with a 95 % paired percentile bootstrap "
-    "interval over queries (2,000 resamples, seed 0); random enters with each query's exact hit probability. "
-    "The interval covers query sampling only, not the training run's seed."
+    "interval that resamples whole ISS passes (queries.csv's pass_id; photos of one pass are near-duplicates, "
+    "not independent draws); random enters with each query's exact hit probability; untrained_mean averages the "
+    "untrained seeds per query. model-always_0deg compares the share of queries within 45 deg. "
+    "The interval covers the choice of passes only, not the training run's seed."
 )
 ORIENTATION_NOTE = (
     "Predicted = the counter-clockwise angle a (0/90/180/270) by which the best-matching north-up DB copy was "
@@ -73,6 +78,10 @@ class EvaluateParams:
     # None: the seed the trained model started from (its checkpoint's init_seed, else 0), so
     # "model - untrained" is what training did to that very network.
     untrained_seed: int | None = None
+    # How many untrained initialisations: seeds untrained_seed (or init_seed), +1, +2, ...
+    untrained_seeds: int = 3
+    thumbnail_size: int = 16
+    bootstrap_resamples: int = 2000
     bf16: bool = False
     features_dir: str | None = None  # keep descriptors as .npy memmaps here (null: in RAM)
     grid_queries: int = 10
@@ -90,6 +99,8 @@ class EvaluateParams:
             raise ConfigError(f"params evaluate: recall_ns {list(self.recall_ns)} must lie in 1..k={self.k}")
         if self.batch_size < 1 or self.num_workers < 0:
             raise ConfigError("params evaluate: batch_size must be >= 1 and num_workers >= 0")
+        if self.untrained_seeds < 1 or self.thumbnail_size < 2 or self.bootstrap_resamples < 100:
+            raise ConfigError("params evaluate: untrained_seeds >= 1, thumbnail_size >= 2, bootstrap_resamples >= 100")
         if not self.rotations or any(r % 90 for r in self.rotations) or self.rotations[0] != 0:
             raise ConfigError("params evaluate.rotations: multiples of 90 starting with 0")
 
@@ -113,10 +124,17 @@ class MethodScores:
     note: str = ""
     # (Q, len(recall_ns)) per-query hits (0/1) or, for random, hit probabilities; uncollapsed
     hits: np.ndarray | None = None
+    hits_collapsed: np.ndarray | None = None
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self, clusters: np.ndarray | None = None, ns: Sequence[int] = (), n_boot: int = 2000) -> dict[str, Any]:
         out: dict[str, Any] = {f"R@{n}": _r(v) for n, v in self.recalls.items()}
         out["collapsed"] = {f"R@{n}": _r(v) for n, v in self.recalls_collapsed.items()}
+        if self.hits is not None and len(self.hits) and ns:
+            ci = R.cluster_interval(self.hits, clusters, ns, n_boot=n_boot)
+            out["interval"] = {f"R@{n}": [_r(v["lo"]), _r(v["hi"])] for n, v in ci.items()}
+        if self.hits_collapsed is not None and len(self.hits_collapsed) and ns:
+            ci = R.cluster_interval(self.hits_collapsed, clusters, ns, n_boot=n_boot)
+            out["collapsed"]["interval"] = {f"R@{n}": [_r(v["lo"]), _r(v["hi"])] for n, v in ci.items()}
         if self.orientation is not None:
             out["orientation"] = self.orientation
         if self.note:
@@ -134,23 +152,67 @@ def _at(curve: np.ndarray, ns: Sequence[int]) -> dict[int, float]:
 
 def _from_result(res: R.EvalResult, ev: R.EvalSetFiles, ns: Sequence[int], note: str = "") -> MethodScores:
     hits = R.hits_at(R.first_hit_rank(res.search.db_index, ev.positives), ns)
+    hits_c = R.hits_at(R.first_hit_rank(res.search_collapsed.db_index, ev.positives), ns)
     return MethodScores(res.recalls, res.recalls_collapsed, res.curve, res.curve_collapsed, res.orientation, note,
-                        hits)  # fmt: skip
+                        hits, hits_c)  # fmt: skip
 
 
-def margins(scores: Mapping[str, MethodScores], ns: Sequence[int], *, seed: int = 0) -> dict[str, Any]:
-    """The model's uncollapsed Recall@N minus each baseline's, with a 95 % paired bootstrap
-    interval over queries: a margin is clear when the interval stays above zero."""
+def query_clusters(queries: pd.DataFrame) -> tuple[np.ndarray | None, str]:
+    """The bootstrap's resampling unit: the ISS pass of each query (queries.csv's pass_id),
+    or each query alone when the set has no pass ids (older sets)."""
+    if "pass_id" in queries.columns and queries["pass_id"].notna().all():
+        return queries["pass_id"].astype(str).to_numpy(dtype=object), "pass"
+    return None, "query (queries.csv has no pass_id)"
+
+
+def margins(scores: Mapping[str, MethodScores], ns: Sequence[int], *, seed: int = 0,
+            clusters: np.ndarray | None = None,
+            extra_hits: Mapping[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
+            n_boot: int = 2000) -> dict[str, Any]:
+    """The model's Recall@N minus each baseline's, uncollapsed (`R@N`) and collapsed
+    (`collapsed.R@N`), with a 95 % paired bootstrap interval over passes (`clusters`; None:
+    over queries): a margin is clear when the interval stays above zero. `extra_hits`: more
+    baselines by name, as (uncollapsed, collapsed or None) (Q, len(ns)) arrays."""
     model = scores.get("model")
     out: dict[str, Any] = {}
     if model is None or model.hits is None:
         return out
-    for name, sc in scores.items():
-        if name == "model" or sc.hits is None:
-            continue
-        m = R.paired_margin(model.hits, sc.hits, ns, seed=seed)
-        out[f"model-{name}"] = {f"R@{n}": {k: round(v, 2) for k, v in m[n].items()} for n in ns}
+    others = {name: (sc.hits, sc.hits_collapsed) for name, sc in scores.items()
+              if name != "model" and sc.hits is not None}
+    others.update(extra_hits or {})
+
+    def table(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+        m = R.cluster_margin(a, b, ns, clusters, seed=seed, n_boot=n_boot)
+        return {f"R@{n}": {k: round(v, 2) for k, v in m[n].items()} for n in ns}
+
+    for name, (hits, hits_c) in others.items():
+        out[f"model-{name}"] = table(model.hits, hits)
+        if hits_c is not None and model.hits_collapsed is not None:
+            out[f"model-{name}"]["collapsed"] = table(model.hits_collapsed, hits_c)
     return out
+
+
+def seed_spread(scores: Sequence[MethodScores], seeds: Sequence[int], ns: Sequence[int]) -> dict[str, Any]:
+    """Mean, standard deviation (n-1) and range of R@N over the untrained initialisations."""
+    def stats(values: list[float]) -> dict[str, float | None]:
+        v = np.asarray(values, dtype=np.float64)
+        return {"mean": _r(v.mean()), "sd": _r(v.std(ddof=1)) if len(v) > 1 else None,
+                "min": _r(v.min()), "max": _r(v.max())}
+
+    return {
+        "seeds": [int(x) for x in seeds],
+        **{f"R@{n}": stats([s.recalls[n] for s in scores]) for n in ns},
+        "collapsed": {f"R@{n}": stats([s.recalls_collapsed[n] for s in scores]) for n in ns},
+    }
+
+
+def always_zero_orientation(ev: R.EvalSetFiles, thresholds: Sequence[float]) -> tuple[dict[str, Any], np.ndarray]:
+    """The orientation prior that ignores the image: every photo's top faces north (the
+    TTA angle 0). Returns its summary and each query's error (NaN where unknown)."""
+    bearing = R.photo_up_bearing(R.queries_orientation(ev.queries))
+    zero = np.zeros(len(bearing))
+    summary = R.orientation_summary(zero, bearing, thresholds)
+    return summary, R.circular_error_deg(zero, bearing)
 
 
 # ---------------------------------------------------------------------------
@@ -179,9 +241,12 @@ def random_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
         prob = R.random_hit_probability(num_db, npos, p.k, copies=len(p.rotations))
         up = (100.0 * prob.mean(axis=0)).astype(np.float32)
         hits = prob[:, [n - 1 for n in p.recall_ns]]
+    hits_c = None
+    if npos:
+        hits_c = R.random_hit_probability(num_db, npos, p.k, copies=1)[:, [n - 1 for n in p.recall_ns]]
     return MethodScores(_at(up, p.recall_ns), _at(col, p.recall_ns), up, col,
                         note="expected recall of a uniformly random ranking, computed exactly (hypergeometric)",
-                        hits=hits)  # fmt: skip
+                        hits=hits, hits_collapsed=hits_c)  # fmt: skip
 
 
 def nadir_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
@@ -199,7 +264,7 @@ def nadir_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
     curve = R.recall_curve(pred, ev.positives)
     rec = _at(curve, p.recall_ns)
     hits = R.hits_at(R.first_hit_rank(pred, ev.positives), p.recall_ns)
-    return MethodScores(rec, dict(rec), curve, curve.copy(), hits=hits,
+    return MethodScores(rec, dict(rec), curve, curve.copy(), hits=hits, hits_collapsed=hits,
                         note="regions containing the nadir point (coarsest zoom first, then nearest centre), "
                              "then all others by centre distance to the nadir")
 
@@ -258,6 +323,41 @@ def predictions_table(res: R.EvalResult, ev: R.EvalSetFiles) -> pd.DataFrame:
         "repeat": repeat,
     })  # fmt: skip
     return table[valid].reset_index(drop=True)
+
+
+def orientation_errors(res: R.EvalResult, ev: R.EvalSetFiles) -> np.ndarray:
+    """Each query's orientation error of the model's top-1 angle (NaN where unknown)."""
+    bearing = R.photo_up_bearing(R.queries_orientation(ev.queries))
+    angle = res.search.angle[:, 0].astype(np.float64) if len(ev.queries) else np.zeros(0)
+    err = R.circular_error_deg(angle, bearing)
+    return np.where(np.isfinite(bearing) & (angle >= 0), err, np.nan)
+
+
+def per_query_table(ev: R.EvalSetFiles, scores: Mapping[str, MethodScores], ns: Sequence[int],
+                    model_err: np.ndarray, zero_err: np.ndarray | None,
+                    extra_hits: Mapping[str, tuple[np.ndarray, np.ndarray | None]]) -> pd.DataFrame:
+    """One row per query: id, pass, and for every method its hit (0/1, or the probability for
+    random) at each N, uncollapsed and collapsed; the orientation errors. The tables' numbers
+    are means of these columns, so any other summary can be recomputed from them."""
+    q = ev.queries
+    cols: dict[str, Any] = {"query_index": q["query_index"].to_numpy(np.int64), "query_id": q["query_id"].astype(str)}
+    cols["pass_id"] = q["pass_id"].astype(str) if "pass_id" in q.columns else pd.Series([None] * len(q), dtype=object)
+    for name, sc in scores.items():
+        for hits, suffix in ((sc.hits, ""), (sc.hits_collapsed, "_collapsed")):
+            if hits is None:
+                continue
+            for j, n in enumerate(ns):
+                cols[f"{name}{suffix}_hit@{n}"] = hits[:, j].astype(np.float32)
+    for name, pair in extra_hits.items():
+        for hits, suffix in zip(pair, ("", "_collapsed"), strict=True):
+            if hits is None:
+                continue
+            for j, n in enumerate(ns):
+                cols[f"{name}{suffix}_hit@{n}"] = hits[:, j].astype(np.float32)
+    cols["model_orientation_error_deg"] = model_err.astype(np.float32)
+    if zero_err is not None:
+        cols["always_0deg_orientation_error_deg"] = zero_err.astype(np.float32)
+    return pd.DataFrame(cols)
 
 
 def write_curves(dest: Path, scores: dict[str, MethodScores]) -> None:
@@ -348,26 +448,66 @@ def run_set(
     model, cfg, extra = load_checkpoint(model_path)
     features = Path(p.features_dir) / name if p.features_dir else None
 
+    clusters, unit = query_clusters(ev.queries)
+
     t0 = time.monotonic()
     res = evaluate_model(model, cfg.image_size, ev, p, set_dir, features / "model" if features else None)
     timings = {"model_s": round(time.monotonic() - t0, 1)}
     scores: dict[str, MethodScores] = {"model": _from_result(res, ev, p.recall_ns)}
+    extra_hits: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    spread: dict[str, Any] | None = None
     if "untrained" in p.baselines:
         t0 = time.monotonic()
-        seed = untrained_seed_for(p, extra)
-        base = untrained_model(cfg, seed)
-        res_u = evaluate_model(base, cfg.image_size, ev, p, set_dir, features / "untrained" if features else None)
-        scores["untrained"] = _from_result(res_u, ev, p.recall_ns,
-                                           f"same architecture, torch seed {seed}, not trained")
+        seed0 = untrained_seed_for(p, extra)
+        seeds = [seed0 + i for i in range(p.untrained_seeds)]
+        runs = []
+        for seed in seeds:
+            name_u = "untrained" if seed == seed0 else f"untrained_seed{seed}"
+            sub = features / name_u if features else None
+            res_u = evaluate_model(untrained_model(cfg, seed), cfg.image_size, ev, p, set_dir, sub)
+            own = " (the trained model's own initial weights)" if seed == seed0 and p.untrained_seed is None else ""
+            scores[name_u] = _from_result(res_u, ev, p.recall_ns, f"same architecture, torch seed {seed}, not trained"
+                                          + own)
+            runs.append(scores[name_u])
+        spread = seed_spread(runs, seeds, p.recall_ns)
+        if len(runs) > 1:
+            extra_hits["untrained_mean"] = (np.mean([r.hits for r in runs], axis=0),
+                                            np.mean([r.hits_collapsed for r in runs], axis=0))
         timings["untrained_s"] = round(time.monotonic() - t0, 1)
+    if "thumbnail" in p.baselines:
+        t0 = time.monotonic()
+        res_t = evaluate_model(ThumbnailDescriptor(p.thumbnail_size), cfg.image_size, ev, p, set_dir,
+                               features / "thumbnail" if features else None)
+        scores["thumbnail"] = _from_result(res_t, ev, p.recall_ns,
+                                           f"grey {p.thumbnail_size}x{p.thumbnail_size} thumbnail, standardised, "
+                                           "L2-normalised; no learning")
+        timings["thumbnail_s"] = round(time.monotonic() - t0, 1)
     if "random" in p.baselines:
         scores["random"] = random_scores(ev, p)
     if "nadir" in p.baselines:
         scores["nadir"] = nadir_scores(ev, p)
 
+    methods = {k: v.metrics(clusters, p.recall_ns, p.bootstrap_resamples) for k, v in scores.items()}
+    margin_table = margins(scores, p.recall_ns, clusters=clusters, extra_hits=extra_hits, n_boot=p.bootstrap_resamples)
+    model_err = orientation_errors(res, ev)
+    zero_err = None
+    if "always_0deg" in p.baselines and res.orientation is not None:
+        summary, zero_err = always_zero_orientation(ev, p.orientation_thresholds)
+        methods["always_0deg"] = {"orientation": summary,
+                                  "note": "orientation prior: every photo's top faces north (TTA angle 0)"}
+        ok = np.isfinite(model_err) & np.isfinite(zero_err)
+        if ok.any():
+            a = (model_err[ok] <= 45.0).astype(np.float64)[:, None]
+            b = (zero_err[ok] <= 45.0).astype(np.float64)[:, None]
+            m = R.cluster_margin(a, b, [45], clusters[ok] if clusters is not None else None,
+                                 n_boot=p.bootstrap_resamples)[45]
+            margin_table["model-always_0deg"] = {"within_45deg": {k: round(v, 2) for k, v in m.items()}}
+
     metrics: dict[str, Any] = {
         "set": name,
         "num_queries": len(ev.queries),
+        "num_passes": int(len(set(clusters))) if clusters is not None else None,
+        "bootstrap_unit": unit,
         "num_db": len(ev.database),
         "num_db_vectors": len(ev.database) * len(p.rotations),
         "k": p.k,
@@ -377,13 +517,18 @@ def run_set(
         "model": str(model_path),
         "counting": COUNTING_NOTE,
         "orientation_convention": ORIENTATION_NOTE,
-        "methods": {k: v.metrics() for k, v in scores.items()},
-        "margins": margins(scores, p.recall_ns),
+        "methods": methods,
+        "margins": margin_table,
         "margins_note": MARGINS_NOTE,
+        "timings_s": timings,
     }
+    if spread is not None:
+        metrics["untrained_seeds"] = spread
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "predictions.parquet") as tmp:
         predictions_table(res, ev).to_parquet(tmp, index=False)
+    with atomic_path(out_dir / "per_query.parquet") as tmp:
+        per_query_table(ev, scores, p.recall_ns, model_err, zero_err, extra_hits).to_parquet(tmp, index=False)
     write_curves(out_dir / "curves", scores)
     write_grid(out_dir / "grid.png", res, ev, p, name)
     print(write_audit(out_dir, set_dir, p))
@@ -400,12 +545,20 @@ def summary_table(name: str, metrics: dict[str, Any], ns: Sequence[int]) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, m in metrics["methods"].items():
         o = (m.get("orientation") or {}).get("within_45deg")
-        cells = [method] + [_fmt(m.get(f"R@{n}")) for n in ns] + [_fmt(m["collapsed"].get(f"R@{n}")) for n in ns]
+        coll = m.get("collapsed") or {}
+        cells = [method] + [_fmt(m.get(f"R@{n}")) for n in ns] + [_fmt(coll.get(f"R@{n}")) for n in ns]
         cells.append(_fmt(o))
         lines.append("| " + " | ".join(cells) + " |")
+    if metrics.get("untrained_seeds"):
+        u = metrics["untrained_seeds"]
+        lines.append(f"untrained over seeds {u['seeds']}: " + ", ".join(
+            f"R@{n} {u[f'R@{n}']['mean']:.1f} ± {u[f'R@{n}']['sd'] or 0:.1f}" for n in ns))  # fmt: skip
+    lines.append(f"margins (95 % bootstrap over {metrics.get('num_passes') or metrics['num_queries']} "
+                 f"{'passes' if metrics.get('num_passes') else 'queries'}):")
     for pair, by_n in (metrics.get("margins") or {}).items():
+        keys = [f"R@{n}" for n in ns] + ["within_45deg"]
         lines.append(f"{pair}: " + ", ".join(
-            f"R@{n} {v['diff']:+.1f} [{v['lo']:+.1f}, {v['hi']:+.1f}]" for n in ns if (v := by_n.get(f"R@{n}"))
+            f"{key} {v['diff']:+.1f} [{v['lo']:+.1f}, {v['hi']:+.1f}]" for key in keys if (v := by_n.get(key))
         ))  # fmt: skip
     return "\n".join(lines)
 

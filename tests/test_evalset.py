@@ -1,4 +1,4 @@
-"""evalset stage: selection (pure), outputs, map, errors; haversine vectors (§10.1)."""
+"""evalset stage: selection (pure), outputs, map, errors; haversine test vectors."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pipeline.geo.names import db_relpath
 from pipeline.stages import evalset as stage
 
 # ---------------------------------------------------------------------------
-# Haversine test vectors (earthloc_upstream.md §10.1)
+# Haversine test vectors
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,8 @@ def make_queries() -> gpd.GeoDataFrame:
         g = _box(la, lo, 0.4)
         rows.append(
             {
-                "query_id": qid, "date": "20210101", "nadir_lat": la, "nadir_lon": lo,
+                "query_id": qid, "mission": "ISS001", "roll": "E", "frame": qid.rsplit("-", 1)[1],
+                "date": "20210101", "nadir_lat": la, "nadir_lon": lo,
                 "orientation": 0.0, "nasa_area_km2": 9000, "area_km2": 9000.0,
                 "filename": f"@q@{qid}@.jpg", "url": "http://example.invalid",
                 "crosses_antimeridian": g.geom_type == "MultiPolygon", "geometry": g,
@@ -285,7 +286,9 @@ def test_stage_writes_outputs(world: dict[str, Path], tmp_path: Path, monkeypatc
     assert "\n" not in line and line.startswith("evalset tiny: 3 queries kept of 5")
 
     q = pd.read_csv(out / "queries.csv")
-    assert list(q.columns) == ["query_index", "query_id", "filename", "nadir_lat", "nadir_lon", "num_positives"]
+    assert list(q.columns) == ["query_index", "query_id", "filename", "nadir_lat", "nadir_lon", "num_positives",
+                               "pass_id"]
+    assert set(q["pass_id"]) == {"ISS001-E-20210101-1"}  # frames 1..8 of one roll and day: one pass
     assert q["query_id"].tolist() == ["ISS001-E-1", "ISS001-E-2", "ISS001-E-7"]
     assert q["filename"].tolist() == ["@q@ISS001-E-1@.jpg", "@q@ISS001-E-2@.jpg", "@q@ISS001-E-7@.jpg"]
 

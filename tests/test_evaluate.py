@@ -46,9 +46,27 @@ def test_evaluate_stage_writes_every_output(tiny: tuple[TinySet, Path], tmp_path
     assert on_disk == json.loads(json.dumps(metrics))
     assert on_disk["num_queries"] == 4 and on_disk["num_db"] == 9 and on_disk["num_db_vectors"] == 36
     methods = on_disk["methods"]
-    assert set(methods) == {"model", "untrained", "random", "nadir"}
-    for m in methods.values():
-        assert set(m) >= {"R@1", "R@5", "R@10", "R@20", "collapsed"}
+    assert set(methods) == {"model", "untrained", "untrained_seed1", "untrained_seed2", "thumbnail", "random", "nadir",
+                            "always_0deg"}
+    for name, m in methods.items():
+        if name != "always_0deg":
+            assert set(m) >= {"R@1", "R@5", "R@10", "R@20", "collapsed", "interval"}
+            for n in (1, 5, 10, 20):
+                lo, hi = m["interval"][f"R@{n}"]
+                assert lo - 1e-3 <= m[f"R@{n}"] <= hi + 1e-3  # the curve is float32
+    # No pass ids in this set: the bootstrap resamples queries, and says so.
+    assert on_disk["bootstrap_unit"].startswith("query") and on_disk["num_passes"] is None
+    # Untrained over three initialisations: seed 0 (the checkpoint has no init_seed), 1, 2.
+    u = on_disk["untrained_seeds"]
+    assert u["seeds"] == [0, 1, 2]
+    r1 = [methods[k]["R@1"] for k in ("untrained", "untrained_seed1", "untrained_seed2")]
+    assert u["R@1"]["mean"] == pytest.approx(float(np.mean(r1)), abs=1e-3)
+    assert u["R@1"]["min"] == min(r1) and u["R@1"]["max"] == max(r1)
+    # The thumbnail of a turned image is the turned thumbnail: it finds every exact copy.
+    assert methods["thumbnail"]["collapsed"]["R@1"] == 100.0
+    assert methods["thumbnail"]["orientation"]["within_45deg"] == 100.0
+    # Always 0°: right only for the query that was not turned (angles 90, 0, 270, 180).
+    assert methods["always_0deg"]["orientation"]["within_45deg"] == 25.0
     # Every query is an exact rotated copy of its only positive: any network finds it at
     # rank 1 at the right angle, and that angle is the photo's ORIENTATION (the convention).
     assert methods["model"]["R@1"] == 100.0 and methods["model"]["collapsed"]["R@1"] == 100.0
@@ -59,13 +77,31 @@ def test_evaluate_stage_writes_every_output(tiny: tuple[TinySet, Path], tmp_path
     assert methods["random"]["R@1"] == pytest.approx(100 / 9, abs=1e-3)
     # Margins: model (every query at rank 1) minus each baseline, with a bootstrap interval.
     margins = on_disk["margins"]
-    assert set(margins) == {"model-untrained", "model-random", "model-nadir"}
+    assert set(margins) == {"model-untrained", "model-untrained_seed1", "model-untrained_seed2", "model-untrained_mean",
+                            "model-thumbnail", "model-random", "model-nadir", "model-always_0deg"}
+    c1 = margins["model-random"]["collapsed"]["R@1"]
+    assert c1["diff"] == pytest.approx(100 - 100 / 9, abs=0.01)
+    assert set(margins["model-untrained_mean"]["collapsed"]) == {"R@1", "R@5", "R@10", "R@20"}
+    z = margins["model-always_0deg"]["within_45deg"]
+    assert z["diff"] == pytest.approx(75.0) and z["lo"] <= z["diff"] <= z["hi"]
     r1 = margins["model-random"]["R@1"]
     assert r1["diff"] == pytest.approx(100 - 100 / 9, abs=0.01) and r1["lo"] <= r1["diff"] <= r1["hi"]
 
     curves = sorted(os.listdir(out / "curves"))
     assert curves == sorted(["model.csv", "model_collapsed.csv", "untrained.csv", "untrained_collapsed.csv",
+                             "untrained_seed1.csv", "untrained_seed1_collapsed.csv", "untrained_seed2.csv",
+                             "untrained_seed2_collapsed.csv", "thumbnail.csv", "thumbnail_collapsed.csv",
                              "random.csv", "random_collapsed.csv", "nadir.csv"])
+
+    # Per-query hits: the table's recalls are their means.
+    pq = pd.read_parquet(out / "per_query.parquet")
+    assert len(pq) == 4 and pq["query_id"].tolist() == [f"ISS001-E-{1000 + i}" for i in range(4)]
+    for name in ("model", "thumbnail", "untrained", "random", "nadir"):
+        for n in (1, 5, 10, 20):
+            assert 100 * pq[f"{name}_hit@{n}"].mean() == pytest.approx(methods[name][f"R@{n}"], abs=1e-3)
+            assert 100 * pq[f"{name}_collapsed_hit@{n}"].mean() == pytest.approx(methods[name]["collapsed"][f"R@{n}"],
+                                                                                abs=1e-3)
+    assert (pq["always_0deg_orientation_error_deg"] <= 45).tolist() == [a == 0 for a in ts.query_angle]
     c = pd.read_csv(out / "curves" / "random_collapsed.csv")
     assert c["N"].tolist() == list(range(1, 21)) and c["recall"].iloc[-1] == pytest.approx(100.0)
 
@@ -261,3 +297,49 @@ def test_audit_page_off_leaves_a_note_not_a_stale_page(tmp_path: Path) -> None:
     page = (out / "audit.html").read_text(encoding="utf-8")
     assert "turned off" in message and "evaluate.audit_page is false" in page and "old page" not in page
     assert [f.name for f in out.iterdir()] == ["audit.html"]  # no temp file left behind
+
+
+def test_bootstrap_resamples_passes_when_the_set_has_them(tiny: tuple[TinySet, Path], tmp_path: Path) -> None:
+    """With queries.csv's pass_id, intervals resample passes: here two passes of two queries."""
+    import shutil
+
+    ts, model = tiny
+    set_dir = tmp_path / "sets" / "passes"
+    shutil.copytree(ts.set_dir, set_dir)
+    q = pd.read_csv(set_dir / "queries.csv")
+    q["pass_id"] = ["ISS001-E-20210701-1000"] * 2 + ["ISS001-E-20210701-1002"] * 2
+    q.to_csv(set_dir / "queries.csv", index=False)
+    p = _params(ts, tmp_path, evalsets_dir=str(set_dir.parent), baselines=("random", "thumbnail"))
+    metrics = run_set("passes", p, model_path=model)
+    assert metrics["bootstrap_unit"] == "pass" and metrics["num_passes"] == 2
+    pq = pd.read_parquet(tmp_path / "eval" / "passes" / "per_query.parquet")
+    assert pq["pass_id"].tolist() == q["pass_id"].tolist()
+    # A replicate's recall is the mean over the drawn passes' queries: with two passes the
+    # interval's ends are one of the three possible draws (pass A twice, A+B, B twice).
+    hits = pq["random_hit@5"].to_numpy()
+    a, b = hits[:2].mean(), hits[2:].mean()
+    lo, hi = metrics["methods"]["random"]["interval"]["R@5"]
+    assert lo == pytest.approx(100 * min(a, b), abs=0.01) and hi == pytest.approx(100 * max(a, b), abs=0.01)
+
+
+def test_thumbnail_descriptor_matches_a_numpy_reference() -> None:
+    """Grey (BT.601), 16x16 block means, standardised, L2-normalised; blind to brightness
+    and contrast; turning the image turns the thumbnail."""
+    import torch
+
+    from earthloc.baselines import ThumbnailDescriptor
+    from earthloc.retrieval import IMAGENET_MEAN, IMAGENET_STD
+
+    rng = np.random.default_rng(0)
+    rgb = rng.random((2, 64, 64, 3))
+    x = torch.from_numpy(((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)).float()
+    got = ThumbnailDescriptor(16)(x).numpy()
+    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    thumb = grey.reshape(2, 16, 4, 16, 4).mean(axis=(2, 4)).reshape(2, -1)
+    thumb = (thumb - thumb.mean(axis=1, keepdims=True)) / thumb.std(axis=1, ddof=1, keepdims=True)
+    ref = thumb / np.linalg.norm(thumb, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    brighter = torch.from_numpy(((0.5 * rgb + 0.2 - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)).float()
+    np.testing.assert_allclose(ThumbnailDescriptor(16)(brighter).numpy(), got, atol=1e-5)
+    turned = ThumbnailDescriptor(16)(torch.rot90(x, 1, dims=(-2, -1))).numpy().reshape(2, 16, 16)
+    np.testing.assert_allclose(turned, np.rot90(got.reshape(2, 16, 16), 1, axes=(1, 2)), atol=1e-5)

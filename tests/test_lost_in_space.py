@@ -20,7 +20,8 @@ DB = pd.DataFrame({"db_index": [0, 1, 2], "region_id": ["r0", "r1", "r2"]})
 
 
 def test_build_hand_made() -> None:
-    kept, pos, dropped = build(QUERIES, INTER, DB)
+    kept, pos, dropped = build(QUERIES.assign(pass_id=["P1", "P1", "P2"]), INTER, DB)
+    assert kept["pass_id"].tolist() == ["P1"]  # the source set's passes carry over (pass bootstrap)
     assert kept["query_id"].tolist() == ["A"] and kept["query_index"].tolist() == [0]
     assert kept["num_positives"].tolist() == [2]
     assert pos[["query_index", "db_index"]].values.tolist() == [[0, 1], [0, 2]]

@@ -1,16 +1,20 @@
-"""The pairs stage: AstroLoc's training pairs never contain an evaluation photo.
+"""The pairs stage: AstroLoc's training pairs never contain an evaluation photo, nor any
+photo of an ISS pass that has a frame in an evaluation set.
 
 A hand-made case checks every exclusion reason, the IoU threshold, the neutral pairs and
-the tile-store filters; the real data in the working tree (data/evalsets/*) checks that no
-query id of any evaluation set, kept or dropped, reaches the pairs."""
+the tile-store filters; a world the test builds runs the evalset and pairs stages end to
+end and checks that no pass of any evaluation photo, kept or dropped, reaches the pairs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import geopandas as gpd
+import numpy as np
 import pandas as pd
 import pytest
+import shapely
 import yaml
 
 from earthloc.cli import main as cli_main
@@ -106,44 +110,96 @@ def test_missing_set_is_an_error(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The real data of the working tree
+# End to end on a world the test builds: evalset stage, then pairs stage
 
 
-REAL = [ROOT / "data" / "intersections" / "intersections_2021.parquet", ROOT / "data" / "queries" / "queries.parquet",
-        ROOT / "data" / "grid" / "regions.parquet"]
+def _box(lat: float, lon: float, half: float) -> shapely.Geometry:
+    return shapely.box(lon - half, lat - half, lon + half, lat + half)
 
 
-@pytest.mark.skipif(not all(p.exists() for p in REAL), reason="pipeline outputs not built (dvc repro)")
-def test_no_evaluation_photo_in_real_pairs(tmp_path: Path) -> None:
-    """Run the stage on the working tree's data (all regions, all photos, so the check covers
-    every photo that could ever be paired) and prove no set's kept or dropped id appears."""
-    params = _params(tmp_path, regions="all", photos="all")
+def _build_world(root: Path) -> dict[str, Path]:
+    """Regions every 1° along the equator (lon -3..12) and three ISS passes:
+    P1 (ISS050 frames 100-110) flies from the POI (0, 0) eastwards out of every set's disc;
+    P2 (ISS050 frames 5000-5010, weeks later) photographs only lon 7-10, far from the POI;
+    P3 (ISS051 frames 200-204) photographs only the POI's disc."""
+    lons = np.arange(-3.0, 13.0)
+    regions = gpd.GeoDataFrame({
+        "region_id": [f"09_0100_{i:04d}" for i in range(len(lons))], "zoom": 9, "row": 100, "col": np.arange(len(lons)),
+        "ll_lat": -0.5, "ll_lon": lons - 0.5, "ul_lat": 0.5, "ul_lon": lons - 0.5,
+        "ur_lat": 0.5, "ur_lon": lons + 0.5, "lr_lat": -0.5, "lr_lon": lons + 0.5,
+        "center_lat": 0.0, "center_lon": lons, "area_km2": 12300.0,
+    }, geometry=[_box(0.0, lo, 0.5) for lo in lons], crs="EPSG:4326")
+    photos = ([("ISS050", 100 + k, "20210105", float(k)) for k in range(11)]
+              + [("ISS050", 5000 + k, "20210301", 7.0 + 0.3 * k) for k in range(11)]
+              + [("ISS051", 200 + k, "20210107", -1.0 + 0.5 * k) for k in range(5)])
+    queries = gpd.GeoDataFrame({
+        "query_id": [f"{m}-E-{f}" for m, f, _, _ in photos], "mission": [m for m, _, _, _ in photos],
+        "roll": "E", "frame": [str(f) for _, f, _, _ in photos], "date": [d for _, _, d, _ in photos],
+        "filename": [f"@{m}-E-{f}@.jpg" for m, f, _, _ in photos],
+        "nadir_lat": 0.0, "nadir_lon": [lo for _, _, _, lo in photos],
+    }, geometry=[_box(0.0, lo, 0.6) for _, _, _, lo in photos], crs="EPSG:4326")
+    inter = []
+    for qid, geom in zip(queries["query_id"], queries.geometry, strict=True):
+        for rid, rg in zip(regions["region_id"], regions.geometry, strict=True):
+            if geom.intersects(rg):
+                a = geom.intersection(rg).area
+                inter.append({"query_id": qid, "region_id": rid, "zoom": 9, "iou": a / geom.union(rg).area,
+                              "intersection_km2": a * 12300.0})
+    paths = {"grid": root / "regions.parquet", "queries": root / "queries.parquet",
+             "intersections": root / "intersections_2021.parquet", "evalsets": root / "evalsets"}
+    regions.to_parquet(paths["grid"])
+    queries.to_parquet(paths["queries"])
+    pd.DataFrame(inter).to_parquet(paths["intersections"], index=False)
+    return paths
+
+
+def test_no_pass_of_an_evaluation_photo_in_pairs(tmp_path: Path) -> None:
+    """Build two folded sets with the evalset stage, run the pairs stage through the CLI,
+    and prove that no trained photo shares an ISS pass with any photo a set lists."""
+    from pipeline.geo.passes import pass_ids
+    from pipeline.stages import evalset as evalset_stage
+
+    w = _build_world(tmp_path)
+    disc = {"lat": 0.0, "lon": 0.0, "query_radius_km": 300.0, "db_radius_km": 2000.0, "folds": 2}
+    params = {
+        "evalset": {"year": 2021, "pass_max_frame_gap": 20, "pass_max_day_gap": 1,
+                    "sets": {"poi_test": {**disc, "take_folds": [1]}, "poi_val": {**disc, "take_folds": [0]}}},
+        "pairs": {"min_iou": 0.1, "year": 2021, "regions": "all", "photos": "all"},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    for name in ("poi_test", "poi_val"):
+        spec, year = evalset_stage.load_spec(params, name)
+        evalset_stage.run(spec, year, w["grid"], w["queries"], w["intersections"], w["evalsets"] / name,
+                          draw_map=False, pass_rule=evalset_stage.load_pass_rule(params))
     out = tmp_path / "pairs"
     rc = cli_main(["pairs", "--params", str(tmp_path / "params.yaml"), "--out-dir", str(out),
-                   "--intersections", str(REAL[0]), "--queries", str(REAL[1]), "--grid", str(REAL[2]),
-                   "--evalsets", str(ROOT / "data" / "evalsets"), "--tiles", str(tmp_path / "no_tiles")])
+                   "--intersections", str(w["intersections"]), "--queries", str(w["queries"]), "--grid", str(w["grid"]),
+                   "--evalsets", str(w["evalsets"]), "--tiles", str(tmp_path / "no_tiles")])
     assert rc == 0
-    pairs = pd.read_parquet(out / "pairs.parquet")
-    assert len(pairs) > 0
-    set_names = params["evalset"]["sets"]
-    listed: set[str] = set()
-    for name in set_names:
-        d = ROOT / "data" / "evalsets" / name
-        listed |= set(pd.read_csv(d / "queries.csv", dtype={"query_id": str})["query_id"])
-        listed |= set(pd.read_csv(d / "dropped.csv", dtype={"query_id": str})["query_id"])
-    assert listed, "no evaluation set found in data/evalsets"
-    assert not (set(pairs["query_id"]) & listed)
-    assert not (set(pd.read_parquet(out / "neutral.parquet")["query_id"]) & listed)
-    # And no trained photo's nadir lies within any set's query radius.
-    from pipeline.geo.distance import haversine_km
 
-    q = pd.read_parquet(REAL[1], columns=["query_id", "nadir_lat", "nadir_lon"]).set_index("query_id")
-    nad = q.loc[pairs["query_id"].unique()]
-    for s in set_names.values():
-        d = haversine_km(s["lat"], s["lon"], nad["nadir_lat"], nad["nadir_lon"])
-        assert (d >= s["query_radius_km"]).all()
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["num_pairs"] == len(pairs) and sum(summary["pairs_per_zoom"].values()) == len(pairs)
-    assert (pairs["iou"] >= params["pairs"]["min_iou"]).all()
-    assert pairs["path"].str.startswith("database/2021_").all()
+    q = pd.read_parquet(w["queries"])
+    pass_of = dict(zip(q["query_id"], pass_ids(q["mission"], q["roll"], q["frame"], q["date"], 20, 1), strict=True))
+    listed: set[str] = set()
+    for name in ("poi_test", "poi_val"):
+        sq = pd.read_csv(w["evalsets"] / name / "queries.csv", dtype={"query_id": str})
+        assert (sq["pass_id"] == sq["query_id"].map(pass_of)).all()  # queries.csv carries the pass
+        listed |= set(sq["query_id"]) | set(pd.read_csv(w["evalsets"] / name / "dropped.csv",
+                                                          dtype={"query_id": str})["query_id"])
+    assert {pass_of[x] for x in listed} == {"ISS050-E-20210105-100", "ISS051-E-20210107-200"}
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    neutral = pd.read_parquet(out / "neutral.parquet")
+    trained = set(pairs["query_id"]) | set(neutral["query_id"])
+    assert trained == {f"ISS050-E-{5000 + k}" for k in range(11)}  # P2 only: not vacuous
+    assert not {pass_of[x] for x in trained} & {pass_of[x] for x in listed}
+    # P1's frames far outside the disc are excluded for their pass alone.
+    ex = pd.read_csv(out / "excluded.csv", dtype={"query_id": str}).set_index("query_id")
+    far_p1 = [f"ISS050-E-{100 + k}" for k in range(6, 11)]
+    assert (ex.loc[far_p1, "reason"] == "evalset_pass").all()
+    assert json.loads((out / "summary.json").read_text())["excluded_photos"]["evalset_pass"] >= len(far_p1)
+    # Without the pass rule they would be trained on, and the leak check names them.
+    members = read_members(w["evalsets"], ("poi_test", "poi_val"))
+    direct = excluded_photos(q[["query_id", "nadir_lat", "nadir_lon"]], members,
+                             (SetArea("poi_test", 0.0, 0.0, 300.0),))
+    loose = select_pairs(pd.read_parquet(w["intersections"]), direct["query_id"], 0.1)
+    assert set(far_p1) <= leaked_ids(loose.pairs, members, pass_of)
+    assert not leaked_ids(loose.pairs, members) & set(far_p1)  # by id alone they look clean

@@ -1,4 +1,4 @@
-"""earthloc.retrieval: TTA id mapping and recall against upstream's vectors (§10.5-10.6),
+"""earthloc.retrieval: TTA id mapping and recall against upstream's test vectors,
 collapsed vs uncollapsed counting, the -1 guard, index options, the exact random
 baseline, orientation errors, image loading and memmapped embedding."""
 
@@ -217,3 +217,42 @@ def test_embed_memmap_and_rotated_copy_retrieved(tmp_path: Path) -> None:
     res = R.search(ram, q, k=3)
     assert (res.db_index[0, 0], res.angle[0, 0]) == (4, 90)
     assert res.score[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Pass (cluster) bootstrap
+
+
+def test_cluster_bootstrap_counts_a_pass_once_however_many_frames() -> None:
+    """Copies of a photo within one pass add no information: the pass bootstrap of a set
+    where every pass holds 5 identical photos equals the photo bootstrap of one photo per
+    pass, while a photo-by-photo bootstrap of the copies is too narrow."""
+    from earthloc.retrieval import cluster_bootstrap_means, cluster_interval, cluster_margin
+
+    rng = np.random.default_rng(3)
+    per_pass = rng.integers(0, 2, size=(40, 2)).astype(np.float64)
+    copies = np.repeat(per_pass, 5, axis=0)
+    passes = np.repeat([f"P{i}" for i in range(40)], 5)
+    a = cluster_bootstrap_means(copies, passes, n_boot=500, seed=1)
+    b = cluster_bootstrap_means(per_pass, None, n_boot=500, seed=1)
+    np.testing.assert_allclose(a, b)
+    wide = cluster_interval(copies, passes, [1, 5])
+    narrow = cluster_interval(copies, None, [1, 5])
+    for n in (1, 5):
+        assert wide[n]["value"] == pytest.approx(100 * per_pass[:, [1, 5].index(n)].mean())
+        assert wide[n]["hi"] - wide[n]["lo"] > 1.5 * (narrow[n]["hi"] - narrow[n]["lo"])
+    m = cluster_margin(copies, np.zeros_like(copies), [1, 5], passes)
+    assert m[1]["diff"] == pytest.approx(wide[1]["value"]) and (m[1]["lo"], m[1]["hi"]) == pytest.approx(
+        (wide[1]["lo"], wide[1]["hi"]))
+
+
+def test_cluster_bootstrap_weights_passes_by_their_photos() -> None:
+    """A replicate's mean is over photos of the drawn passes (a pass of 3 photos weighs 3)."""
+    from earthloc.retrieval import cluster_bootstrap_means
+
+    values = np.array([[1.0], [1.0], [1.0], [0.0]])
+    reps = cluster_bootstrap_means(values, ["A", "A", "A", "B"], n_boot=4000, seed=0)
+    assert set(np.round(reps[:, 0], 6)) == {0.0, 0.75, 1.0}  # B+B, A+B, A+A
+    assert np.mean(reps[:, 0] == 0.75) == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError):
+        cluster_bootstrap_means(values, ["A", "B"])

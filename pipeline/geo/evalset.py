@@ -1,14 +1,15 @@
-"""Point-of-interest evaluation sets (earthloc_upstream.md §3.2), as pure table logic.
+"""Point-of-interest evaluation sets, as pure table logic.
 
 Given the queries, the database regions and the query x region intersections, pick
 the queries whose nadir lies within T_q of the POI and the regions whose centre lies
 within T_db, then keep a query only if it has positives and all of them are in the
 database. Unlike upstream, every dropped query is returned with its reason.
+Folds (a validation set beside a test set around one POI) take whole ISS passes
+(`pipeline.geo.passes`), so near-duplicate frames never sit on both sides.
 No I/O here; the `evalset` stage reads the inputs and writes the outputs."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from pipeline.geo.distance import EARTH_RADIUS_KM, haversine_km
+from pipeline.geo.passes import stable_fold
 
 DROP_NO_POSITIVE = "no_positive"
 DROP_POSITIVE_OUTSIDE_DB = "positive_outside_db"
@@ -31,8 +33,9 @@ class EvalSetSpec:
     lon: float
     query_radius_km: float
     db_radius_km: float
-    # Disjoint query splits around one POI (e.g. a validation set beside a test set):
-    # a query belongs to fold query_fold(id, folds); the set keeps the folds in `take_folds`.
+    # Disjoint query splits around one POI (e.g. a validation set beside a test set): a
+    # query belongs to fold stable_fold(pass_id, folds), so a whole ISS pass shares one
+    # fold; the set keeps the folds in `take_folds`.
     folds: int = 1
     take_folds: tuple[int, ...] = (0,)
 
@@ -74,17 +77,6 @@ class EvalSet:
     num_other_folds: int = 0
 
 
-def query_fold(query_ids: npt.ArrayLike, folds: int) -> npt.NDArray[np.int64]:
-    """Stable fold in 0..folds-1 of each query id: the first 8 bytes of its SHA-256.
-
-    A hash, not a position, so a query keeps its fold when others are added or removed."""
-    ids = np.asarray(query_ids, dtype=object)
-    if folds == 1:
-        return np.zeros(len(ids), dtype=np.int64)
-    digests = [int.from_bytes(hashlib.sha256(str(q).encode()).digest()[:8], "big") for q in ids]
-    return np.asarray([d % folds for d in digests], dtype=np.int64)
-
-
 def within_radius(
     lat0: float, lon0: float, lat: npt.ArrayLike, lon: npt.ArrayLike, radius_km: float
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
@@ -98,7 +90,8 @@ def select_evalset(
 ) -> EvalSet:
     """Build one evaluation set.
 
-    queries: query_id, nadir_lat, nadir_lon (+ anything, carried along).
+    queries: query_id, nadir_lat, nadir_lon (+ anything, carried along); `pass_id` is
+    required when the spec has more than one fold (a fold is a set of whole passes).
     regions: region_id, zoom, row, col, center_lat, center_lon (+ anything).
     intersections: query_id, region_id (+ iou, intersection_km2 if present); one row
     per overlapping pair. A pair whose region is not in the database (including one
@@ -106,7 +99,10 @@ def select_evalset(
     # 1. Queries by nadir distance, in query_id order.
     q_mask, q_dist = within_radius(spec.lat, spec.lon, queries["nadir_lat"], queries["nadir_lon"], spec.query_radius_km)
     within = queries.loc[q_mask].assign(nadir_dist_km=q_dist[q_mask])
-    in_fold = np.isin(query_fold(within["query_id"].to_numpy(), spec.folds), list(spec.take_folds))
+    if spec.folds > 1 and "pass_id" not in within.columns:
+        raise ValueError(f"set {spec.name!r} has {spec.folds} folds: the queries need a pass_id column")
+    keys = within["pass_id"].to_numpy() if spec.folds > 1 else within["query_id"].to_numpy()
+    in_fold = np.isin(stable_fold(keys, spec.folds), list(spec.take_folds))
     num_other_folds = int((~in_fold).sum())
     within = within.loc[in_fold]
     within = within.sort_values("query_id", kind="stable").reset_index(drop=True)
@@ -185,6 +181,7 @@ def summarize(spec: EvalSetSpec, ev: EvalSet) -> dict[str, object]:
         "take_folds": [int(f) for f in spec.take_folds],
         "num_other_folds": int(ev.num_other_folds),
         "num_queries": int(len(ev.queries)),
+        "num_passes": int(ev.queries["pass_id"].nunique()) if "pass_id" in ev.queries else None,
         "num_db": int(len(ev.database)),
         "num_dropped": int(len(ev.dropped)),
         "num_dropped_no_positive": int(reasons.get(DROP_NO_POSITIVE, 0)),

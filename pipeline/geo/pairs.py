@@ -13,7 +13,10 @@ So a photo is excluded when
 2. it is listed in some set's dropped.csv (reason `evalset_dropped`), else
 3. its nadir lies within a set's query radius (+ `margin_km`) of that set's POI, recomputed
    here from the set definitions (reason `near_poi`). This catches evaluation outputs that
-   are stale or missing, and the other folds of a folded set, whatever the files say.
+   are stale or missing, and the other folds of a folded set, whatever the files say, else
+4. it belongs to the same ISS pass (`pipeline.geo.passes`) as a photo excluded by 1-3
+   (reason `evalset_pass`): consecutive frames of a pass show nearly the same ground, so a
+   frame just outside a set's disc would still teach the model that set's photos.
 
 Positives are pairs with IoU >= `min_iou`. Overlapping pairs below it are *neutral* for the
 photo-to-region loss (neither pulled nor pushed), so they are returned too."""
@@ -31,7 +34,8 @@ from pipeline.geo.distance import haversine_km
 EXCLUDE_QUERY = "evalset_query"
 EXCLUDE_DROPPED = "evalset_dropped"
 EXCLUDE_NEAR_POI = "near_poi"
-EXCLUSION_REASONS = (EXCLUDE_QUERY, EXCLUDE_DROPPED, EXCLUDE_NEAR_POI)
+EXCLUDE_PASS = "evalset_pass"
+EXCLUSION_REASONS = (EXCLUDE_QUERY, EXCLUDE_DROPPED, EXCLUDE_NEAR_POI, EXCLUDE_PASS)
 
 PAIR_COLUMNS = ["query_id", "filename", "region_id", "zoom", "iou", "intersection_km2", "path"]
 NEUTRAL_COLUMNS = ["query_id", "region_id", "zoom", "iou"]
@@ -71,8 +75,10 @@ def excluded_photos(
 ) -> pd.DataFrame:
     """Every photo that must not be trained on, with its first reason (see module doc).
 
-    `nadirs`: query_id, nadir_lat, nadir_lon for all photos. Returns query_id, reason, sets,
-    sorted by query_id. Ids listed by a set but unknown to `nadirs` are still excluded."""
+    `nadirs`: query_id, nadir_lat, nadir_lon for all photos, and `pass_id` (computed on the
+    whole photo table) for the pass rule; without `pass_id` the rule is not applied.
+    Returns query_id, reason, sets, sorted by query_id. Ids listed by a set but unknown to
+    `nadirs` are still excluded."""
     claims: dict[str, tuple[int, set[str]]] = {}  # query_id -> (rank of best reason, sets)
 
     def claim(ids: Iterable[str], rank: int, set_name: str) -> None:
@@ -90,6 +96,16 @@ def excluded_photos(
     for a in areas:
         near = haversine_km(a.lat, a.lon, lat, lon) < a.query_radius_km + margin_km
         claim(ids[near].tolist(), 2, a.name)
+    if "pass_id" in nadirs.columns:
+        passes = pd.Series(nadirs["pass_id"].to_numpy(), index=ids)
+        hit = passes.reindex([q for q in claims if q in passes.index])
+        sets_of_pass: dict[str, set[str]] = {}
+        for qid, pid in hit.items():
+            sets_of_pass.setdefault(pid, set()).update(claims[qid][1])
+        same_pass = passes.isin(list(sets_of_pass)).to_numpy()
+        for qid, pid in zip(ids[same_pass], passes.to_numpy()[same_pass], strict=True):
+            for set_name in sets_of_pass[pid]:
+                claim([qid], 3, set_name)
     rows = sorted((qid, EXCLUSION_REASONS[rank], ";".join(sorted(names))) for qid, (rank, names) in claims.items())
     out = pd.DataFrame(rows, columns=["query_id", "reason", "sets"])
     return out.astype({"query_id": str, "reason": str, "sets": str})
@@ -139,12 +155,20 @@ def select_pairs(
     )
 
 
-def leaked_ids(pairs: pd.DataFrame, members: Sequence[SetMembers]) -> set[str]:
-    """Photos of `pairs` that some evaluation set lists (kept or dropped): must be empty."""
+def leaked_ids(
+    pairs: pd.DataFrame, members: Sequence[SetMembers], pass_of: Mapping[str, str] | None = None
+) -> set[str]:
+    """Photos of `pairs` that some evaluation set lists (kept or dropped), or, with
+    `pass_of` (query_id -> pass_id), that share a pass with such a photo: must be empty."""
     listed: set[str] = set()
     for m in members:
         listed |= m.kept | m.dropped
-    return set(pairs["query_id"].unique()) & listed
+    trained = set(pairs["query_id"].unique())
+    leaks = trained & listed
+    if pass_of is not None:
+        listed_passes = {pass_of[q] for q in listed if q in pass_of}
+        leaks |= {q for q in trained if pass_of.get(q) in listed_passes}
+    return leaks
 
 
 def summarize(pairs: pd.DataFrame, excluded: pd.DataFrame, counts: Mapping[str, int],

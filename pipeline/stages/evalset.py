@@ -1,8 +1,9 @@
-"""evalset stage: one point-of-interest evaluation set (earthloc_upstream.md §3.2).
+"""evalset stage: one point-of-interest evaluation set.
 
 Reads the grid, the query footprints and the 2021 intersections; writes to
 `data/evalsets/<name>/` (all atomically):
-  queries.csv      kept queries: query_index, query_id, filename, nadir_lat, nadir_lon, num_positives
+  queries.csv      kept queries: query_index, query_id, filename, nadir_lat, nadir_lon, num_positives,
+                   pass_id (the ISS pass, `pipeline.geo.passes`; folds assign whole passes)
   database.csv     db_index, region_id, zoom, path (upstream 2021 path), center_lat, center_lon
   positives.parquet  query_index, query_id, db_index, region_id, iou, intersection_km2
   dropped.csv      query_id, reason (no_positive | positive_outside_db), counts, nadir distance
@@ -34,12 +35,13 @@ from pipeline.geo.evalset import (
     summarize,
 )
 from pipeline.geo.names import db_relpath
+from pipeline.geo.passes import DEFAULT_MAX_DAY_GAP, DEFAULT_MAX_FRAME_GAP, pass_ids
 from pipeline.io import atomic_path, read_geoparquet, write_json, write_text
 from pipeline.params import load_params, section
 
 CORNER_COLS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 GRID_COLS = ["region_id", "zoom", "row", "col", *CORNER_COLS, "center_lat", "center_lon", "area_km2", "geometry"]
-QUERY_COLS = ["query_id", "filename", "nadir_lat", "nadir_lon", "geometry"]
+QUERY_COLS = ["query_id", "mission", "roll", "frame", "date", "filename", "nadir_lat", "nadir_lon", "geometry"]
 INTERSECTION_COLS = ["query_id", "region_id", "iou", "intersection_km2"]
 
 
@@ -77,6 +79,32 @@ def load_spec(params: dict[str, Any], name: str) -> tuple[EvalSetSpec, int]:
     if not 1900 < year < 2100:
         raise ConfigError(f"params evalset.year: implausible year {year}")
     return spec, year
+
+
+def load_pass_rule(params: dict[str, Any]) -> tuple[int, int]:
+    """(max_frame_gap, max_day_gap) of the pass rule: params `evalset.pass_max_frame_gap`
+    and `evalset.pass_max_day_gap`. The pairs stage reads the same keys, so training and
+    evaluation agree on what a pass is."""
+    sec = params.get("evalset") or {}
+    try:
+        gap = int(sec.get("pass_max_frame_gap", DEFAULT_MAX_FRAME_GAP))
+        days = int(sec.get("pass_max_day_gap", DEFAULT_MAX_DAY_GAP))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"params evalset.pass_max_frame_gap / pass_max_day_gap: {exc}") from exc
+    if gap < 0 or days < 0:
+        raise ConfigError("params evalset.pass_max_frame_gap and pass_max_day_gap must be >= 0")
+    return gap, days
+
+
+def with_pass_ids(queries: pd.DataFrame, max_frame_gap: int, max_day_gap: int, source: Path | str) -> pd.DataFrame:
+    """`queries` plus a `pass_id` column, computed on the whole table (a pass is defined by
+    its neighbouring frames, so it must see them all). One-line InputError on bad dates."""
+    try:
+        ids = pass_ids(queries["mission"], queries["roll"], queries["frame"], queries["date"],
+                       max_frame_gap, max_day_gap)
+    except ValueError as exc:
+        raise InputError(f"{source}: {exc}") from exc
+    return queries.assign(pass_id=ids)
 
 
 # ---------------------------------------------------------------------------
@@ -171,7 +199,7 @@ def _write_csv(df: pd.DataFrame, dest: Path) -> None:
 
 
 def write_outputs(out_dir: Path, ev: EvalSet, year: int, summary: dict[str, Any]) -> None:
-    queries = ev.queries[["query_index", "query_id", "filename", "nadir_lat", "nadir_lon", "num_positives"]]
+    queries = ev.queries[["query_index", "query_id", "filename", "nadir_lat", "nadir_lon", "num_positives", "pass_id"]]
     database = pd.DataFrame(
         {
             "db_index": ev.database["db_index"].to_numpy(),
@@ -517,13 +545,16 @@ def _save_png(fig: Any, dest: Path) -> None:
 
 
 def run(
-    spec: EvalSetSpec, year: int, grid: Path, queries: Path, intersections: Path, out_dir: Path, draw_map: bool = True
+    spec: EvalSetSpec, year: int, grid: Path, queries: Path, intersections: Path, out_dir: Path, draw_map: bool = True,
+    pass_rule: tuple[int, int] = (DEFAULT_MAX_FRAME_GAP, DEFAULT_MAX_DAY_GAP),
 ) -> dict[str, Any]:
     regions, qs, pairs = read_inputs(grid, queries, intersections)
+    qs = with_pass_ids(qs, *pass_rule, source=queries)
     ev = select_evalset(spec, qs, regions, pairs)
     summary: dict[str, Any] = summarize(spec, ev)
-    summary.update({"year": year, "inputs": {"grid": str(grid), "queries": str(queries),
-                                             "intersections": str(intersections)}})
+    summary.update({"year": year, "pass_max_frame_gap": pass_rule[0], "pass_max_day_gap": pass_rule[1],
+                    "inputs": {"grid": str(grid), "queries": str(queries),
+                               "intersections": str(intersections)}})
     out_dir = Path(out_dir)
     write_outputs(out_dir, ev, year, summary)
     if draw_map:
@@ -550,5 +581,6 @@ def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     spec, year = load_spec(params, args.name)
     out_dir = Path(args.out_dir) if args.out_dir is not None else Path("data/evalsets") / args.name
-    summary = run(spec, year, Path(args.grid), Path(args.queries), Path(args.intersections), out_dir)
+    summary = run(spec, year, Path(args.grid), Path(args.queries), Path(args.intersections), out_dir,
+                  pass_rule=load_pass_rule(params))
     print(summary_line(summary, out_dir))

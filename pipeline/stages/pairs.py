@@ -7,7 +7,8 @@ the tile store's manifests (to keep only images that exist). Writes to `data/pai
                    (path = the region's 2021 image relative to the tile store root)
   neutral.parquet  query_id, region_id, zoom, iou: overlaps of kept photos below min_iou
                    (neither positive nor negative for the photo-to-region loss)
-  excluded.csv     query_id, reason, sets: every photo that must not be trained on
+  excluded.csv     query_id, reason, sets: every photo that must not be trained on (a
+                   whole ISS pass goes when any of its frames is an evaluation photo)
   summary.json     DVC metrics
 The selection itself is `pipeline.geo.pairs`."""
 
@@ -24,6 +25,7 @@ import pandas as pd
 
 from pipeline.errors import ConfigError, InputError, IntegrityError
 from pipeline.geo.names import db_relpath
+from pipeline.geo.passes import DEFAULT_MAX_DAY_GAP, DEFAULT_MAX_FRAME_GAP
 from pipeline.geo.pairs import (
     NEUTRAL_COLUMNS,
     PAIR_COLUMNS,
@@ -36,6 +38,7 @@ from pipeline.geo.pairs import (
 )
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import load_params, section
+from pipeline.stages.evalset import load_pass_rule, with_pass_ids
 
 CORNER_COLS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 GRID_COLS = ["region_id", "zoom", *CORNER_COLS, "center_lat", "center_lon", "area_km2"]
@@ -55,6 +58,7 @@ class PairsParams:
     regions: str  # fetched: only regions whose images exist for every year in `years`; all
     photos: str  # fetched: only photos whose image exists; all
     years: tuple[int, ...]  # years a region's images must all exist in (regions: fetched)
+    pass_rule: tuple[int, int] = (DEFAULT_MAX_FRAME_GAP, DEFAULT_MAX_DAY_GAP)  # evalset.pass_max_*
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> PairsParams:
@@ -81,6 +85,7 @@ class PairsParams:
                 regions=str(sec.get("regions", "fetched")),
                 photos=str(sec.get("photos", "fetched")),
                 years=tuple(int(y) for y in sec.get("years", (2018, 2019, 2020, 2021))),
+                pass_rule=load_pass_rule(params),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"params pairs: {exc}") from exc
@@ -179,7 +184,9 @@ def run(
     out_dir: Path,
 ) -> dict[str, Any]:
     inter = _read_parquet(Path(intersections), ["query_id", "region_id", "zoom", "iou", "intersection_km2"])
-    qs = _read_parquet(Path(queries), ["query_id", "filename", "nadir_lat", "nadir_lon"])
+    qs = _read_parquet(Path(queries), ["query_id", "mission", "roll", "frame", "date", "filename", "nadir_lat",
+                                       "nadir_lon"])
+    qs = with_pass_ids(qs, *p.pass_rule, source=queries)
     members = read_members(Path(evalsets_dir), p.exclude_sets)
     excluded = excluded_photos(qs, members, p.areas, p.margin_km)
 
@@ -188,7 +195,8 @@ def run(
     res = select_pairs(inter, excluded["query_id"], p.min_iou, regions_ok, photos_ok)
 
     # Belt and braces: the proof of no leakage runs on the very table that is written.
-    leaks = leaked_ids(res.pairs, members) | (set(res.pairs["query_id"]) & set(excluded["query_id"]))
+    pass_of = dict(zip(qs["query_id"], qs["pass_id"], strict=True))
+    leaks = leaked_ids(res.pairs, members, pass_of) | (set(res.pairs["query_id"]) & set(excluded["query_id"]))
     if leaks:
         raise IntegrityError(f"pairs: {len(leaks)} evaluation photo(s) would be trained on, e.g. {sorted(leaks)[0]}")
 
