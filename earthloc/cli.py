@@ -122,6 +122,12 @@ def cmd_localize(args: argparse.Namespace) -> None:
     localize.main_localize(args)
 
 
+def cmd_catalog(args: argparse.Namespace) -> None:
+    from pipeline.stages import catalog
+
+    catalog.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="earthloc",
@@ -260,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius-km", type=float, default=None, help="search radius around the nadir (default: localize.radius_km)")
     p.add_argument("--out", type=Path, default=None, help="GeoJSON of the top-K footprints")
     p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("catalog", help="STAC catalog of the build", description="Describe the build as a STAC catalog: the database regions and the query photos as stac-geoparquet Items, one Collection per evaluation set, the model with the MLM extension; validated against the bundled STAC schemas. Params section catalog.")
+    _params_arg(p)
+    p.add_argument("--out-dir", type=Path, default=None, help="catalog directory (default: catalog.out_dir)")
+    p.set_defaults(func=cmd_catalog)
     return parser
 
 
