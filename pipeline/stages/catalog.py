@@ -217,7 +217,8 @@ def region_items(
                 "proj:shape": [REGION_PX, REGION_PX],
                 "proj:transform": [float(res_x), 0.0, float(x0[i]), 0.0, -float(res_y), float(y1[i])],
             },
-            "links": [{"rel": "collection", "href": "./database.json", "type": "application/json"}],
+            "links": [{"rel": "collection", "href": "./database.json", "type": "application/json",
+                       "title": "database regions"}],
             "assets": assets,
         })
     return items
@@ -234,7 +235,8 @@ def query_items(queries: pd.DataFrame, photos: Mapping[str, str], *, tiles_href:
         if row.query_id in photos:
             assets["photo"] = {"href": f"{tiles_href}/{photos[row.query_id]}", "type": JPEG_TYPE, "roles": ["data"],
                                "title": "photo as the pipeline stores it (1024x1024 JPEG)"}
-        links = [{"rel": "collection", "href": "./queries.json", "type": "application/json"}]
+        # Every link of every item has the same keys: Parquet stores them as one struct type.
+        links = [{"rel": "collection", "href": "./queries.json", "type": "application/json", "title": "query photos"}]
         if row.url:
             links.append({"rel": "via", "href": str(row.url), "type": JPEG_TYPE, "title": "NASA's image"})
         items.append({
@@ -488,7 +490,11 @@ def validate(obj: Mapping[str, Any]) -> None:
     kind = obj.get("type")
     if kind not in CORE_SCHEMA:
         raise IntegrityError(f"STAC object {obj.get('id')!r}: type {kind!r} is not Feature, Catalog or Collection")
-    err = next(iter(sorted(_validator(kind).iter_errors(obj), key=lambda e: list(e.absolute_path))), None)
+    from jsonschema.exceptions import best_match
+
+    # best_match descends into oneOf/anyOf branches, so the message names the field at fault
+    # rather than "not valid under any of the given schemas" for the whole object.
+    err = best_match(_validator(kind).iter_errors(obj))
     if err is not None:
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise IntegrityError(f"STAC {kind} {obj.get('id')!r} fails the STAC {STAC_VERSION} schema at {where}: "
