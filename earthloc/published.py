@@ -224,7 +224,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return Checkpoint(ckpt.model.to(map_location), ckpt.cfg, ckpt.extra)
 
 
-def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[EarthLocModel, ModelConfig]:
+def load_model(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[EarthLocModel, ModelConfig]:
     ckpt = load_checkpoint(path, map_location)
     return ckpt.model, ckpt.cfg
 

@@ -144,7 +144,8 @@ class BuildContext:
         source = str(fetch.get("source", "synthetic"))
         if source not in _DATABASE_SOURCES:
             raise ConfigError(f"fetch.source {source!r}: the catalog knows the licences of {sorted(_DATABASE_SOURCES)}")
-        sets = [*dict(params.get("evalset", {}).get("sets", {})), *dict(params.get("lost_in_space", {}).get("sets", {}))]
+        sets = [*dict(params.get("evalset", {}).get("sets", {})),
+                *dict(params.get("lost_in_space", {}).get("sets", {}))]
         recipe = {k: params[k] for k in ("train", "model", "augment", "loss", "astroloc") if k in params}
         return cls(tuple(int(y) for y in fetch.get("years", [])), tuple(int(z) for z in fetch.get("zooms", [])),
                    source, str(params.get("fetch_queries", {}).get("source", "synthetic")), tuple(sets), recipe)
@@ -259,7 +260,8 @@ def query_items(queries: pd.DataFrame, photos: Mapping[str, str], *, tiles_href:
 
 def _extent(bboxes: np.ndarray, start: str | None, end: str | None) -> dict[str, Any]:
     if len(bboxes):
-        box = [float(bboxes[:, 0].min()), float(bboxes[:, 1].min()), float(bboxes[:, 2].max()), float(bboxes[:, 3].max())]
+        lo, hi = bboxes.min(axis=0), bboxes.max(axis=0)
+        box = [float(lo[0]), float(lo[1]), float(hi[2]), float(hi[3])]
     else:
         box = [-180.0, -90.0, 180.0, 90.0]
     return {"spatial": {"bbox": [box]}, "temporal": {"interval": [[start, end]]}}
@@ -329,7 +331,8 @@ def queries_collection(items: Sequence[Mapping[str, Any]], photo_source: str) ->
 
 
 def evalset_collection(name: str, set_dir: Path, queries_rel: str, regions: pd.DataFrame,
-                       query_items_by_id: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any]) -> dict[str, Any]:
+                       query_items_by_id: Mapping[str, Mapping[str, Any]],
+                       summary: Mapping[str, Any]) -> dict[str, Any]:
     """A Collection that names the set's query and database items (ids in `queries` and
     `database`) and carries its files as assets."""
     q = pd.read_csv(set_dir / "queries.csv", usecols=["query_id"], dtype=str)
@@ -387,7 +390,8 @@ def model_item(model_path: Path, href: str, recipe: Mapping[str, Any], metrics: 
     _flatten("", {"model": cfg.to_dict(), **{k: v for k, v in recipe.items() if k != "model"}}, hyper)
     hyper = {k: v for k, v in hyper.items() if v is not None} or {"model.backbone": cfg.backbone}
     # (x / 255 - mean) / std  ==  (x - 255 mean) / (255 std): one z-score per band on 0..255 pixels.
-    scaling = [{"type": "z-score", "mean": m / pre.scale, "stddev": s / pre.scale} for m, s in zip(pre.mean, pre.std, strict=True)]
+    scaling = [{"type": "z-score", "mean": m / pre.scale, "stddev": s / pre.scale}
+               for m, s in zip(pre.mean, pre.std, strict=True)]
     start, end = year_span(years)
     props = {
         "datetime": None, "start_datetime": start, "end_datetime": end,
@@ -502,7 +506,10 @@ def validate(obj: Mapping[str, Any]) -> None:
 
 
 def _validate_items(items: Sequence[Mapping[str, Any]], limit: int) -> int:
-    chosen = items if limit == 0 or len(items) <= limit else [items[i] for i in np.linspace(0, len(items) - 1, limit).astype(int)]
+    if limit == 0 or len(items) <= limit:
+        chosen = items
+    else:  # spread over the file: first, last and evenly between
+        chosen = [items[i] for i in np.linspace(0, len(items) - 1, limit).astype(int)]
     for it in chosen:
         validate(it)
     return len(chosen)
@@ -575,7 +582,8 @@ def run(p: CatalogParams, ctx: BuildContext) -> dict[str, Any]:
         raise ConfigError("fetch.years is empty: the database items need the years of their imagery")
 
     grid = read_geoparquet(p.grid)
-    missing = {"region_id", "zoom", "ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"} - set(grid.columns)
+    needed = {"region_id", "zoom", "ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"}
+    missing = needed - set(grid.columns)
     if missing:
         raise InputError(f"{p.grid}: columns {sorted(missing)} missing: not a grid from `earthloc grid`")
     images = _fetched_images(tiles, ctx.years, ctx.zooms)
@@ -606,7 +614,8 @@ def run(p: CatalogParams, ctx: BuildContext) -> dict[str, Any]:
             continue  # not built (yet): nothing to describe
         summary_path = set_dir / "summary.json"
         summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-        docs[f"evalset-{name}.json"] = evalset_collection(name, set_dir, _relhref(sets_dir, out), region_box, by_id, summary)
+        docs[f"evalset-{name}.json"] = evalset_collection(name, set_dir, _relhref(sets_dir, out), region_box, by_id,
+                                                          summary)
         described.append(name)
     children = [(n, "collection") for n in docs]
     if p.model is not None and Path(p.model).is_file():
@@ -631,4 +640,5 @@ def main(args: argparse.Namespace) -> None:
     s = run(p, BuildContext.from_params(params))
     print(f"catalog: {s['regions']} regions ({s['regions_fetched']} with images), {s['queries']} queries "
           f"({s['photos']} photos), evaluation sets {s['evalsets'] or 'none'}, model {'yes' if s['model'] else 'no'}; "
-          f"{s['documents_validated']} documents and {s['items_validated']} items valid STAC {STAC_VERSION} -> {p.out_dir}")
+          f"{s['documents_validated']} documents and {s['items_validated']} items valid STAC {STAC_VERSION} "
+          f"-> {p.out_dir}")
