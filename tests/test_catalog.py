@@ -225,3 +225,23 @@ def test_manifest_listing_a_missing_image_is_refused(tmp_path) -> None:
     (Path(p.tiles_root) / m.loc[m["status"] == "ok", "path"].iloc[0]).unlink()
     with pytest.raises(IntegrityError, match="listed as fetched but is not in"):
         catalog.run(p, ctx)
+
+
+def test_region_across_the_antimeridian_keeps_its_split_geometry_and_one_pixel_grid() -> None:
+    import mercantile
+
+    g = grid.build_grid(grid.GridParams.from_section({"zooms": [9], "bbox": [178.0, 50.0, -178.0, 53.0]}))
+    items = {it["id"]: it for it in catalog.region_items(g, {}, YEARS, tiles_href="../../tiles")}
+    crossing = g[g["ll_lon"] > g["lr_lon"]]
+    assert len(crossing) and len(crossing) < len(g)
+    for r in crossing.itertuples(index=False):
+        it = items[r.region_id]
+        catalog.validate(it)
+        west, south, east, north = it["bbox"]
+        assert west > east and (west, east) == (r.ll_lon, r.lr_lon)
+        assert shapely.geometry.shape(it["geometry"]).equals(r.geometry)
+        assert it["geometry"]["type"] == "MultiPolygon"
+        x0, _, x1, _ = it["properties"]["proj:bbox"]
+        tile = mercantile.xy_bounds(0, 0, 9)
+        assert x1 - x0 == pytest.approx(4 * (tile.right - tile.left), rel=1e-9)
+        assert x0 == pytest.approx(mercantile.xy(r.ll_lon, 0)[0], rel=1e-9) and x1 > 20037508.0

@@ -184,14 +184,21 @@ def region_items(
     """One STAC Item per grid region. `images[region_id][year]` is the JPEG's path relative
     to the tile store (only fetched images get an asset); `cogs[region_id][year]` an
     exported COG's href relative to the catalog. Region edges are meridians and parallels
-    (Web-Mercator tile edges), so the footprint is its lon/lat box exactly."""
+    (Web-Mercator tile edges), so the footprint is its lon/lat box (split at the antimeridian)."""
     start, end = year_span(years)
-    west = np.minimum(grid["ll_lon"].to_numpy(), grid["ul_lon"].to_numpy())
-    east = np.maximum(grid["lr_lon"].to_numpy(), grid["ur_lon"].to_numpy())
-    south = np.minimum(grid["ll_lat"].to_numpy(), grid["lr_lat"].to_numpy())
-    north = np.maximum(grid["ul_lat"].to_numpy(), grid["ur_lat"].to_numpy())
-    x0, x1 = mercator_x(west), mercator_x(east)
+    west, east = grid["ll_lon"].to_numpy(np.float64), grid["lr_lon"].to_numpy(np.float64)
+    south, north = grid["ll_lat"].to_numpy(np.float64), grid["ul_lat"].to_numpy(np.float64)
+    # A region across the antimeridian has west > east: STAC keeps that order in its bbox, its
+    # geometry is the grid's two parts split at +-180, and its pixels are one continuous strip
+    # of the Mercator plane, so proj:bbox runs past x = 20037508 m rather than wrapping.
+    x0 = mercator_x(west)
+    x1 = x0 + mercator_x(np.mod(east - west, 360.0))
     y0, y1 = mercator_y(south), mercator_y(north)
+    if "geometry" in grid.columns:
+        geometries = [json.loads(g) for g in shapely.to_geojson(np.asarray(grid.geometry))]
+    else:
+        geometries = [_polygon(*b)
+                      for b in zip(west.tolist(), south.tolist(), east.tolist(), north.tolist(), strict=True)]
     items = []
     cogs = cogs or {}
     for i, (rid, zoom) in enumerate(zip(grid["region_id"].tolist(), grid["zoom"].tolist(), strict=True)):
@@ -208,7 +215,7 @@ def region_items(
         items.append({
             "type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": [PROJECTION_EXT],
             "id": rid, "collection": "database",
-            "geometry": _polygon(float(west[i]), float(south[i]), float(east[i]), float(north[i])),
+            "geometry": geometries[i],
             "bbox": [float(west[i]), float(south[i]), float(east[i]), float(north[i])],
             "properties": {
                 "datetime": None, "start_datetime": start, "end_datetime": end,
