@@ -245,3 +245,11 @@ def test_region_across_the_antimeridian_keeps_its_split_geometry_and_one_pixel_g
         tile = mercantile.xy_bounds(0, 0, 9)
         assert x1 - x0 == pytest.approx(4 * (tile.right - tile.left), rel=1e-9)
         assert x0 == pytest.approx(mercantile.xy(r.ll_lon, 0)[0], rel=1e-9) and x1 > 20037508.0
+
+
+def test_stac_bbox_of_a_footprint_split_at_the_antimeridian() -> None:
+    split = shapely.MultiPolygon([shapely.box(178.5, -10, 180, -8), shapely.box(-180, -10, -179, -8.5)])
+    assert catalog.stac_bbox(split) == [178.5, -10.0, -179.0, -8.0]
+    assert catalog.stac_bbox(shapely.box(10, 20, 11, 21)) == [10.0, 20.0, 11.0, 21.0]
+    apart = shapely.MultiPolygon([shapely.box(10, 0, 11, 1), shapely.box(-11, 0, -10, 1)])
+    assert catalog.stac_bbox(apart) == [-11.0, 0.0, 11.0, 1.0]

@@ -232,6 +232,21 @@ def region_items(
     return items
 
 
+def stac_bbox(geom: shapely.Geometry) -> list[float]:
+    """[west, south, east, north] of a lon/lat geometry; for one split at the antimeridian
+    (parts touching both +180 and -180) west > east, as STAC prescribes, instead of a box
+    around the whole world."""
+    minx, miny, maxx, maxy = (float(v) for v in shapely.bounds(geom))
+    parts = shapely.get_parts(geom)
+    bounds = shapely.bounds(parts)
+    if len(parts) > 1 and np.isclose(bounds[:, 2].max(), 180.0) and np.isclose(bounds[:, 0].min(), -180.0):
+        eastern = bounds[bounds[:, 0] > 0.0]  # parts ending at +180
+        western = bounds[bounds[:, 2] < 0.0]  # parts starting at -180
+        if len(eastern) and len(western) and len(eastern) + len(western) == len(parts):
+            return [float(eastern[:, 0].min()), miny, float(western[:, 2].max()), maxy]
+    return [minx, miny, maxx, maxy]
+
+
 def query_items(queries: pd.DataFrame, photos: Mapping[str, str], *, tiles_href: str) -> list[dict[str, Any]]:
     """One STAC Item per astronaut photo. `photos[query_id]` is the photo's path relative to
     the tile store when it is there."""
@@ -250,7 +265,7 @@ def query_items(queries: pd.DataFrame, photos: Mapping[str, str], *, tiles_href:
         items.append({
             "type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": [],
             "id": str(row.query_id), "collection": "queries",
-            "geometry": json.loads(shapely.to_geojson(geom)), "bbox": [float(v) for v in geom.bounds],
+            "geometry": json.loads(shapely.to_geojson(geom)), "bbox": stac_bbox(geom),
             "properties": {
                 "datetime": _iso(date),
                 "platform": "ISS", "earthloc:mission": str(row.mission), "earthloc:roll": str(row.roll),
