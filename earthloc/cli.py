@@ -122,6 +122,12 @@ def cmd_localize(args: argparse.Namespace) -> None:
     localize.main_localize(args)
 
 
+def cmd_catalog(args: argparse.Namespace) -> None:
+    from pipeline.stages import catalog
+
+    catalog.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="earthloc",
@@ -241,13 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate the model on evaluation sets", description="Recall@N (4x90 TTA, uncollapsed as the paper and collapsed), orientation, baselines (random, nadir, untrained); writes data/eval/<set>/ (metrics.json, curves/, predictions.parquet, grid.png, audit.html). Params section evaluate.")
     _params_arg(p)
     p.add_argument("sets", nargs="*", metavar="SET", help="evaluation set names (default: evaluate.sets)")
-    p.add_argument("--model", type=Path, default=None, help="model checkpoint (default: evaluate.model)")
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: evaluate.model)")
     p.add_argument("--out-dir", type=Path, default=None, help="output directory for a single set (default: data/eval/<set>)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("index", help="descriptor index of the fetched database", description="Embed every fetched region image of index.year at 0/90/180/270 degrees into a faiss index for `earthloc localize` (params section index).")
     _params_arg(p)
-    p.add_argument("--model", type=Path, default=None, help="model checkpoint (default: index.model)")
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: index.model)")
     p.add_argument("--out-dir", type=Path, default=None, help="index directory (default: index.out_dir)")
     p.set_defaults(func=cmd_index)
 
@@ -256,11 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path, help="photo (JPEG/PNG)")
     p.add_argument("--nadir", type=float, nargs=2, metavar=("LAT", "LON"), help="ISS nadir point; restricts the search")
     p.add_argument("--top", type=int, default=None, help="number of regions (default: localize.top)")
-    p.add_argument("--model", type=Path, default=None, help="model checkpoint (default: localize.model)")
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: localize.model)")
     p.add_argument("--index", type=Path, default=None, help="index directory from `earthloc index` (default: localize.index_dir)")
     p.add_argument("--radius-km", type=float, default=None, help="search radius around the nadir (default: localize.radius_km)")
     p.add_argument("--out", type=Path, default=None, help="GeoJSON of the top-K footprints")
     p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("catalog", help="STAC catalog of the build", description="Describe the build as a STAC catalog: the database regions and the query photos as stac-geoparquet Items, one Collection per evaluation set, the model with the MLM extension; validated against the bundled STAC schemas. Params section catalog.")
+    _params_arg(p)
+    p.add_argument("--out-dir", type=Path, default=None, help="catalog directory (default: catalog.out_dir)")
+    p.set_defaults(func=cmd_catalog)
     return parser
 
 

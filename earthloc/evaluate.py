@@ -439,7 +439,7 @@ def write_audit(out_dir: Path, set_dir: Path, p: EvaluateParams) -> str:
 def run_set(
     name: str, p: EvaluateParams, model_path: Path | None = None, out_dir: Path | None = None
 ) -> dict[str, Any]:
-    from earthloc.model import load_checkpoint
+    from earthloc.published import load_checkpoint  # also upstream's and torchgeo's weights
 
     set_dir = Path(p.evalsets_dir) / name
     out_dir = Path(out_dir) if out_dir is not None else Path(p.out_root) / name

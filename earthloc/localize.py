@@ -382,7 +382,7 @@ def localize_image(
     image: str | os.PathLike[str], model_path: str | os.PathLike[str], index_dir: str | os.PathLike[str], *,
     top: int, nadir: tuple[float, float] | None, radius_km: float,
 ) -> list[Match]:
-    from earthloc.model import load_model
+    from earthloc.published import load_model  # also upstream's and torchgeo's weights
 
     check_image_bounds(image)  # before the index and the model: bad input fails fast
     loaded = load_index(index_dir)
@@ -412,7 +412,7 @@ def format_matches(matches: list[Match], nadir: tuple[float, float] | None, radi
 
 
 def main_index(args: argparse.Namespace) -> None:
-    from earthloc.model import load_model
+    from earthloc.published import load_model  # also upstream's and torchgeo's weights
     from pipeline.params import load_params, section
 
     p = IndexParams.from_section(section(load_params(args.params), "index"))
