@@ -34,7 +34,7 @@ from pipeline.fetch.queries import select_queries  # noqa: E402
 from pipeline.geo.aoi import aois_for_year, in_aois  # noqa: E402
 from pipeline.geo.evalset import select_evalset  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.stages.evalset import load_spec  # noqa: E402
+from pipeline.stages.evalset import load_pass_rule, load_spec, with_pass_ids  # noqa: E402
 from pipeline.stages.fetch import FetchParams  # noqa: E402
 
 
@@ -73,7 +73,9 @@ def main() -> None:
 
     regions = pd.read_parquet(args.data / "grid/regions.parquet",
                               columns=["region_id", "zoom", "row", "col", "center_lat", "center_lon"])  # fmt: skip
-    queries = pd.read_parquet(args.data / "queries/queries.parquet", columns=["query_id", "nadir_lat", "nadir_lon"])
+    queries = pd.read_parquet(args.data / "queries/queries.parquet",
+                              columns=["query_id", "nadir_lat", "nadir_lon", "mission", "roll", "frame", "date"])
+    queries = with_pass_ids(queries, *load_pass_rule(params), source=args.data / "queries/queries.parquet")
     pairs = pd.read_parquet(args.data / "intersections/intersections_2021.parquet", columns=["query_id", "region_id"])
     if args.zooms:
         regions = regions[regions["zoom"].isin(args.zooms)].reset_index(drop=True)
