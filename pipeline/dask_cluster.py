@@ -18,7 +18,12 @@ CONNECT_TIMEOUT = "20s"
 
 @contextmanager
 def dask_client(
-    address: str | None, *, n_workers: int = 1, threads_per_worker: int = 1, processes: bool = False
+    address: str | None,
+    *,
+    n_workers: int = 1,
+    threads_per_worker: int = 1,
+    processes: bool = False,
+    connect_timeout: str = CONNECT_TIMEOUT,
 ) -> Iterator[Any]:
     """A `dask.distributed.Client` for the block, closed (with its cluster) on exit.
 
@@ -29,8 +34,8 @@ def dask_client(
 
     if address:
         try:
-            client = Client(address, timeout=CONNECT_TIMEOUT)
-        except OSError as exc:
+            client = Client(address, timeout=connect_timeout)
+        except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach dask scheduler {address}: {exc}") from exc
         try:
             yield client
