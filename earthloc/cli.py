@@ -20,15 +20,17 @@ def _params_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_grid(args: argparse.Namespace) -> None:
-    from pipeline.params import load_params, section
+    from dataclasses import replace
+
+    from pipeline import config
     from pipeline.stages import grid
 
-    sec = dict(section(load_params(args.params), "grid"))
+    cfg = config.grid_config(config.load(args.params))
     if args.bbox is not None:
-        sec["bbox"] = args.bbox
+        cfg = replace(cfg, bbox=grid.parse_bbox(args.bbox))
     if args.world:
-        sec["bbox"] = None
-    grid.run(args.out, grid.GridParams.from_section(sec))
+        cfg = replace(cfg, bbox=None)
+    grid.run(cfg, grid.GridPaths(out=args.out))
 
 
 def cmd_queries(args: argparse.Namespace) -> None:
@@ -42,16 +44,15 @@ def cmd_queries(args: argparse.Namespace) -> None:
 
 
 def cmd_intersect(args: argparse.Namespace) -> None:
-    from pipeline.geo.area import DEFAULT_DENSIFY_DEG
-    from pipeline.params import load_params, section
+    from dataclasses import replace
+
+    from pipeline import config
     from pipeline.stages import intersect
 
-    params = load_params(args.params)
-    sec = dict(section(params, "intersect"))
+    cfg = config.intersect_config(config.load(args.params))
     if args.scheduler is not None:
-        sec["scheduler_address"] = args.scheduler
-    densify = section(params, "queries").get("densify_deg", DEFAULT_DENSIFY_DEG)
-    intersect.run(args.queries, args.grid, args.out_dir, intersect.IntersectParams.from_section(sec, densify))
+        cfg = replace(cfg, scheduler_address=args.scheduler)
+    intersect.run(cfg, intersect.IntersectPaths(queries=args.queries, grid=args.grid, out_dir=args.out_dir))
 
 
 def cmd_evalset(args: argparse.Namespace) -> None:
@@ -61,9 +62,30 @@ def cmd_evalset(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
+    from pipeline import config
+    from pipeline.errors import ConfigError
+    from pipeline.fetch.store import shard_name
     from pipeline.stages import fetch
 
-    fetch.main(args)
+    cfg = config.fetch_config(config.load(args.params))
+    if not args.all and args.zoom is None:
+        raise ConfigError("--zoom is required with --year")
+    if args.all:
+        shards = [(y, z) for y in cfg.years for z in cfg.zooms]
+    else:
+        try:
+            shards = [(args.year, int(args.zoom, 10))]
+        except ValueError as exc:
+            raise ConfigError(f"--zoom must be a number, got {args.zoom!r}") from exc
+    if args.plan:
+        for year, zoom in shards:
+            if year not in cfg.years or zoom not in cfg.zooms:
+                raise ConfigError(f"shard {shard_name(year, zoom)} is not in fetch.years x fetch.zooms of params")
+        print("\n".join(fetch.plan(cfg, args.grid, args.root, shards)))
+        return
+    for year, zoom in shards:
+        summary = args.summary if args.summary is not None else Path("data/fetch") / f"{shard_name(year, zoom)}.json"
+        fetch.run_shard(cfg, year, zoom, args.grid, args.root, summary, args.scheduler)
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
@@ -99,9 +121,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from pipeline import export
+    from pipeline import config, export
 
-    export.main(args)
+    request = export.ExportRequest(
+        tiles=args.tiles,
+        out=args.out,
+        year=args.year,
+        region_ids=tuple(args.region_ids),
+        query=args.query,
+        all_of_shard=args.all,
+        zoom=args.zoom,
+        mosaic=args.mosaic,
+        intersections=args.intersections,
+        queries=None if args.no_footprint else args.queries,
+    )
+    export.run(config.export_config(config.load(args.params)), request)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

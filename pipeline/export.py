@@ -30,8 +30,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,8 +42,9 @@ from PIL import Image
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.geo.names import db_relpath, parse_filename
-from pipeline.geo.regions import describe_regions, parse_region_id
+from pipeline.geo.regions import GridSpec, describe_regions, parse_region_id
 from pipeline.io import atomic_path, write_text
+from pipeline.params import build_config, check_keys
 
 # Web-Mercator (EPSG:3857) sphere: x = R * lon, so the world is 2 * pi * R wide.
 EARTH_RADIUS_M = 6378137.0
@@ -60,8 +61,8 @@ class ExportConfig:
     jpeg_quality: int = 90  # only with compress: JPEG
     blocksize: int = 256  # internal tile size; 256 px = one WMTS tile
     overview_resampling: str = "AVERAGE"
-    region_tiles: int = 4
-    stride: int = 2
+    region_tiles: int = GridSpec.region_tiles
+    stride: int = GridSpec.stride
 
     def __post_init__(self) -> None:
         if self.compress.upper() not in COMPRESSIONS:
@@ -72,15 +73,13 @@ class ExportConfig:
             raise ConfigError(f"export.blocksize must be a multiple of 16, got {self.blocksize}")
 
     @classmethod
-    def from_sections(cls, export: dict[str, Any] | None, grid: dict[str, Any] | None = None) -> ExportConfig:
-        kw: dict[str, Any] = {}
-        names = set(cls.__dataclass_fields__)
-        for sec in (grid or {}, export or {}):
-            kw.update({k: v for k, v in sec.items() if k in names})
-        try:
-            return cls(**kw)
-        except TypeError as exc:
-            raise ConfigError(f"params export: {exc}") from exc
+    def from_section(cls, sec: Mapping[str, Any] | None, grid: GridSpec | None = None) -> ExportConfig:
+        """From the `export` section; the region shape comes from the grid (`region_tiles`
+        and `stride` are keys of `grid`, so here they are unknown keys)."""
+        sec = dict(sec or {})
+        check_keys(sec, {f.name for f in fields(cls)} - {"region_tiles", "stride"}, "export")
+        grid = grid or GridSpec()
+        return build_config(cls, {**sec, "region_tiles": grid.region_tiles, "stride": grid.stride}, "export")
 
 
 class RegionKey(NamedTuple):
@@ -434,37 +433,55 @@ def export_query(
     return res, geojson
 
 
-# --------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------- entry point
 
 
-def main(args: Any) -> None:
-    """`earthloc export`: print one line per file written."""
-    from pipeline.params import load_params
+@dataclass(frozen=True)
+class ExportRequest:
+    """What `earthloc export` was asked for: exactly one of `region_ids`, `query` or
+    `all_of_shard`, and where the inputs and outputs are."""
 
-    params = load_params(args.params)
-    cfg = ExportConfig.from_sections(params.get("export"), params.get("grid"))
-    modes = sum([bool(args.region_ids), args.query is not None, args.all])
+    tiles: Path
+    out: Path
+    year: int = 2021
+    region_ids: tuple[str, ...] = ()
+    query: str | None = None  # one mosaic of this query's positives at `zoom`
+    all_of_shard: bool = False  # every image of the shard (`year`, `zoom`)
+    zoom: int | None = None
+    mosaic: bool = False  # one COG of all regions instead of one per region
+    intersections: Path = Path("data/intersections/intersections_2021.parquet")
+    queries: Path | None = Path("data/queries/queries.parquet")  # None: no footprint GeoJSON with `query`
+
+
+def run(config: ExportConfig, request: ExportRequest) -> list[ExportResult]:
+    """Write the requested COGs (and a query's footprint GeoJSON); print one line per file."""
+    modes = sum([bool(request.region_ids), request.query is not None, request.all_of_shard])
     if modes != 1:
         raise ConfigError("give region ids, --query QUERY_ID or --all (exactly one)")
-    if (args.query is not None or args.all) and args.zoom is None:
+    if (request.query is not None or request.all_of_shard) and request.zoom is None:
         raise ConfigError("--query and --all need --zoom")
     results: list[ExportResult] = []
-    if args.query is not None:
-        queries = None if args.no_footprint else args.queries
-        res, geojson = export_query(args.tiles, args.query, args.zoom, args.year, args.out,
-                                    args.intersections, queries, cfg)  # fmt: skip
+    if request.query is not None:
+        assert request.zoom is not None
+        res, geojson = export_query(request.tiles, request.query, request.zoom, request.year, request.out,
+                                    request.intersections, request.queries, config)  # fmt: skip
         results.append(res)
         if geojson is not None:
-            print(f"{geojson}: footprint of {args.query} and its {len(res.region_ids)} positives (EPSG:4326)")
+            print(f"{geojson}: footprint of {request.query} and its {len(res.region_ids)} positives (EPSG:4326)")
     else:
-        ids = shard_regions(args.tiles, args.year, args.zoom) if args.all else args.region_ids
-        if args.mosaic:
-            zooms = {parse_region(r, cfg).zoom for r in ids}
-            name = f"mosaic_{args.year}_{zooms.pop():02d}.tif" if len(zooms) == 1 else "mosaic.tif"
-            results.append(export_regions(args.tiles, ids, args.year, args.out / name, cfg))
+        if request.all_of_shard:
+            assert request.zoom is not None
+            ids: Sequence[str] = shard_regions(request.tiles, request.year, request.zoom)
         else:
-            results.extend(export_each(args.tiles, ids, args.year, args.out, cfg))
+            ids = request.region_ids
+        if request.mosaic:
+            zooms = {parse_region(r, config).zoom for r in ids}
+            name = f"mosaic_{request.year}_{zooms.pop():02d}.tif" if len(zooms) == 1 else "mosaic.tif"
+            results.append(export_regions(request.tiles, ids, request.year, request.out / name, config))
+        else:
+            results.extend(export_each(request.tiles, ids, request.year, request.out, config))
     for r in results:
         m = r.mosaic
         print(f"{r.path}: {len(r.region_ids)} region(s), {m.cols * TILE_PX}x{m.rows * TILE_PX} px, EPSG:3857 "
               f"bounds {tuple(round(v, 2) for v in r.bounds)}")  # fmt: skip
+    return results

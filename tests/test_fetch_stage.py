@@ -42,7 +42,7 @@ def section(**over: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def grid_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("grid") / "regions.parquet"
-    grid.run(out, grid.GridParams.from_section({"zooms": [10, 11], "bbox": [-96.0, 29.0, -94.0, 31.0]}))
+    grid.run(grid.GridParams.from_section({"zooms": [10, 11], "bbox": [-96.0, 29.0, -94.0, 31.0]}), grid.GridPaths(out))
     return out
 
 

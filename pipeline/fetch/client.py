@@ -31,8 +31,8 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
@@ -42,6 +42,7 @@ from requests.adapters import HTTPAdapter
 
 from pipeline import __version__
 from pipeline.errors import ConfigError, SourceRefusedError
+from pipeline.params import build_config
 
 EOX_RESTFUL = "https://tiles.maps.eox.at/wmts/1.0.0/{layer}/default/g/{z}/{y}/{x}.jpg"
 EOX_KVP = (
@@ -101,13 +102,10 @@ class ClientConfig:
             raise ConfigError("fetch: intervals and backoff must be >= 0")
 
     @classmethod
-    def from_section(cls, sec: dict[str, Any]) -> ClientConfig:
-        """Build from a params section; unknown keys are ignored (they belong to the runner)."""
-        names = {f for f in cls.__dataclass_fields__}
-        try:
-            return cls(**{k: v for k, v in sec.items() if k in names})
-        except TypeError as exc:
-            raise ConfigError(f"params fetch: {exc}") from exc
+    def from_section(cls, sec: Mapping[str, Any] | None, name: str = "fetch.client") -> ClientConfig:
+        """From the `fetch.client` section (with the URL, layer and contact of `fetch`
+        merged in); an unknown key is an error naming it, never silently dropped."""
+        return build_config(cls, sec, name)
 
     @property
     def user_agent(self) -> str:

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,12 +30,14 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline.dask_cluster import dask_client as open_dask_client
 from pipeline.errors import ConfigError, InputError, SourceRefusedError
 from pipeline.fetch.client import ClientConfig, TileKey, TileResult, release_shared, shared_client
 from pipeline.fetch.plan import region_tile_keys
 from pipeline.fetch.store import TileStore, shard_name
 from pipeline.geo.names import db_relpath
-from pipeline.geo.regions import describe_regions
+from pipeline.geo.regions import GridSpec, describe_regions
+from pipeline.params import build_config
 
 CORNER_COLUMNS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 DESCRIBED = ["region_id", "zoom", "row", "col", *CORNER_COLUMNS, "center_lat", "center_lon", "area_km2"]
@@ -55,7 +57,7 @@ class RunConfig:
     writers: int = 2  # threads that decode tiles and encode mosaics in the driver
     source_id: str = ""  # what produced the images (recorded per region; see stages/fetch.py)
     progress: bool = True
-    region_tiles: int = 4
+    region_tiles: int = GridSpec.region_tiles
 
     def __post_init__(self) -> None:
         if self.source not in ("eox", "synthetic"):
@@ -64,12 +66,10 @@ class RunConfig:
             raise ConfigError("fetch.jpeg_quality must be in 1..100")
 
     @classmethod
-    def from_section(cls, sec: dict[str, Any]) -> RunConfig:
-        names = set(cls.__dataclass_fields__)
-        try:
-            return cls(**{k: v for k, v in sec.items() if k in names})
-        except TypeError as exc:
-            raise ConfigError(f"params fetch: {exc}") from exc
+    def from_section(cls, sec: Mapping[str, Any] | None) -> RunConfig:
+        """From the `fetch.run` section (with `fetch.source` merged in); an unknown key is
+        an error naming it, never silently dropped."""
+        return build_config(cls, sec, "fetch.run")
 
 
 @dataclass
@@ -284,22 +284,6 @@ def _fetch_task(
     return done, None
 
 
-def _dask_client(rc: RunConfig, cfg: ClientConfig):  # type: ignore[no-untyped-def]
-    """(client, cluster or None): the configured scheduler, or an in-process thread cluster."""
-    from dask.distributed import Client, LocalCluster
-
-    if rc.scheduler_address:
-        try:
-            return Client(rc.scheduler_address, timeout="20s"), None
-        except OSError as exc:
-            raise ConfigError(f"cannot reach dask scheduler {rc.scheduler_address}: {exc}") from exc
-    threads = rc.threads or 2 * cfg.max_concurrency
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None, silence_logs=40
-    )
-    return Client(cluster), cluster
-
-
 def _download(run: _Run, to_fetch: list[TileKey], cfg: ClientConfig, rc: RunConfig, dask_client: Any) -> dict[str, Any]:
     """Submit tiles through a bounded window and feed results to the run; return HTTP stats."""
     from dask.distributed import as_completed
@@ -382,14 +366,14 @@ def fetch_regions(
             for job in [j for j in run.jobs if j.pending == 0]:
                 run.finish(job)  # everything cached already
             if to_fetch:
-                client, cluster = (dask_client, None) if dask_client is not None else _dask_client(rc, cfg)
-                try:
-                    stats = _download(run, to_fetch, cfg, rc, client)
-                finally:
+                with ExitStack() as cluster_scope:
                     if dask_client is None:
-                        client.close()
-                        if cluster is not None:
-                            cluster.close()
+                        # Threads in this process: the tasks wait on the network, not the CPU.
+                        threads = rc.threads or 2 * cfg.max_concurrency
+                        dask_client = cluster_scope.enter_context(
+                            open_dask_client(rc.scheduler_address, threads_per_worker=threads)
+                        )
+                    stats = _download(run, to_fetch, cfg, rc, dask_client)
         finally:
             run.checkpoint()  # waits for the pending mosaic writes
             run.writer.shutdown()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,33 +15,39 @@ from pipeline.errors import ConfigError
 from pipeline.geo.regions import GridSpec, build_regions, describe_regions, region_rows
 from pipeline.io import write_geoparquet
 from pipeline.landmask import tile_land_counts
+from pipeline.params import build_config, check_keys
 
 
 @dataclass(frozen=True)
 class GridParams:
-    spec: GridSpec
+    """The `grid` params section. Its first four keys shape the grid (GridSpec, whose
+    defaults are the only ones); the rest say which regions of it are kept."""
+
+    spec: GridSpec = field(default_factory=GridSpec)
     min_land_fraction: float = 0.0
     land_samples_per_tile: int = 8
     bbox: tuple[float, float, float, float] | None = None
 
     @classmethod
-    def from_section(cls, sec: dict[str, Any]) -> GridParams:
-        try:
-            spec = GridSpec(
-                zooms=tuple(int(z) for z in sec.get("zooms", (9, 10, 11))),
-                region_tiles=int(sec.get("region_tiles", 4)),
-                stride=int(sec.get("stride", 2)),
-                max_abs_lat=float(sec.get("max_abs_lat", 60.0)),
-            )
-            bbox = sec.get("bbox")
-            return cls(
-                spec=spec,
-                min_land_fraction=float(sec.get("min_land_fraction", 0.0)),
-                land_samples_per_tile=int(sec.get("land_samples_per_tile", 8)),
-                bbox=parse_bbox(bbox) if bbox is not None else None,
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"params grid: {exc}") from exc
+    def from_section(cls, sec: Mapping[str, Any] | None) -> GridParams:
+        """From the flat `grid` section: GridSpec's keys build `spec`, the others this
+        class; an unknown key is an error naming it."""
+        sec = dict(sec or {})
+        spec_keys = {f.name for f in fields(GridSpec)}
+        own_keys = {f.name for f in fields(cls)} - {"spec"}
+        check_keys(sec, spec_keys | own_keys, "grid")
+        spec = build_config(GridSpec, {k: v for k, v in sec.items() if k in spec_keys}, "grid")
+        own = {k: v for k, v in sec.items() if k in own_keys}
+        if own.get("bbox") is not None:
+            own["bbox"] = parse_bbox(own["bbox"])
+        return replace(build_config(cls, own, "grid"), spec=spec)
+
+
+@dataclass(frozen=True)
+class GridPaths:
+    """Where the grid stage writes."""
+
+    out: Path  # the regions GeoParquet
 
 
 def parse_bbox(values: Sequence[float]) -> tuple[float, float, float, float]:
@@ -84,17 +90,18 @@ def build_grid(params: GridParams) -> gpd.GeoDataFrame:
     ]
 
 
-def run(out: Path, params: GridParams) -> gpd.GeoDataFrame:
+def run(config: GridParams, paths: GridPaths) -> dict[str, Any]:
+    """Build the grid, write it to `paths.out`; return counts (regions per zoom, wraps)."""
     t0 = time.perf_counter()
-    gdf = build_grid(params)
-    write_geoparquet(gdf, out)
-    per_zoom = gdf.groupby("zoom").size().to_dict()
-    wraps = int((gdf["col"] + params.spec.region_tiles > 2 ** gdf["zoom"]).sum())
+    gdf = build_grid(config)
+    write_geoparquet(gdf, paths.out)
+    per_zoom = {int(k): int(v) for k, v in gdf.groupby("zoom").size().items()}
+    wraps = int((gdf["col"] + config.spec.region_tiles > 2 ** gdf["zoom"]).sum())
     print(
         f"grid: {len(gdf):,} regions {per_zoom} ({wraps} across the antimeridian) "
-        f"-> {out} in {time.perf_counter() - t0:.1f} s"
+        f"-> {paths.out} in {time.perf_counter() - t0:.1f} s"
     )
-    return gdf
+    return {"regions": int(len(gdf)), "regions_per_zoom": per_zoom, "across_antimeridian": wraps}
 
 
-__all__ = ["GridParams", "bbox_geometry", "build_grid", "parse_bbox", "run"]
+__all__ = ["GridParams", "GridPaths", "bbox_geometry", "build_grid", "parse_bbox", "run"]

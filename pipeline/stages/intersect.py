@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,48 +35,49 @@ import pandas as pd
 import shapely
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.dask_cluster import dask_client
 from pipeline.geo.area import DEFAULT_DENSIFY_DEG, M2_PER_KM2, to_equal_area
 from pipeline.geo.names import db_relpath
 from pipeline.geo.overlap import overlap_pairs
 from pipeline.io import atomic_path, read_geoparquet, write_json
-from pipeline.params import load_params, section
+from pipeline.params import build_config, check_keys
 
 TABLE_COLUMNS = ["query_id", "region_id", "zoom", "intersection_km2", "iou", "query_fraction", "region_fraction"]
 
 
 @dataclass(frozen=True)
 class IntersectParams:
+    """The `intersect` params section, plus the footprint densification step of the
+    `queries` section (footprints are compared as they were ingested)."""
+
     year: int = 2021
     min_intersection_km2: float = 0.0
     partitions: int = 8
-    scheduler_address: str | None = None
+    scheduler_address: str | None = None  # else DASK_SCHEDULER_ADDRESS, else a LocalCluster
     n_workers: int = 2
     threads_per_worker: int = 1
-    densify_deg: float = DEFAULT_DENSIFY_DEG  # from the queries section: footprints are densified as ingested
+    densify_deg: float = DEFAULT_DENSIFY_DEG
 
-    @classmethod
-    def from_section(cls, sec: dict[str, Any], densify_deg: float | None = None) -> IntersectParams:
-        try:
-            p = cls(
-                year=int(sec.get("year", cls.year)),
-                min_intersection_km2=float(sec.get("min_intersection_km2", cls.min_intersection_km2)),
-                partitions=int(sec.get("partitions", cls.partitions)),
-                scheduler_address=sec.get("scheduler_address") or None,
-                n_workers=int(sec.get("n_workers", cls.n_workers)),
-                threads_per_worker=int(sec.get("threads_per_worker", cls.threads_per_worker)),
-                densify_deg=float(densify_deg if densify_deg is not None else sec.get("densify_deg", cls.densify_deg)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"params intersect: {exc}") from exc
-        if p.partitions < 1 or p.n_workers < 1 or p.threads_per_worker < 1:
+    def __post_init__(self) -> None:
+        if self.partitions < 1 or self.n_workers < 1 or self.threads_per_worker < 1:
             raise ConfigError("params intersect: partitions, n_workers and threads_per_worker must be >= 1")
-        return p
 
     @classmethod
-    def from_params_file(cls, path: Path) -> IntersectParams:
-        params = load_params(path)
-        densify = section(params, "queries").get("densify_deg", DEFAULT_DENSIFY_DEG)
-        return cls.from_section(section(params, "intersect"), densify_deg=densify)
+    def from_section(cls, sec: Mapping[str, Any] | None, densify_deg: float = DEFAULT_DENSIFY_DEG) -> IntersectParams:
+        """From the `intersect` section and the queries' `densify_deg` (which is not a key
+        of this section: a `densify_deg` here is an unknown key)."""
+        sec = dict(sec or {})
+        check_keys(sec, {f.name for f in fields(cls)} - {"densify_deg"}, "intersect")
+        return build_config(cls, {**sec, "densify_deg": densify_deg}, "intersect")
+
+
+@dataclass(frozen=True)
+class IntersectPaths:
+    """What the intersect stage reads and where it writes."""
+
+    queries: Path  # query footprints GeoParquet (queries stage)
+    grid: Path  # regions GeoParquet (grid stage)
+    out_dir: Path
 
 
 # Bounds of the equal-area plane (EPSG:6933), for Hilbert ordering of footprints.
@@ -110,26 +112,6 @@ def _partition_overlaps(
     return pairs
 
 
-def _client(params: IntersectParams):  # type: ignore[no-untyped-def]
-    """(client, cluster or None): the configured scheduler or a fresh LocalCluster."""
-    from dask.distributed import Client, LocalCluster
-
-    address = params.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if address:
-        try:
-            return Client(address, timeout="20s"), None
-        except OSError as exc:
-            raise ConfigError(f"cannot reach dask scheduler {address}: {exc}") from exc
-    cluster = LocalCluster(
-        n_workers=params.n_workers,
-        threads_per_worker=params.threads_per_worker,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=40,
-    )
-    return Client(cluster), cluster
-
-
 def intersect_queries(
     queries: Any, regions: Any, params: IntersectParams
 ) -> pd.DataFrame:
@@ -150,8 +132,9 @@ def intersect_queries(
     else:
         order = np.arange(0, dtype=np.int64)
     bounds = np.linspace(0, len(q_ea), n_parts + 1).astype(int)
-    client, cluster = _client(params)
-    try:
+    address = params.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    local = {"n_workers": params.n_workers, "threads_per_worker": params.threads_per_worker, "processes": True}
+    with dask_client(address, **local) as client:
         # One scattered object each (a list would scatter every element separately).
         region_future = client.scatter(region_wkb, broadcast=True, hash=False)
         area_future = client.scatter(r_area, broadcast=True, hash=False)
@@ -171,10 +154,6 @@ def intersect_queries(
             if b > a
         ]
         parts = client.gather(futures)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
     if not parts:
         return overlap_pairs(q_ea[:0], r_ea, q_area[:0], r_area)
     return pd.concat(parts, ignore_index=True)
@@ -233,8 +212,12 @@ def upstream_dict(table: pd.DataFrame, queries: Any, regions: Any, year: int) ->
     return {name: by_query.get(qid, []) for qid, name in zip(queries["query_id"], queries["filename"])}
 
 
-def run(queries_path: Path, grid_path: Path, out_dir: Path, params: IntersectParams) -> pd.DataFrame:
+def run(config: IntersectParams, paths: IntersectPaths) -> dict[str, Any]:
+    """Overlaps of every query with every region, written as Parquet, upstream's .pt dict
+    and a summary JSON under `paths.out_dir`; returns the summary."""
     import torch  # only this stage needs it, for upstream's .pt format
+
+    params, queries_path, grid_path, out_dir = config, paths.queries, paths.grid, paths.out_dir
 
     t0 = time.perf_counter()
     queries = read_geoparquet(queries_path, columns=["query_id", "filename", "geometry"])
@@ -268,4 +251,4 @@ def run(queries_path: Path, grid_path: Path, out_dir: Path, params: IntersectPar
         f"intersect: {len(table):,} pairs for {per_query.size:,}/{len(queries):,} queries against "
         f"{len(regions):,} regions; overlaps {t_pairs - t_read:.1f} s, total {time.perf_counter() - t0:.1f} s -> {out_dir}"
     )
-    return table
+    return summary

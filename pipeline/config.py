@@ -1,0 +1,260 @@
+"""The one loader of params.yaml: every section becomes a typed, frozen dataclass.
+
+How configuration flows:
+- `load(path)` reads the file (YAML 1.2 floats, as DVC reads it) and refuses a section
+  name it does not know, so a misspelt section is an error instead of silently absent.
+- `build(params, name)` turns one section into its dataclass. Every builder is strict:
+  an unknown key at any depth is a `ConfigError` naming it, e.g.
+  `params fetch.client: unknown key 'max_concurency' (did you mean 'max_concurrency'?)`.
+- A section's defaults live on its dataclass and nowhere else; keys that belong to
+  another section (the grid's region shape, the queries' densification step) are taken
+  from that section here, so the user writes each value once.
+- The CLI parses its flags, calls a builder, and passes the config (and the paths it
+  was given) to the stage's `run(config, paths)`; nothing below the CLI sees argparse.
+
+Sections are built lazily and each builder imports its stage only when called: the grid
+stage must not pay for importing torch to check the `model` section.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import ConfigError
+from pipeline.params import build_config, check_keys, load_params, section
+
+if TYPE_CHECKING:
+    from earthloc.audit_page import AuditPageConfig
+    from pipeline.export import ExportConfig
+    from pipeline.stages.fetch import FetchParams
+    from pipeline.stages.grid import GridParams
+    from pipeline.stages.intersect import IntersectParams
+    from pipeline.stages.queries import QueriesParams
+
+Params = Mapping[str, Any]
+
+
+def load(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The params file, with every section name checked (sections are built on demand)."""
+    params = load_params(path)
+    unknown = sorted(str(k) for k in set(params) - set(SECTIONS))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(SECTIONS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"params: unknown section {unknown[0]!r}{hint}")
+    return params
+
+
+def build(params: Params, name: str) -> Any:
+    """The dataclass of one section, built strictly."""
+    if name not in SECTIONS:
+        raise ConfigError(f"params: no section named {name!r}")
+    return SECTIONS[name](params)
+
+
+def build_all(params: Params) -> dict[str, Any]:
+    """Every section present in `params`, built strictly: checks a whole params file."""
+    return {name: build(params, name) for name in SECTIONS if name in params}
+
+
+# --------------------------------------------------------------------- migrated sections
+
+
+def grid_config(params: Params) -> GridParams:
+    from pipeline.stages.grid import GridParams
+
+    return GridParams.from_section(section(dict(params), "grid"))
+
+
+def queries_config(params: Params) -> QueriesParams:
+    from pipeline.stages.queries import QueriesParams
+
+    sec = section(dict(params), "queries")
+    check_keys(sec, {f.name for f in fields(QueriesParams)}, "queries")
+    return QueriesParams.from_section(sec)
+
+
+def intersect_config(params: Params) -> IntersectParams:
+    """The `intersect` section; footprints are densified as the queries stage ingested them."""
+    from pipeline.stages.intersect import IntersectParams
+
+    densify = queries_config(params).densify_deg
+    return IntersectParams.from_section(section(dict(params), "intersect"), densify_deg=densify)
+
+
+def export_config(params: Params) -> ExportConfig:
+    """The `export` section, with the region shape of the `grid` section."""
+    from pipeline.export import ExportConfig
+
+    return ExportConfig.from_section(section(dict(params), "export"), grid_config(params).spec)
+
+
+def audit_page_config(params: Params) -> AuditPageConfig:
+    """The `audit_page` section (all defaults when absent), with the grid's region shape."""
+    from earthloc.audit_page import AuditPageConfig
+
+    sec = dict(params.get("audit_page") or {})
+    check_keys(sec, {f.name for f in fields(AuditPageConfig)} - {"region_tiles"}, "audit_page")
+    region_tiles = grid_config(params).spec.region_tiles if "grid" in params else None
+    if region_tiles is not None:
+        sec["region_tiles"] = region_tiles
+    return build_config(AuditPageConfig, sec, "audit_page")
+
+
+# Keys of the `fetch` section as the fetch stage reads them (its dataclass does not
+# mirror the YAML: `synthetic.seed` becomes `synthetic_seed`, `client` gains the URL).
+FETCH_KEYS = frozenset(
+    {"source", "url_form", "url_template", "layer_template", "contact", "years", "zooms", "aois",
+     "keep_tile_cache", "max_failed_fraction", "client", "synthetic", "run"}
+)  # fmt: skip
+AOI_KEYS = frozenset({"name", "lat", "lon", "radius_km"})
+
+
+def fetch_config(params: Params) -> FetchParams:
+    """The `fetch` section: the client and run subsections strictly through their
+    dataclasses, the synthetic overrides against the client's keys."""
+    from pipeline.fetch.client import ClientConfig
+    from pipeline.stages.fetch import FetchParams
+
+    sec = section(dict(params), "fetch")
+    check_keys(sec, FETCH_KEYS, "fetch")
+    for key in ("client", "synthetic", "run"):
+        if sec.get(key) is not None and not isinstance(sec[key], Mapping):
+            raise ConfigError(f"params fetch.{key}: expected a mapping")
+    check_keys(sec.get("synthetic") or {}, {"seed"} | {f.name for f in fields(ClientConfig)}, "fetch.synthetic")
+    for i, aoi in enumerate(sec.get("aois") or []):
+        if isinstance(aoi, Mapping):
+            check_keys(aoi, AOI_KEYS, f"fetch.aois[{i}]")
+    return FetchParams.from_section(sec)
+
+
+def _fetch_queries(params: Params) -> Any:
+    from pipeline.fetch.queries import QueryPhotoConfig
+
+    return QueryPhotoConfig.from_section(dict(section(dict(params), "fetch_queries")))
+
+
+# --------------------------------------------------------------------- sections owned by earthloc/
+
+
+def _model(params: Params) -> Any:
+    from earthloc.model import ModelConfig
+
+    return ModelConfig.from_section(section(dict(params), "model"))
+
+
+def _augment(params: Params) -> Any:
+    from earthloc.augment import AugmentConfig
+
+    return AugmentConfig.from_section(section(dict(params), "augment"), _model(params).image_size)
+
+
+def _loss(params: Params) -> Any:
+    from earthloc.loss import LossConfig
+
+    return LossConfig.from_section(section(dict(params), "loss"))
+
+
+def _train(params: Params) -> Any:
+    from earthloc.train import TrainConfig
+
+    return TrainConfig.from_section(section(dict(params), "train"))
+
+
+def _evaluate(params: Params) -> Any:
+    from earthloc.evaluate import EvaluateParams
+
+    return EvaluateParams.from_section(dict(section(dict(params), "evaluate")))
+
+
+def _index(params: Params) -> Any:
+    from earthloc.localize import IndexParams
+
+    return IndexParams.from_section(dict(section(dict(params), "index")))
+
+
+def _localize(params: Params) -> Any:
+    from earthloc.localize import LocalizeParams
+
+    return LocalizeParams.from_section(dict(section(dict(params), "localize")))
+
+
+def _astroloc(params: Params) -> Any:
+    from earthloc.astroloc import AstroLocConfig
+
+    return AstroLocConfig.from_section(params.get("astroloc"))
+
+
+# --------------------------------------------------------------------- sections still read by hand
+#
+# These stages read their section key by key; until they build a dataclass, the loader
+# checks the keys they read, so a misspelt key is an error here too.
+
+EVALSET_SET_KEYS = frozenset({"lat", "lon", "query_radius_km", "db_radius_km", "folds", "take_folds"})
+PAIRS_KEYS = frozenset({"min_iou", "year", "exclude_sets", "exclude_margin_km", "regions", "photos", "years"})
+
+
+def _named_sets(sec: Mapping[str, Any], name: str, entry_keys: frozenset[str]) -> None:
+    sets = sec.get("sets") or {}
+    if not isinstance(sets, Mapping):
+        raise ConfigError(f"params {name}.sets: expected a mapping of named sets")
+    for set_name, entry in sets.items():
+        if isinstance(entry, Mapping):
+            check_keys(entry, entry_keys, f"{name}.sets.{set_name}")
+
+
+def _evalset(params: Params) -> Mapping[str, Any]:
+    sec = section(dict(params), "evalset")
+    check_keys(sec, {"year", "sets"}, "evalset")
+    _named_sets(sec, "evalset", EVALSET_SET_KEYS)
+    return MappingProxyType(sec)
+
+
+def _pairs(params: Params) -> Mapping[str, Any]:
+    sec = section(dict(params), "pairs")
+    check_keys(sec, PAIRS_KEYS, "pairs")
+    return MappingProxyType(sec)
+
+
+def _lost_in_space(params: Params) -> Mapping[str, Any]:
+    sec = section(dict(params), "lost_in_space")
+    check_keys(sec, {"year", "sets"}, "lost_in_space")
+    _named_sets(sec, "lost_in_space", frozenset({"source"}))
+    return MappingProxyType(sec)
+
+
+# Every section params.yaml may hold, in the file's order.
+SECTIONS: dict[str, Callable[[Params], Any]] = {
+    "grid": grid_config,
+    "queries": queries_config,
+    "intersect": intersect_config,
+    "evalset": _evalset,
+    "fetch": fetch_config,
+    "fetch_queries": _fetch_queries,
+    "export": export_config,
+    "model": _model,
+    "augment": _augment,
+    "loss": _loss,
+    "train": _train,
+    "evaluate": _evaluate,
+    "index": _index,
+    "localize": _localize,
+    "pairs": _pairs,
+    "astroloc": _astroloc,
+    "audit_page": audit_page_config,
+    "lost_in_space": _lost_in_space,
+}
+
+# Sections whose stage takes its dataclass from this module (`run(config, paths)`);
+# the others are built here for checking but their stages still parse them themselves.
+MIGRATED = ("grid", "intersect", "export", "fetch")
+
+__all__ = [
+    "MIGRATED", "SECTIONS", "audit_page_config", "build", "build_all", "export_config", "fetch_config",
+    "grid_config", "intersect_config", "load", "queries_config",
+]  # fmt: skip
