@@ -112,7 +112,7 @@ FETCH_KEYS = frozenset(
     {"source", "url_form", "url_template", "layer_template", "contact", "years", "zooms", "aois",
      "keep_tile_cache", "max_failed_fraction", "client", "synthetic", "run"}
 )  # fmt: skip
-AOI_KEYS = frozenset({"name", "lat", "lon", "radius_km"})
+AOI_KEYS = frozenset({"name", "lat", "lon", "radius_km", "years", "zooms"})
 
 
 def fetch_config(params: Params) -> FetchParams:
@@ -134,9 +134,11 @@ def fetch_config(params: Params) -> FetchParams:
 
 
 def _fetch_queries(params: Params) -> Any:
-    from pipeline.fetch.queries import QueryPhotoConfig
+    from pipeline.fetch.queries import PhotoScope, QueryPhotoConfig
 
-    return QueryPhotoConfig.from_section(dict(section(dict(params), "fetch_queries")))
+    sec = dict(section(dict(params), "fetch_queries"))
+    PhotoScope.from_section(sec.pop("scope", None))  # which photos: read by the stage, checked here
+    return QueryPhotoConfig.from_section(sec)
 
 
 # --------------------------------------------------------------------- sections owned by earthloc/
@@ -195,7 +197,7 @@ def _astroloc(params: Params) -> Any:
 # These stages read their section key by key; until they build a dataclass, the loader
 # checks the keys they read, so a misspelt key is an error here too.
 
-EVALSET_SET_KEYS = frozenset({"lat", "lon", "query_radius_km", "db_radius_km", "folds", "take_folds"})
+EVALSET_SET_KEYS = frozenset({"lat", "lon", "query_radius_km", "db_radius_km", "folds", "take_folds", "zooms"})
 PAIRS_KEYS = frozenset({"min_iou", "year", "exclude_sets", "exclude_margin_km", "regions", "photos", "years"})
 
 
@@ -210,7 +212,7 @@ def _named_sets(sec: Mapping[str, Any], name: str, entry_keys: frozenset[str]) -
 
 def _evalset(params: Params) -> Mapping[str, Any]:
     sec = section(dict(params), "evalset")
-    check_keys(sec, {"year", "sets"}, "evalset")
+    check_keys(sec, {"year", "sets", "pass_max_frame_gap", "pass_max_day_gap"}, "evalset")
     _named_sets(sec, "evalset", EVALSET_SET_KEYS)
     return MappingProxyType(sec)
 
@@ -226,6 +228,12 @@ def _lost_in_space(params: Params) -> Mapping[str, Any]:
     check_keys(sec, {"year", "sets"}, "lost_in_space")
     _named_sets(sec, "lost_in_space", frozenset({"source"}))
     return MappingProxyType(sec)
+
+
+def _catalog(params: Params) -> Any:
+    from pipeline.stages.catalog import CatalogParams
+
+    return build_config(CatalogParams, dict(section(dict(params), "catalog")), "catalog")
 
 
 # Every section params.yaml may hold, in the file's order.
@@ -248,6 +256,7 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
     "astroloc": _astroloc,
     "audit_page": audit_page_config,
     "lost_in_space": _lost_in_space,
+    "catalog": _catalog,
 }
 
 # Sections whose stage takes its dataclass from this module (`run(config, paths)`);

@@ -115,7 +115,7 @@ def test_draft_mode_decodes_close_to_full(tmp_path: Path) -> None:
 
 
 def test_config_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown key"):
         TrainConfig.from_section({"regions_per_batch": 4, "nonsense": 1})
     with pytest.raises(ConfigError, match="regions_per_batch"):
         TrainConfig(regions_per_batch=1)

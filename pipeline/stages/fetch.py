@@ -100,7 +100,10 @@ class FetchParams:
             zooms=zooms,
             aois=aois,
             client=ClientConfig.from_section(client_keys),
-            run=RunConfig.from_section({**(sec.get("run") or {}), "source": source}),
+            # render_processes belongs to the local tile server, not to the runner
+            run=RunConfig.from_section(
+                {**{k: v for k, v in (sec.get("run") or {}).items() if k != "render_processes"}, "source": source}
+            ),
             synthetic_seed=seed,
             synthetic_client=synthetic,
             keep_tile_cache=bool(sec.get("keep_tile_cache", False)),
