@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup repro test bench clean-venv browser
+.PHONY: setup repro test lint bench clean-venv browser
 
 setup: $(STAMP)
 
@@ -24,8 +24,15 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-test: $(STAMP) browser
+test: lint browser
 	$(BIN)/python -m pytest -q
+
+# Lint, format check and type check (settings in pyproject.toml). `ruff check --fix` and
+# `ruff format` apply what these report.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Headless Chromium for the audit-page test (Debian packages); installed only when missing.
 browser:
