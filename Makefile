@@ -12,8 +12,8 @@ export MPLBACKEND := Agg
 
 setup: $(STAMP)
 
-# Reinstall when the pins change. torch/torchvision are pinned to the builds that lie
-# on this machine kind's disk; pip takes them from there (see README, "Install").
+# Reinstall when the pins change. torch/torchvision are pinned to the CPU builds in pip's
+# local wheel directory (find-links), see docs/install.md.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -29,7 +29,7 @@ from pipeline.geo.names import db_relpath
 from pipeline.stages import evalset as stage
 
 # ---------------------------------------------------------------------------
-# Haversine test vectors (earthloc_upstream.md §10.1)
+# Haversine test vectors (docs/upstream.md §10.1)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The model: shapes (upstream §10.11), parameter counts (§5), L2 norms, frozen stages,
+"""The model: shapes (docs/upstream.md §10.11), parameter counts (§5), L2 norms, frozen stages,
 MixVPR size following image_size, weights file handling, checkpoint round trip."""
 
 from __future__ import annotations
