@@ -3,8 +3,8 @@ near Texas, two evaluation sets): everything runs once, nothing reruns, and edit
 evaluation set's params reruns that stage only.
 
 The mini project holds its own copy of dvc.yaml, pipeline/ and earthloc/, and the stage
-commands import that copy: `earthloc` is the venv's console script (editable install of
-/work/main), but PYTHONPATH puts the mini project first on sys.path, ahead of the
+commands import that copy: `earthloc` is the venv's console script (an editable install of
+the checkout), but PYTHONPATH puts the mini project first on sys.path, ahead of the
 editable finder (which setuptools appends to sys.meta_path after the path finder).
 `test_stage_commands_import_the_mini_copy` checks that."""
 
