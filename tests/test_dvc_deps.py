@@ -140,7 +140,7 @@ def cli_handlers() -> dict[str, ast.FunctionDef]:
     return handlers
 
 
-def stage_definitions() -> dict[str, dict]:  # type: ignore[type-arg]
+def stage_definitions() -> dict[str, dict]:
     """Stage name -> the mapping that holds its cmd and deps (`do:` for foreach stages)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     return {name: (spec["do"] if "do" in spec else spec) for name, spec in stages.items()}
@@ -174,7 +174,7 @@ def required_modules(handler: ast.FunctionDef) -> dict[str, str | None]:
     return closure(start)
 
 
-def deps_mismatch(stage: str, spec: dict) -> list[str]:  # type: ignore[type-arg]
+def deps_mismatch(stage: str, spec: dict) -> list[str]:
     handlers = cli_handlers()
     sub = subcommand(spec["cmd"])
     assert sub in handlers, f"stage {stage!r}: `earthloc {sub}` has no handler in earthloc/cli.py"
@@ -188,7 +188,9 @@ def deps_mismatch(stage: str, spec: dict) -> list[str]:  # type: ignore[type-arg
     problems: list[str] = []
     for rel, name in sorted(required.items()):
         if not any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in listed):
-            problems.append(f"dvc.yaml stage {stage!r}: add `- {rel}` to deps (imported via {chain(parent, name, handlers[sub].name)})")
+            problems.append(
+                f"dvc.yaml stage {stage!r}: add `- {rel}` to deps (imported via {chain(parent, name, handlers[sub].name)})"
+            )
     for d in listed:
         if not any(rel == d or rel.startswith(d.rstrip("/") + "/") for rel in required):
             problems.append(f"dvc.yaml stage {stage!r}: remove `- {d}` from deps (`earthloc {sub}` does not import it)")
@@ -206,7 +208,14 @@ def test_the_import_walk_sees_lazy_imports_and_skips_type_checking() -> None:
         "from .tiles import x\n"
     )
     found = imported_modules(tree, "pipeline.geo.regions", is_package=False)
-    assert found == {"pipeline", "pipeline.geo", "pipeline.geo.area", "pipeline.geo.tiles", "earthloc", "earthloc.model"}
+    assert found == {
+        "pipeline",
+        "pipeline.geo",
+        "pipeline.geo.area",
+        "pipeline.geo.tiles",
+        "earthloc",
+        "earthloc.model",
+    }
 
 
 def test_every_stage_runs_an_earthloc_subcommand_with_a_handler() -> None:

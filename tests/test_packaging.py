@@ -35,7 +35,7 @@ def requirement_name(spec: str) -> str:
     return canonical(m.group(1))
 
 
-def pyproject() -> dict:  # type: ignore[type-arg]
+def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
@@ -143,7 +143,9 @@ def test_clean_virtualenv_installs_the_package_and_runs_it(tmp_path: Path) -> No
 
     def run(*cmd: str | Path, cwd: Path = tmp_path) -> str:
         proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
-        assert proc.returncode == 0, f"{' '.join(map(str, cmd))} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, (
+            f"{' '.join(map(str, cmd))} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
         return proc.stdout
 
     run(sys.executable, "-m", "venv", venv)
