@@ -11,6 +11,7 @@ import ast
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -151,8 +152,15 @@ def test_clean_virtualenv_installs_the_package_and_runs_it(tmp_path: Path) -> No
     run(sys.executable, "-m", "venv", venv)
     py = venv / "bin" / "python"
     run(py, "-m", "pip", "install", "--quiet", "-r", ROOT / "requirements.txt")
-    # a copy outside the source tree: the build must not depend on files left lying around
-    run(py, "-m", "pip", "install", "--quiet", "--no-deps", ROOT)
+    # Built from a copy of what the package is made of, so that the build leaves nothing in
+    # the checkout and cannot pick up files lying around in it.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for pkg in sorted(FIRST_PARTY):
+        shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    run(py, "-m", "pip", "install", "--quiet", "--no-deps", src)
 
     out = run(venv / "bin" / "earthloc", "--help")
     assert "usage: earthloc" in out and "evaluate" in out and "fetch" in out
