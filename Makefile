@@ -8,12 +8,12 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup repro test bench clean-venv browser
+.PHONY: setup repro test lint bench clean-venv browser
 
 setup: $(STAMP)
 
-# Reinstall when the pins change. torch/torchvision are pinned to the builds that lie
-# on this machine kind's disk; pip takes them from there (see README, "Install").
+# Reinstall when the pins change. torch/torchvision are pinned to the CPU builds in pip's
+# local wheel directory (find-links), see docs/install.md.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -24,8 +24,15 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-test: $(STAMP) browser
+test: lint browser
 	$(BIN)/python -m pytest -q
+
+# Lint, format check and type check (settings in pyproject.toml). `ruff check --fix` and
+# `ruff format` apply what these report.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Headless Chromium for the audit-page test (Debian packages); installed only when missing.
 browser:

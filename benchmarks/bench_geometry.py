@@ -1,4 +1,4 @@
-"""Geometry benchmarks of issue #2: prints figures, asserts nothing.
+"""Geometry benchmarks: prints figures, asserts nothing.
 
     python benchmarks/bench_geometry.py [--skip-large] [--queries N --regions M]
 

@@ -1,4 +1,4 @@
-"""Retrieval benchmarks of issue #5: prints figures, asserts nothing.
+"""Retrieval benchmarks: prints figures, asserts nothing.
 
     python benchmarks/bench_retrieval.py [--threads 2] [--texas 36000] [--dim 4096] [--kinds ...]
 

@@ -1,4 +1,4 @@
-"""Synthetic-world benchmark of issue #3: milliseconds per 256-px tile on one core.
+"""Synthetic-world benchmark: milliseconds per 256-px tile on one core.
 
     python benchmarks/bench_synthetic.py [--tiles N] [--seed S]
 

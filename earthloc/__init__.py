@@ -1,2 +1,3 @@
-"""EarthLoc: the command line and, later, the retrieval model that consumes the
-pipeline's outputs."""
+"""EarthLoc: the retrieval model that localises astronaut photos against the pipeline's
+Sentinel-2 database (model, loss, training, evaluation, localisation) and the `earthloc`
+command line that runs every pipeline stage (see dvc.yaml)."""

@@ -1,4 +1,4 @@
-"""Year-wise augmentation (paper Sec. 4.3; upstream §4.4) on batched tensors.
+"""Year-wise augmentation (paper Sec. 4.3; docs/upstream.md §4.4) on batched tensors.
 
 Input x (R, Y, 3, H, W): R regions, Y years (views), float in [0, 1] (uint8 is accepted and
 scaled), on any device. For each year y one set of random parameters is drawn and applied

@@ -1,6 +1,6 @@
 """Training batches: which regions are neutral to each other, and which regions form a batch.
 
-Neutral pairs (paper Sec. 4.2, upstream §4.3). Two regions whose footprints share ground
+Neutral pairs (paper Sec. 4.2, docs/upstream.md §4.3). Two regions whose footprints share ground
 must not be pushed apart as negatives. Upstream tests lat/lon boxes of the corners; here
 the footprints are the grid's polygons (MultiPolygons split at ±180 for regions across the
 antimeridian), and a pair is neutral when their *interiors* intersect: `intersects` and
@@ -11,7 +11,7 @@ with an STRtree bulk query (vectorised shapely 2) and kept as sorted int64 keys
 i * N + j, so a batch's (B, B) matrix is one binary search: this scales to the world
 (175k regions, a few million pairs) without an N x N matrix.
 
-Batches (paper Sec. 4.3, upstream §4.2). A batch is B regions (each with its four years)
+Batches (paper Sec. 4.3, docs/upstream.md §4.2). A batch is B regions (each with its four years)
 drawn from one cluster. Clusters come from k-means (faiss) on the current model's 2021
 descriptors every `recluster_every` iterations; before the first clustering they are
 random groups of *regions* (upstream's epochs 0-3 shuffled paths of all four years, so

@@ -1,4 +1,4 @@
-"""Neutral-aware multi-similarity loss (paper Eq. 3; upstream §6).
+"""Neutral-aware multi-similarity loss (paper Eq. 3; docs/upstream.md §6).
 
 A batch holds R regions x Y years; the Y views of a region share a label and are mutual
 positives. Two different regions that overlap on the ground (`neutral[i, j]` True, e.g. a
@@ -11,7 +11,7 @@ Two orders of mining and neutral filtering (`neutral_order`):
 
 - "upstream": PML's MultiSimilarityMiner over all pairs, then mined negatives that are
   neutral are dropped. A neutral pair can still be an anchor's hardest negative, and so
-  decide which positives are mined (upstream §9.1 lists this as a bug): an overlapping
+  decide which positives are mined (docs/upstream.md §9.1 lists this as a bug): an overlapping
   region, which looks very similar, raises the bar and more positives pass.
 - "paper" (default): neutral pairs are removed before mining, so they can be neither the
   hardest negative nor a mined negative. This is what Eq. 3 says (neutral pairs carry no
@@ -19,7 +19,7 @@ Two orders of mining and neutral filtering (`neutral_order`):
   act as one anywhere. "upstream" stays available to reproduce the published code.
 
 The loss is computed in float32 even under autocast: with bf16 similarities the miner's
-epsilon test (0.1) flips for pairs near the boundary (upstream §10.4), which makes mining
+epsilon test (0.1) flips for pairs near the boundary (docs/upstream.md §10.4), which makes mining
 depend on the precision.
 """
 

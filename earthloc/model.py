@@ -63,7 +63,7 @@ _RESNETS: dict[str, tuple[Callable[..., torchvision.models.ResNet], int]] = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the model. Defaults are the paper's (upstream §5)."""
+    """Architecture of the model. Defaults are the paper's (docs/upstream.md §5)."""
 
     backbone: str = "resnet50"
     image_size: int = 320  # square input side, pixels

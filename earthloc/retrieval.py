@@ -1,6 +1,6 @@
 """Retrieval for evaluation and localisation: 4x90° TTA embeddings, faiss search, recalls.
 
-The protocol is the paper's Sec. 5.1.2 as upstream implements it:
+The protocol is the paper's Sec. 5.1.2 as upstream implements it (docs/upstream.md §7):
 - every database (DB) image is embedded at 0/90/180/270° (counter-clockwise, `torch.rot90`
   over (H, W), which equals torchvision's `rotate` on square images), queries at 0° only
   (upstream embeds them at all four angles and throws three away);

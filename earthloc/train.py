@@ -1,4 +1,4 @@
-"""The train stage: EarthLoc's training loop (paper Sec. 4-5, upstream §4-§8), resumable and DDP-ready.
+"""The train stage: EarthLoc's training loop (paper Sec. 4-5, docs/upstream.md §4-§8), resumable and DDP-ready.
 
 One iteration: B regions drawn from one cluster (`earthloc.batches`), their four year images
 decoded in DataLoader workers (`earthloc.data`), year-wise augmentation on the device

@@ -84,10 +84,42 @@ def test_area_is_vectorised_and_ignores_longitude():
     np.testing.assert_allclose(a, a[0], rtol=1e-9)
 
 
-def test_geod_area_km2_matches_reference():
-    quad = shapely.Polygon([(10, 45), (10, 47), (12, 47.5), (12.5, 45)])
-    a, _ = GEOD.geometry_area_perimeter(quad)
-    assert geod_area_km2(quad) == pytest.approx(abs(a) / 1e6, rel=1e-12)
+# WGS84 in closed form, independent of pyproj: the area between two parallels and two
+# meridians on an ellipsoid of revolution is b²·Δλ/2·(q(φ2) − q(φ1)) with the authalic
+# function q(φ) = sinφ/(1 − e²sin²φ) + artanh(e·sinφ)/e.
+WGS84_A = 6378137.0
+WGS84_F = 1 / 298.257223563
+WGS84_E2 = WGS84_F * (2 - WGS84_F)
+
+
+def _authalic_q(lat_deg: float) -> float:
+    s = np.sin(np.radians(lat_deg))
+    e = np.sqrt(WGS84_E2)
+    return float(s / (1 - WGS84_E2 * s * s) + np.arctanh(e * s) / e)
+
+
+def _lonlat_box_km2(w: float, s: float, e: float, n: float) -> float:
+    b2 = WGS84_A**2 * (1 - WGS84_E2)
+    return b2 * np.radians(e - w) / 2 * (_authalic_q(n) - _authalic_q(s)) / 1e6
+
+
+def test_geod_area_km2_of_an_equator_to_pole_lune_is_the_closed_form():
+    # equator and meridians are geodesics, so this polygon's geodesic area is exact:
+    # 30° of longitude of one hemisphere
+    lune = shapely.Polygon([(10, 0), (40, 0), (40, 90), (10, 90)])
+    assert geod_area_km2(lune) == pytest.approx(_lonlat_box_km2(10, 0, 40, 90), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "box", [(10, 45, 12, 47), (-100, 25, -90, 35), (170, -60, 175, -50), (0, -1, 0.703125, 0)]
+)
+def test_geod_area_km2_of_densified_lonlat_boxes_is_the_closed_form(box):
+    # parallels are not geodesics, but with vertices 0.001° apart the geodesic chords
+    # follow them to ~1e-11 of the area
+    w, s, e, n = box
+    lons = np.linspace(w, e, int(round((e - w) / 0.001)) + 1)
+    ring = [(x, s) for x in lons] + [(x, n) for x in lons[::-1]]
+    assert geod_area_km2(shapely.Polygon(ring)) == pytest.approx(_lonlat_box_km2(*box), rel=1e-8)
 
 
 def test_geod_quad_area_matches_nasa_sq_km_area():

@@ -39,7 +39,7 @@ def _ms_row(sims_pos: list[float], sims_neg: list[float], alpha: float, beta: fl
     return pos + neg
 
 
-# The upstream layout of earthloc_upstream.md §10.4: three regions x four views.
+# The upstream layout of docs/upstream.md §10.4: three regions x four views.
 ANGLES = [0, 10, 20, 30, 25, 35, 45, 55, 90, 100, 110, 120]
 LABELS = torch.tensor([k // 4 for k in range(12)])
 OVERLAP = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
@@ -97,7 +97,7 @@ def test_weighted_cluster_loss_hand_made() -> None:
     w = [2.0, 0.5, 1.0]
     out = loss(_unit(ANGLES), LABELS, OVERLAP, torch.tensor(w))
     assert out.loss.item() == pytest.approx(_expected_weighted(w), rel=1e-5)
-    # Uniform weights: exactly EarthLoc's loss; earthloc_upstream.md §10.4 gives 1.2768859.
+    # Uniform weights: exactly EarthLoc's loss; docs/upstream.md §10.4 gives 1.2768859.
     ones = loss(_unit(ANGLES), LABELS, OVERLAP, torch.ones(3))
     assert ones.loss.item() == pytest.approx(1.2768859, rel=1e-5)
     assert ones.loss.item() == pytest.approx(base(_unit(ANGLES), LABELS, OVERLAP).loss.item(), rel=1e-6)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from earthloc import cli
+from figure_support import colour_pixels, load_rgb
 from pipeline.errors import InputError
 from pipeline.geo import tiles
 from pipeline.geo.area import DEFAULT_DENSIFY_DEG
@@ -141,7 +142,12 @@ def test_audit_one_query_parquet(world: dict[str, object], tmp_path: Path, capsy
     regions = {f["properties"]["region_id"]: f["properties"] for f in gj["features"][1:]}
     best = expected.iloc[0]
     assert regions[best["region_id"]]["iou"] == pytest.approx(best["iou"])
-    assert (tmp_path / "out" / "ISS001-E-1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the map draws the query footprint (bold black), the best region (red dashes) and the nadir (orange star)
+    rgb = load_rgb(tmp_path / "out" / "ISS001-E-1.png")
+    assert rgb.shape[0] > 300 and rgb.shape[1] > 300
+    assert colour_pixels(rgb, "black", tol=30) > 200
+    assert colour_pixels(rgb, "tab:red") > 50
+    assert colour_pixels(rgb, "orange") > 20
 
 
 def _points(coords: list) -> list:
@@ -164,7 +170,8 @@ def test_audit_antimeridian_query_pt_by_filename(
     for f in gj["features"]:
         xs = [p[0] for p in _points(f["geometry"]["coordinates"])]
         assert min(xs) >= -180 and max(xs) <= 180
-    assert (tmp_path / "out" / "ISS002-E-22.png").stat().st_size > 1000
+    rgb = load_rgb(tmp_path / "out" / "ISS002-E-22.png")  # both halves of the split footprint drawn
+    assert colour_pixels(rgb, "black", tol=30) > 200 and colour_pixels(rgb, "tab:red") > 50
 
 
 def test_audit_query_without_regions(world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,6 +180,9 @@ def test_audit_query_without_regions(world: dict[str, object], tmp_path: Path, c
     assert "0 overlapping regions" in capsys.readouterr().out
     gj = json.loads((tmp_path / "out" / "ISS003-E-333.geojson").read_text())
     assert len(gj["features"]) == 1
+    rgb = load_rgb(tmp_path / "out" / "ISS003-E-333.png")
+    assert colour_pixels(rgb, "black", tol=30) > 200  # the footprint is drawn
+    assert colour_pixels(rgb, "tab:red") == 0  # and no best region
 
 
 @pytest.mark.parametrize("fname", ["intersections.parquet", "intersections.pt"])

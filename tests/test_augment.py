@@ -1,6 +1,6 @@
 """Year-wise augmentation: one draw per year shared by all regions, independent draws across
 years, region-major layout, ImageNet normalisation, determinism, and upstream's perspective
-crop (earthloc_upstream.md §4.4, §10.8)."""
+crop (docs/upstream.md §4.4, §10.8)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_perspective_endpoints_follow_torchvision_ranges() -> None:
     assert all(524 <= x <= 699 and 524 <= y <= 699 for x, y in br)
     assert all(0 <= x <= 175 and 524 <= y <= 699 for x, y in bl)
     sides = [perspective_crop_box(d).height for d in draws]
-    assert 349 <= min(sides) and max(sides) <= 699  # upstream §4.4: the square lies in [349, 699]
+    assert 349 <= min(sides) and max(sides) <= 699  # docs/upstream.md §4.4: the square lies in [349, 699]
 
 
 def test_shape_and_one_draw_per_year() -> None:

@@ -3,8 +3,8 @@ near Texas, two evaluation sets): everything runs once, nothing reruns, and edit
 evaluation set's params reruns that stage only.
 
 The mini project holds its own copy of dvc.yaml, pipeline/ and earthloc/, and the stage
-commands import that copy: `earthloc` is the venv's console script (editable install of
-/work/main), but PYTHONPATH puts the mini project first on sys.path, ahead of the
+commands import that copy: `earthloc` is the venv's console script (an editable install of
+the checkout), but PYTHONPATH puts the mini project first on sys.path, ahead of the
 editable finder (which setuptools appends to sys.meta_path after the path finder).
 `test_stage_commands_import_the_mini_copy` checks that."""
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from support import texas_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,10 +132,15 @@ def test_repro_runs_everything_then_nothing_then_only_the_edited_set(project: Pr
     # (a) the first repro runs every stage and makes every output
     ran, out = project.repro()
     assert ran == ALL_STAGES, out
-    for rel in ("data/grid/regions.parquet", "data/queries/queries.parquet", "data/queries/rejected.csv",
-                "data/intersections/intersections_2021.parquet",
-                "data/intersections/queries_intersections_with_db_2021.pt",
-                "data/intersections/intersections_summary.json", "dvc.lock"):
+    for rel in (
+        "data/grid/regions.parquet",
+        "data/queries/queries.parquet",
+        "data/queries/rejected.csv",
+        "data/intersections/intersections_2021.parquet",
+        "data/intersections/queries_intersections_with_db_2021.pt",
+        "data/intersections/intersections_summary.json",
+        "dvc.lock",
+    ):
         assert (root / rel).is_file(), rel
     for name in ("texas", "val"):
         for f in ("queries.csv", "database.csv", "positives.parquet", "dropped.csv", "map.png", "summary.json"):
@@ -161,7 +167,9 @@ def test_repro_runs_everything_then_nothing_then_only_the_edited_set(project: Pr
     assert ran == {"evalset@val"}, out
     lock1 = project.lock()["stages"]
     assert lock1["evalset@val"]["params"]["params.yaml"]["evalset.sets.val"]["query_radius_km"] == 600
-    assert {k: v for k, v in lock1.items() if k != "evalset@val"} == {k: v for k, v in lock0.items() if k != "evalset@val"}
+    assert {k: v for k, v in lock1.items() if k != "evalset@val"} == {
+        k: v for k, v in lock0.items() if k != "evalset@val"
+    }
     assert project.summary("texas") == texas0
     assert project.summary("val")["query_radius_km"] == 600
     project.status_clean()

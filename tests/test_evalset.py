@@ -15,6 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from figure_support import colour_pixels, load_rgb
 from pipeline.errors import ConfigError, InputError
 from pipeline.geo.distance import haversine_km
 from pipeline.geo.evalset import (
@@ -29,7 +30,7 @@ from pipeline.geo.names import db_relpath
 from pipeline.stages import evalset as stage
 
 # ---------------------------------------------------------------------------
-# Haversine test vectors
+# Haversine test vectors (docs/upstream.md §10.1)
 
 
 @pytest.mark.parametrize(
@@ -316,7 +317,13 @@ def test_stage_writes_outputs(world: dict[str, Path], tmp_path: Path, monkeypatc
     assert (s["name"], s["num_within_radius"], s["num_queries"], s["num_db"]) == ("tiny", 5, 3, 4)
 
     png = (out / "map.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < len(png) < 1_500_000
+    assert 10_000 < len(png) < 1_500_000
+    # the map shows both radii and a marker for each kind of dropped query
+    rgb = load_rgb(out / "map.png")
+    for colour in (stage.DB_COLOR, stage.Q_RADIUS_COLOR):
+        assert colour_pixels(rgb, colour) > 200, colour
+    for colour in (stage.NO_POS_COLOR, stage.OUTSIDE_COLOR):
+        assert colour_pixels(rgb, colour, tol=40) > 5, colour
     assert not list(out.glob(".*.tmp"))  # no leftover temporary files
 
 

@@ -1,4 +1,4 @@
-"""Neutral-aware multi-similarity loss and miner: upstream's test vectors (earthloc_upstream.md
+"""Neutral-aware multi-similarity loss and miner: upstream's test vectors (docs/upstream.md
 §10.2-10.4) and the paper order checked against an independent float64 numpy reference."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pipeline.errors import ConfigError
 REL = 1e-4
 
 
-# ---- independent float64 reference (numpy, formulas of upstream §6 / paper Eq. 3) ----
+# ---- independent float64 reference (numpy, formulas of docs/upstream.md §6 / paper Eq. 3) ----
 
 def ref_masks(labels: np.ndarray, neutral: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     same = labels[:, None] == labels[None, :]

@@ -1,8 +1,9 @@
-"""The model: shapes (upstream §10.11), parameter counts (§5), L2 norms, frozen stages,
+"""The model: shapes (docs/upstream.md §10.11), parameter counts (§5), L2 norms, frozen stages,
 MixVPR size following image_size, weights file handling, checkpoint round trip."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -46,13 +47,18 @@ def test_paper_parameter_counts(paper_model: nn.Module) -> None:
     assert n_params(paper_model.fc) == 16_781_312
 
 
-def test_paper_state_dict_keys_follow_upstream(paper_model: nn.Module) -> None:
-    keys = set(paper_model.state_dict())
-    assert {"backbone.model.conv1.weight", "backbone.model.layer3.5.bn3.running_var",
-            "aggregator.mix.0.mix.0.weight", "aggregator.mix.3.mix.3.bias",
-            "aggregator.channel_proj.weight", "aggregator.row_proj.weight", "fc.weight"} <= keys
-    assert not any(k.startswith(("backbone.model.layer4", "backbone.model.fc")) for k in keys)
-    assert {k.split(".")[0] for k in keys} == {"backbone", "aggregator", "fc"}
+def upstream_state_dict_layout() -> dict[str, tuple[int, ...]]:
+    """The original checkpoint's keys and shapes, committed in tests/data (docs/upstream.md §5)."""
+    doc = json.loads((ROOT / "tests" / "data" / "upstream_state_dict.json").read_text(encoding="utf-8"))
+    return {e["key"]: tuple(e["shape"]) for e in doc["keys"]}
+
+
+def test_paper_state_dict_has_upstreams_keys_and_shapes(paper_model: nn.Module) -> None:
+    ours = {k: tuple(v.shape) for k, v in paper_model.state_dict().items()}
+    theirs = upstream_state_dict_layout()
+    assert sorted(set(theirs) - set(ours)) == [], "keys of the original checkpoint the model lacks"
+    assert sorted(set(ours) - set(theirs)) == [], "keys the original checkpoint does not have"
+    assert {k: v for k, v in ours.items() if theirs[k] != v} == {}, "shapes that differ"
 
 
 def test_paper_shapes_10_11(paper_model: nn.Module) -> None:
@@ -172,12 +178,26 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
         load_model(tmp_path / "missing.pt")
 
 
-def test_bare_upstream_state_dict_loads_strictly(paper_model: nn.Module, tmp_path: Path) -> None:
+def test_bare_upstream_state_dict_loads_strictly(tmp_path: Path) -> None:
+    # A checkpoint laid out as the original one, built from the committed list, not from our model.
+    gen = torch.Generator().manual_seed(0)
+    state = {
+        k: (torch.zeros(shape, dtype=torch.long) if k.endswith("num_batches_tracked") else torch.rand(shape, generator=gen))
+        for k, shape in upstream_state_dict_layout().items()
+    }
     path = tmp_path / "best_model.pt"
-    torch.save(paper_model.state_dict(), path)
+    torch.save(state, path)
     loaded, cfg = load_model(path)
     assert cfg == ModelConfig()
-    torch.testing.assert_close(loaded.fc.weight, paper_model.fc.weight)
+    torch.testing.assert_close(loaded.fc.weight, state["fc.weight"])
+    torch.testing.assert_close(loaded.aggregator.row_proj.weight, state["aggregator.row_proj.weight"])
+    torch.testing.assert_close(
+        loaded.backbone.model.layer3[5].bn3.running_var, state["backbone.model.layer3.5.bn3.running_var"]
+    )
+    del state["aggregator.row_proj.bias"]  # strict: a missing key is an error, not a silent default
+    torch.save(state, path)
+    with pytest.raises(ModelError):
+        load_model(path)
 
 
 def test_config_from_section_and_params_yaml() -> None:

@@ -1,5 +1,5 @@
 """Web-Mercator tile maths (`pipeline.geo.tiles`) and regions (`pipeline.geo.regions`)
-checked against mercantile, brute-force loops and earthloc_upstream.md §10.10."""
+checked against mercantile, brute-force loops and docs/upstream.md §10.10."""
 
 from __future__ import annotations
 

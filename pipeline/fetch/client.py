@@ -1,4 +1,4 @@
-"""A polite WMTS GetTile client (SOURCES.md "Politeness").
+"""A polite WMTS GetTile client (docs/sources.md, "Politeness").
 
 Why each rule exists:
 - one `requests.Session` with a bounded pool: keep-alive saves a TLS handshake per tile,

@@ -21,7 +21,7 @@ Sources:
   image, refusal breaker), on dask threads, then converted to RGB and resized.
 
 Resize policy for NASA photos (`resize`): upstream stretched every photo to 1024 x 1024
-ignoring its aspect ratio (earthloc_upstream.md §2.2). `stretch` (the default) does the
+ignoring its aspect ratio (docs/upstream.md §2.2). `stretch` (the default) does the
 same, for compatibility, and because it keeps the four photo corners on the four
 footprint corners, as the simulated photos are made; `crop` takes the centred square
 (the footprint corners then fall outside the image), `pad` fits the photo inside the

@@ -1,7 +1,7 @@
 """Areas of interest: the discs of the world whose pixels a run fetches (pure, no I/O).
 
 The geometry stages run on the whole world; fetching pixels for the whole world takes
-days (SOURCES.md), so the pixel stages take regions inside a list of discs. A region is
+days (docs/sources.md), so the pixel stages take regions inside a list of discs. A region is
 inside a disc when its centre lies strictly within the radius (haversine, R = 6371 km):
 the same rule as an evaluation set's database, so an evaluation set with the same POI
 and `db_radius_km` equal to the disc's radius has exactly the fetched regions.

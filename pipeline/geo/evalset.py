@@ -1,4 +1,4 @@
-"""Point-of-interest evaluation sets, as pure table logic.
+"""Point-of-interest evaluation sets (docs/upstream.md §3.2), as pure table logic.
 
 Given the queries, the database regions and the query x region intersections, pick
 the queries whose nadir lies within T_q of the POI and the regions whose centre lies

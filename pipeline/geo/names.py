@@ -1,4 +1,4 @@
-"""Upstream EarthLoc file names and folders (earthloc_upstream.md §1), built and parsed.
+"""Upstream EarthLoc file names and folders (docs/upstream.md §1), built and parsed.
 
 Database: `database/<YEAR>_<ZZ>/<LATBIN>_<LONBIN>/@lat1@lon1@...@lon4@<ZZ_RRRR_CCCC>@<YEAR>@<lat>@<lon>@<km2>@0@.jpg`
 Query:    `@lat1@lon1@...@lon4@<MISSION-ROLL-FRAME>@<YYYYMMDD>@<nadir lat>@<nadir lon>@<km2>@<orientation>@.jpg`

@@ -1,4 +1,4 @@
-"""evalset stage: one point-of-interest evaluation set.
+"""evalset stage: one point-of-interest evaluation set (docs/upstream.md §3.2).
 
 Reads the grid, the query footprints and the 2021 intersections; writes to
 `data/evalsets/<name>/` (all atomically):
