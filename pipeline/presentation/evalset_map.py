@@ -134,12 +134,12 @@ def _land_background(aeqd: PoiProjection, half: float, npix: int) -> tuple[npt.N
     fin = np.isfinite(lon) & np.isfinite(lat)
     lat_f, lon_f = lat[fin], lon[fin]
     south, north = max(-90.0, float(lat_f.min()) - 0.5), min(90.0, float(lat_f.max()) + 0.5)
-    rel = (lon_f - aeqd.lon + 180.0) % 360.0 - 180.0
+    rel = wrap_lon(lon_f - aeqd.lon)
     if north >= 89.0 or south <= -89.0 or rel.max() - rel.min() > 350.0:
         west, east = -180.0, 180.0
     else:
-        west = (aeqd.lon + rel.min() - 0.5 + 180.0) % 360.0 - 180.0
-        east = (aeqd.lon + rel.max() + 0.5 + 180.0) % 360.0 - 180.0
+        west = wrap_lon(aeqd.lon + float(rel.min()) - 0.5)
+        east = wrap_lon(aeqd.lon + float(rel.max()) + 0.5)
     pixel_deg = 2.0 * half / npix / 111.2
     step = min(0.25, max(1.0 / 120.0, pixel_deg))
     sf = sea_fraction_grid(west, south, east, north, step)

@@ -10,7 +10,7 @@ without paying for it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -21,8 +21,11 @@ from pipeline.presentation.coastlines import coastlines_in_box
 COASTLINE_STYLE: dict[str, Any] = {"colors": "0.25", "linewidths": 0.6, "zorder": 1}
 
 
-def wrap_lon(lon: float) -> float:
-    """A map longitude as a geographic one, in [-180, 180)."""
+LonT = TypeVar("LonT", float, npt.NDArray[np.float64])
+
+
+def wrap_lon(lon: LonT) -> LonT:
+    """Map longitudes (a number or an array) as geographic ones, in [-180, 180)."""
     return (lon + 180.0) % 360.0 - 180.0
 
 
