@@ -192,3 +192,19 @@ def test_evalset_map_coastline_is_the_shared_one(evalset_map: tuple) -> None:
     pick = np.random.default_rng(0).choice(len(lon), size=min(300, len(lon)), replace=False)
     dist = shapely.distance(shapely.points(lon[pick], lat[pick]), shared)
     assert np.quantile(dist, 0.95) < 0.1  # degrees
+
+
+def test_audit_map_names_an_off_map_nadir_in_geographic_longitude() -> None:
+    """A footprint west of 180 with its nadir just east of it: the panel is drawn around
+    the footprint and the note gives the nadir's longitude as stored, not one past 180."""
+    query, pairs, regions = audit_inputs()
+    query = query.copy()
+    query["geometry"] = shapely.box(175.0, -40.0, 176.0, -38.5)
+    query["nadir_lat"], query["nadir_lon"] = -39.5, -179.4
+    regions = regions.assign(geometry=[shapely.box(174.5, -40.5, 176.5, -38.0), shapely.box(175.0, -39.0, 176.0, -38.0)])
+    fig = query_figure(query, pairs, regions)
+    try:
+        notes = [t.get_text() for t in fig.axes[0].texts if "off map" in t.get_text()]
+        assert notes == ["nadir (-39.5, -179.4) off map"]
+    finally:
+        plt.close(fig)

@@ -139,7 +139,7 @@ def query_figure(query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFram
             ax.plot(nadir_lon, nadir_lat, marker="*", ms=14, color="orange", mec="black", zorder=7, label="nadir")
         else:
             ax.annotate(
-                f"nadir ({nadir_lat:.1f}, {nadir_lon:.1f}) off map",
+                f"nadir ({nadir_lat:.1f}, {wrap_lon(nadir_lon):.1f}) off map",
                 xy=(0.02, 0.02), xycoords="axes fraction", fontsize=8,
                 bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8},
             )
