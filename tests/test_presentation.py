@@ -78,7 +78,8 @@ def audit_inputs() -> tuple[pd.Series, pd.DataFrame, gpd.GeoDataFrame]:
     query = pd.Series({"query_id": "ISS001-E-1", "date": "20210615", "area_km2": 40000.0, "nadir_lat": 42.0,
                        "nadir_lon": 11.5, "geometry": shapely.box(w, s, e, n)})  # fmt: skip
     regions = gpd.GeoDataFrame(
-        {"region_id": ["r1", "r2"], "geometry": [shapely.box(w - 0.5, s, w + 1.0, s + 1.5), shapely.box(11.0, 42.0, 13.0, 44.0)]},
+        {"region_id": ["r1", "r2"],
+         "geometry": [shapely.box(w - 0.5, s, w + 1.0, s + 1.5), shapely.box(11.0, 42.0, 13.0, 44.0)]},
         geometry="geometry", crs="EPSG:4326",
     )  # fmt: skip
     pairs = pd.DataFrame({"query_id": ["ISS001-E-1"] * 2, "region_id": ["r1", "r2"], "zoom": [9, 9], "iou": [0.2, 0.4]})
@@ -188,7 +189,8 @@ def test_evalset_map_coastline_is_the_shared_one(evalset_map: tuple) -> None:
     drawn = vertices(lines_coloured(ax, "0.45"))
     assert len(drawn) > 100
     lon, lat = PoiProjection(spec.lat, spec.lon).inv(drawn[:, 0], drawn[:, 1])
-    shared = shapely.MultiLineString(coastlines_in_box(lon.min() - 1, lat.min() - 1, lon.max() + 1, lat.max() + 1, 0.05))
+    box = (lon.min() - 1, lat.min() - 1, lon.max() + 1, lat.max() + 1)
+    shared = shapely.MultiLineString(coastlines_in_box(*box, 0.05))
     pick = np.random.default_rng(0).choice(len(lon), size=min(300, len(lon)), replace=False)
     dist = shapely.distance(shapely.points(lon[pick], lat[pick]), shared)
     assert np.quantile(dist, 0.95) < 0.1  # degrees
@@ -201,7 +203,7 @@ def test_audit_map_names_an_off_map_nadir_in_geographic_longitude() -> None:
     query = query.copy()
     query["geometry"] = shapely.box(175.0, -40.0, 176.0, -38.5)
     query["nadir_lat"], query["nadir_lon"] = -39.5, -179.4
-    regions = regions.assign(geometry=[shapely.box(174.5, -40.5, 176.5, -38.0), shapely.box(175.0, -39.0, 176.0, -38.0)])
+    regions = regions.assign(geometry=[shapely.box(174.5, -40.5, 176.5, -38.0), shapely.box(175, -39, 176, -38)])
     fig = query_figure(query, pairs, regions)
     try:
         notes = [t.get_text() for t in fig.axes[0].texts if "off map" in t.get_text()]

@@ -86,7 +86,10 @@ def _db_extent(db_geoms: npt.NDArray[Any], aeqd: PoiProjection) -> shapely.Geome
     return shapely.orient_polygons(aeqd.geoms(np.array([union], dtype=object))[0])
 
 
-def _graticule(aeqd: PoiProjection, step: float) -> tuple[list[tuple[float, npt.NDArray]], list[tuple[float, npt.NDArray]]]:
+GraticuleLines = list[tuple[float, npt.NDArray[np.float64]]]  # (degrees, (n, 2) map points with NaN breaks)
+
+
+def _graticule(aeqd: PoiProjection, step: float) -> tuple[GraticuleLines, GraticuleLines]:
     """Projected meridians and parallels as (value, (n, 2) array with NaN breaks)."""
     far = 0.75 * math.pi * EARTH_RADIUS_KM
 
