@@ -3,7 +3,8 @@
 Three modes, chosen by the arguments of `earthloc audit`:
 - a query id: print the regions the query overlaps (km², IoU, fractions), write
   `<out_dir>/<query_id>.geojson` (the query and those regions, with the numbers) and
-  `<out_dir>/<query_id>.png` (a map zoomed on the query, one panel per zoom);
+  `<out_dir>/<query_id>.png` (a map zoomed on the query, one panel per zoom, drawn by
+  `pipeline.presentation.query_map`);
 - `--check`: re-derive the overlaps of a random sample of queries from the footprints
   with the same exact-overlap code as the intersect stage and report every missing,
   extra or differing pair (plus whole-file checks that cost nothing: duplicates,
