@@ -9,7 +9,7 @@ Everything the page needs is inside the file: Leaflet 1.9.4 (BSD-2-Clause, vendo
 `earthloc/assets/leaflet/`, inlined), the page's template, CSS and script
 (`earthloc/assets/audit_page.html`, `.css`, `.js`, inlined), the data as JSON, thumbnails as JPEG data URIs, and
 an offline background (a graticule drawn in the browser, coastlines from the GLOBE land
-mask of `pipeline.coastlines`, and the database coverage in grey). No tile layer, no
+mask of `pipeline.presentation.coastlines`, and the database coverage in grey). No tile layer, no
 CDN: the page makes no network request, so it works from a file:// URL or an archive.
 
 Two entry points:
@@ -226,14 +226,12 @@ def make_background(
     bbox = _bbox([*region_rings.values(), *extra])
     coast: list[list[LatLon]] = []
     if cfg.coastlines and bbox is not None:
-        from pipeline.coastlines import coastline_segments
+        from pipeline.presentation.coastlines import coastlines_in_box
 
         m = cfg.margin_deg
+        # ±85: the page's Web Mercator map ends there.
         west, south, east, north = bbox[0] - m, max(-85.0, bbox[1] - m), bbox[2] + m, min(85.0, bbox[3] + m)
-        if east - west >= 360.0:
-            west, east = -180.0, 180.0
-        segs = coastline_segments(west, south, min(east, west + 359.99), north, cfg.coastline_step_deg)
-        for seg in segs:
+        for seg in coastlines_in_box(west, south, east, north, cfg.coastline_step_deg):
             line = shapely.LineString(seg)
             if cfg.simplify_deg > 0:
                 line = shapely.simplify(line, cfg.simplify_deg)

@@ -367,7 +367,7 @@ def test_missing_input_is_input_error(world: dict[str, Path], tmp_path: Path) ->
 
 
 def test_coastline_segments_italy() -> None:
-    from pipeline.coastlines import coastline_segments
+    from pipeline.presentation.coastlines import coastline_segments
 
     segs = coastline_segments(6.0, 36.0, 19.0, 47.0, step_deg=0.2)
     assert segs and all(s.ndim == 2 and s.shape[1] == 2 for s in segs)

@@ -3,7 +3,8 @@
 Three modes, chosen by the arguments of `earthloc audit`:
 - a query id: print the regions the query overlaps (km², IoU, fractions), write
   `<out_dir>/<query_id>.geojson` (the query and those regions, with the numbers) and
-  `<out_dir>/<query_id>.png` (a map zoomed on the query, one panel per zoom);
+  `<out_dir>/<query_id>.png` (a map zoomed on the query, one panel per zoom, drawn by
+  `pipeline.presentation.query_map`);
 - `--check`: re-derive the overlaps of a random sample of queries from the footprints
   with the same exact-overlap code as the intersect stage and report every missing,
   extra or differing pair (plus whole-file checks that cost nothing: duplicates,
@@ -36,6 +37,7 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.geo.area import DEFAULT_DENSIFY_DEG
 from pipeline.geo.names import SAFE_ID_RE, db_relpath, parse_filename
 from pipeline.io import atomic_path, read_geoparquet, write_text
+from pipeline.presentation.query_map import format_date, query_png
 
 COLUMNS = ["query_id", "region_id", "zoom", "intersection_km2", "iou", "query_fraction", "region_fraction"]
 VALUE_COLUMNS = ["intersection_km2", "iou", "query_fraction", "region_fraction"]
@@ -335,159 +337,6 @@ def query_geojson(query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFra
     return {"type": "FeatureCollection", "features": features}
 
 
-def _shift_lon(geom: shapely.Geometry, ref_lon: float) -> shapely.Geometry:
-    """Move each polygon part by a multiple of 360° so it lies next to `ref_lon`
-    (regions and queries split at ±180 draw as one piece around the antimeridian)."""
-    parts = []
-    for p in shapely.get_parts(geom):
-        cx = p.centroid.x
-        shift = 360.0 * round((ref_lon - cx) / 360.0)
-        parts.append(shapely.transform(p, lambda c, s=shift: c + np.array([s, 0.0])) if shift else p)
-    # Pieces that meet at the antimeridian become one polygon again.
-    return parts[0] if len(parts) == 1 else shapely.union_all(parts, grid_size=1e-9)
-
-
-def _lon_label(v: float, _pos: Any = None) -> str:
-    w = (v + 180.0) % 360.0 - 180.0
-    return "±180" if abs(abs(w) - 180.0) < 1e-9 else f"{w:g}"
-
-
-def _fmt_date(value: Any) -> str:
-    s = str(value)
-    return f"{s[:4]}-{s[4:6]}-{s[6:]}" if len(s) == 8 and s.isdigit() else s
-
-
-def _draw_coastlines(ax: Any, extent: tuple[float, float, float, float]) -> None:
-    """Coastlines from `pipeline.coastlines` when that module is there; nothing otherwise.
-
-    `extent` may run past ±180 (maps of antimeridian queries): the box is wrapped for
-    the lookup and every line shifted by a multiple of 360° onto the axes."""
-    try:
-        from pipeline import coastlines
-    except ImportError:
-        return
-    w, s, e, n = extent
-    try:
-        step = float(np.clip((e - w) / 80.0, 0.02, 0.1))
-        segs = coastlines.coastline_segments(_wrap(w), max(s, -90.0), _wrap(e), min(n, 90.0), step)
-        mid = (w + e) / 2.0
-        moved = [seg + np.array([360.0 * round((mid - seg[:, 0].mean()) / 360.0), 0.0]) for seg in segs if len(seg)]
-        coastlines.draw_segments(ax, moved, colors="0.2", linewidths=0.8, zorder=2.5)
-    except Exception:  # a map decoration must never fail the audit
-        return
-
-
-def _wrap(lon: float) -> float:
-    w = (lon + 180.0) % 360.0 - 180.0
-    return 180.0 if w == -180.0 and lon > 0 else w
-
-
-def query_png(dest: Path, query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFrame) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.cm
-    import matplotlib.colors
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Polygon as MplPolygon
-
-    qgeom = query.geometry
-    qb = shapely.bounds(qgeom)
-    ref_lon = 180.0 if qb[2] - qb[0] > 180.0 else float(qgeom.centroid.x)
-    qgeom = _shift_lon(qgeom, ref_lon)
-    qb = shapely.bounds(qgeom)
-    mid_lat = (qb[1] + qb[3]) / 2.0
-    aspect = 1.0 / max(math.cos(math.radians(mid_lat)), 0.05)
-    nadir_lon = float(query["nadir_lon"])
-    nadir_lon += 360.0 * round((ref_lon - nadir_lon) / 360.0)
-    nadir_lat = float(query["nadir_lat"])
-
-    merged = pairs.merge(regions[["region_id", "geometry"]], on="region_id", how="left")
-    merged = merged[merged["geometry"].notna()]
-    zooms = sorted(int(z) for z in merged["zoom"].dropna().unique()) or [None]
-    vmax = float(merged["iou"].max()) if len(merged) else 1.0
-    vmax = vmax if vmax > 0 else 1.0
-    cmap = plt.get_cmap("viridis")
-    norm = matplotlib.colors.Normalize(vmin=0.0, vmax=vmax)
-
-    fig, axes = plt.subplots(
-        1, len(zooms), figsize=(5.2 * len(zooms) + 1.2, 5.8), squeeze=False, layout="constrained"
-    )
-    for ax, z in zip(axes[0], zooms):
-        sub = merged[merged["zoom"] == z].sort_values("iou") if z is not None else merged.iloc[:0]
-        geoms = [_shift_lon(g, ref_lon) for g in sub["geometry"]]
-        patches, colours = [], []
-        for g, iou in zip(geoms, sub["iou"]):
-            for p in shapely.get_parts(g):
-                patches.append(MplPolygon(np.asarray(p.exterior.coords), closed=True))
-                colours.append(iou)
-        if patches:
-            # Same-zoom regions overlap (stride < size), so fills are faint and each
-            # region's IoU is read from the marker at its centre.
-            fill = PatchCollection(patches, cmap=cmap, norm=norm, alpha=0.12, linewidths=0)
-            fill.set_array(np.asarray(colours))
-            ax.add_collection(fill)
-            edges = PatchCollection(patches, facecolor="none", linewidths=1.0, alpha=0.9)
-            edges.set_edgecolor(cmap(norm(np.asarray(colours))))
-            ax.add_collection(edges)
-            cx = np.array([(shapely.bounds(g)[0] + shapely.bounds(g)[2]) / 2 for g in geoms])
-            cy = np.array([(shapely.bounds(g)[1] + shapely.bounds(g)[3]) / 2 for g in geoms])
-            ax.scatter(cx, cy, c=sub["iou"], cmap=cmap, norm=norm, s=70, edgecolors="k", linewidths=0.5, zorder=4)
-            if len(sub) <= 30:
-                for x, y, v in zip(cx, cy, sub["iou"]):
-                    ax.annotate(f"{v:.2f}", (x, y), xytext=(0, 6), textcoords="offset points", ha="center",
-                                fontsize=6.5, zorder=8)
-            best = sub.iloc[-1]
-            for p in shapely.get_parts(geoms[-1]):
-                x, y = p.exterior.xy
-                ax.plot(x, y, color="tab:red", lw=1.8, ls="--", zorder=5)
-            title = f"zoom {z}: {len(sub)} regions\nbest IoU {best['iou']:.3f} ({best['region_id']}, red dashes)"
-            bounds = np.array([shapely.bounds(g) for g in geoms] + [qb])
-        else:
-            title = "no overlapping regions"
-            bounds = np.array([qb])
-        for p in shapely.get_parts(qgeom):
-            x, y = p.exterior.xy
-            ax.plot(x, y, color="black", lw=2.6, zorder=6)
-        w, s = bounds[:, 0].min(), bounds[:, 1].min()
-        e, n = bounds[:, 2].max(), bounds[:, 3].max()
-        pad = 0.06 * max(e - w, n - s)
-        w, s, e, n = w - pad, s - pad, e + pad, n + pad
-        if w <= nadir_lon <= e and s <= nadir_lat <= n:
-            ax.plot(nadir_lon, nadir_lat, marker="*", ms=14, color="orange", mec="black", zorder=7, label="nadir")
-        else:
-            ax.annotate(
-                f"nadir ({nadir_lat:.1f}, {nadir_lon:.1f}) off map",
-                xy=(0.02, 0.02), xycoords="axes fraction", fontsize=8,
-                bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8},
-            )
-        _draw_coastlines(ax, (w, s, e, n))
-        ax.set_xlim(w, e)
-        ax.set_ylim(s, n)
-        ax.set_aspect(aspect)
-        ax.xaxis.set_major_formatter(
-            matplotlib.ticker.FuncFormatter(_lon_label)
-        )
-        ax.set_xlabel("longitude (°)")
-        ax.set_ylabel("latitude (°)")
-        ax.set_title(title, fontsize=9)
-        ax.grid(True, lw=0.3, alpha=0.5)
-    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.8, label="IoU with the query")
-    area = query.get("area_km2", float("nan"))
-    fig.suptitle(
-        f"{query['query_id']}   {_fmt_date(query.get('date', ''))}   footprint {area:,.0f} km²   "
-        f"nadir ({nadir_lat:.1f}, {float(query['nadir_lon']):.1f})   {len(merged)} overlapping regions\n"
-        "query footprint: bold black; nadir: star; dots: region centres coloured by IoU; grey: coastlines",
-        fontsize=10,
-    )
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
 def format_pairs(pairs: pd.DataFrame) -> str:
     cols = ["region_id", "zoom", *VALUE_COLUMNS] + (["db_relpath"] if "db_relpath" in pairs else [])
     df = pairs[cols].copy()
@@ -505,7 +354,7 @@ def audit_query(
     pairs = pairs.reset_index(drop=True)
     listed = "" if qid in inter.listed else " (the query is not in this file)"
     print(
-        f"{qid}  date {_fmt_date(query.get('date', ''))}  footprint {query.get('area_km2', float('nan')):,.0f} km²  "
+        f"{qid}  date {format_date(query.get('date', ''))}  footprint {query.get('area_km2', float('nan')):,.0f} km²  "
         f"nadir ({query['nadir_lat']}, {query['nadir_lon']}): {len(pairs)} overlapping regions{listed}"
     )
     if len(pairs):

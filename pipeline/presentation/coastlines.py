@@ -6,18 +6,18 @@ mask: True = sea; row 0 is latitude 90, column 0 is longitude -180, 120 cells pe
 degree). The mask is block-averaged to `step_deg` cells first, so the contour is
 smooth and small islands below the cell size fade out instead of aliasing.
 
-Two ways to use it:
-- lon/lat maps: `coastline_segments(west, south, east, north)` -> polylines, then
-  `draw_segments(ax, segs)`;
+Every map of the project takes its coastlines from here, so the evaluation-set map,
+the audit's query map and the audit page show the same lines:
+- lon/lat maps: `coastlines_in_box(west, south, east, north)` -> polylines in the
+  box's own longitudes (the box may run past ±180);
 - projected maps: `sea_fraction_grid(...)` once, `SeaFraction.at(lat, lon)` at the
   inverse-projected pixel centres, then `contour_segments(x, y, frac)` in map units.
+Drawing them with matplotlib is `pipeline.presentation.maps`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
@@ -133,20 +133,16 @@ def coastline_segments(
     return contour_segments(sf.lons, sf.lats, sf.frac)
 
 
-def draw_segments(ax: Any, segments: list[npt.NDArray[np.float64]], **kwargs: Any) -> Any:
-    """Add polylines to a matplotlib Axes as one LineCollection and return it.
-    Defaults: thin dark grey lines under everything else (zorder 1)."""
-    from matplotlib.collections import LineCollection
+def coastlines_in_box(
+    west: float, south: float, east: float, north: float, step_deg: float = 0.1
+) -> list[npt.NDArray[np.float64]]:
+    """Coastline polylines over a box given in continuous map longitudes.
 
-    style: dict[str, Any] = {"colors": "0.25", "linewidths": 0.6, "zorder": 1}
-    style.update(kwargs)
-    lc = LineCollection(segments, **style)
-    ax.add_collection(lc)
-    return lc
-
-
-def draw_coastlines(
-    ax: Any, west: float, south: float, east: float, north: float, step_deg: float = 0.1, **kwargs: Any
-) -> Any:
-    """Coastlines of a lon/lat box drawn onto a plain lon/lat (equirectangular) Axes."""
-    return draw_segments(ax, coastline_segments(west, south, east, north, step_deg), **kwargs)
+    `west < east`, and either may lie past ±180 (a map centred near the antimeridian
+    runs from, say, 170 to 190): the raster is read modulo 360 and the lines come back
+    in the box's own longitudes, so they need no shifting onto the axes. Latitudes are
+    clamped to ±90; a box 360° wide or wider is the whole world, read once."""
+    south, north = max(south, -90.0), min(north, 90.0)
+    if east - west >= 360.0:
+        west, east = -180.0, 180.0
+    return coastline_segments(west, south, min(east, west + 359.99), north, step_deg)
