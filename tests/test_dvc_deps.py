@@ -73,11 +73,23 @@ def _runtime_nodes(node: ast.AST) -> Iterator[ast.AST]:
         yield from _runtime_nodes(child)
 
 
+# The config loader builds every section, each from its own stage module, imported lazily
+# inside that section's builder: a stage runs only its own section's builder, whose module
+# the stage imports anyway. Only the loader's module-level imports are followed.
+TOP_LEVEL_ONLY = {"pipeline.config"}
+
+
 def imported_modules(tree: ast.AST, current: str, is_package: bool) -> set[str]:
-    """Project modules imported anywhere in `tree` (lazy imports inside functions included)."""
+    """Project modules imported anywhere in `tree` (lazy imports inside functions included,
+    except for the modules of TOP_LEVEL_ONLY)."""
     found: set[str] = set()
     package = current if is_package else current.rpartition(".")[0]
-    for node in _runtime_nodes(tree):
+    nodes = (
+        [stmt for stmt in tree.body if isinstance(stmt, (ast.Import, ast.ImportFrom))]  # type: ignore[attr-defined]
+        if current in TOP_LEVEL_ONLY
+        else _runtime_nodes(tree)
+    )
+    for node in nodes:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 found.add(alias.name)
