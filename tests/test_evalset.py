@@ -206,6 +206,39 @@ def test_select_evalset_counts_and_reasons() -> None:
     assert s["num_positives_per_zoom"] == {"9": 1, "10": 2, "11": 1}
 
 
+def test_zooms_keep_the_database_and_positives_of_those_zooms() -> None:
+    spec = EvalSetSpec("tiny10", 0.0, 0.0, RQ, RD, zooms=(10,))
+    ev = select_evalset(spec, make_queries(), make_regions(), make_intersections())
+    assert ev.database["region_id"].tolist() == ["10_0005_0001", "10_0007_0000"]
+    assert set(ev.database["zoom"]) == {10} and set(ev.positives["region_id"].str[:2]) == {"10"}
+    # E-5's zoom-9 positive outside the database is not a positive of this set, so it is
+    # kept; E-2 overlaps only a zoom-11 region, so it has no positive here.
+    assert ev.queries["query_id"].tolist() == ["ISS001-E-1", "ISS001-E-5", "ISS001-E-7"]
+    assert ev.queries["num_positives"].tolist() == [1, 1, 1]
+    dropped = dict(zip(ev.dropped["query_id"], ev.dropped["reason"], strict=True))
+    assert dropped == {"ISS001-E-2": DROP_NO_POSITIVE, "ISS001-E-4": DROP_NO_POSITIVE}
+    s = summarize(spec, ev)
+    assert s["zooms"] == [10] and s["num_db_per_zoom"] == {"10": 2} and s["num_positives_per_zoom"] == {"10": 3}
+    # Every zoom listed = no zooms given.
+    every = select_evalset(EvalSetSpec("all", 0.0, 0.0, RQ, RD, zooms=(9, 10, 11)), make_queries(), make_regions(),
+                           make_intersections())  # fmt: skip
+    plain = select_evalset(SPEC, make_queries(), make_regions(), make_intersections())
+    pd.testing.assert_frame_equal(every.positives, plain.positives)
+    pd.testing.assert_frame_equal(every.dropped, plain.dropped)
+    assert summarize(SPEC, plain)["zooms"] is None
+
+
+def test_set_zooms_are_parsed_strictly() -> None:
+    base = {"lat": 0.0, "lon": 0.0, "query_radius_km": 1, "db_radius_km": 2}
+    spec, _ = stage.load_spec({"evalset": {"sets": {"s": {**base, "zooms": ["11", 9, 9]}}}}, "s")
+    assert spec.zooms == (9, 11)
+    assert stage.load_spec({"evalset": {"sets": {"s": base}}}, "s")[0].zooms is None
+    for bad in ({"zooms": []}, {"zooms": 10}, {"zooms": "10"}, {"zooms": [31]}, {"zooms": [-1]}, {"zooms": ["x"]},
+                {"zooms": [9.5]}, {"zooms": [True]}, {"zoom": [10]}, {"db_radius": 3}):  # fmt: skip
+        with pytest.raises(ConfigError, match="evalset.sets.s"):
+            stage.load_spec({"evalset": {"sets": {"s": {**base, **bad}}}}, "s")
+
+
 def test_strict_radius_with_inverse_geodesic() -> None:
     """A nadir placed at exactly the query radius by the inverse (forward geodesic)
     problem is excluded; one a metre closer is included."""

@@ -174,6 +174,15 @@ def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, g
     s = fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", None)
     assert s["pruned_photos"] == 1 and not list((tmp_path / "tiles" / "queries").glob("*.jpg"))
 
+    # scoped: an evaluation set's query gets its photo although one of its positives (of a
+    # zoom the set does not use) is outside the store; nothing else is photographed
+    (tmp_path / "evalsets" / "demo").mkdir(parents=True)
+    pd.DataFrame({"query_index": [0], "query_id": [qids[1]]}).to_csv(tmp_path / "evalsets/demo/queries.csv", index=False)
+    params["fetch_queries"]["scope"] = {"evalsets": ["demo"], "aois": [], "evalsets_dir": str(tmp_path / "evalsets")}
+    s = fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", None)
+    photos = sorted((tmp_path / "tiles" / "queries").glob("*.jpg"))
+    assert [parse_filename(p.name).image_id for p in photos] == [qids[1]] and s["ok"] == 1
+
 
 # -- reliability: concurrent runs, outages, what a rerun needs ------------------------------
 def stub_section(stub: StubWmts, **client: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import requests
 import yaml
 
 from pipeline.errors import ConfigError, InputError
-from pipeline.geo.aoi import Aoi, aois_for_year, in_aois
+from pipeline.geo.aoi import Aoi, aois_for, aois_for_year, in_aois
 from pipeline.synthetic.server import SyntheticTileServer, layer_name, tile_jpeg
 
 TILES = [(11, 845, 483), (10, 422, 241), (9, 211, 120)]  # z, y, x around (30 N, 95 W)
@@ -67,6 +67,24 @@ def test_bad_area_years_are_refused(years: Any) -> None:
         Aoi.from_dict({"lat": 0, "lon": 0, "radius_km": 10, "years": years})
 
 
+def test_an_area_names_the_zooms_it_is_fetched_at() -> None:
+    wide = Aoi.from_dict({"name": "db", "lat": 30.0, "lon": -95.0, "radius_km": 300, "years": [2021],
+                          "zooms": ["10"]})  # fmt: skip
+    small = Aoi.from_dict({"name": "train", "lat": 30.0, "lon": -95.0, "radius_km": 100})
+    assert wide.zooms == (10,) and small.zooms is None
+    assert aois_for((wide, small), 2021, 10) == (wide, small)
+    assert aois_for((wide, small), 2021, 9) == (small,)
+    assert aois_for((wide, small), 2018, 10) == (small,)
+    assert aois_for((wide, small), zoom=11) == (small,)
+    assert aois_for(None, 2021, 9) is None
+
+
+@pytest.mark.parametrize("zooms", [[], "10", 10, ["x"], [9.5], [True], [31]])
+def test_bad_area_zooms_are_refused(zooms: Any) -> None:
+    with pytest.raises(ValueError, match="zooms"):
+        Aoi.from_dict({"lat": 0, "lon": 0, "radius_km": 10, "zooms": zooms})
+
+
 def test_area_keys_are_checked() -> None:
     with pytest.raises(ValueError, match="unknown key"):
         Aoi.from_dict({"lat": 0, "lon": 0, "radius_km": 10, "yeras": [2021]})
@@ -77,6 +95,9 @@ def test_an_area_year_outside_fetch_years_is_a_config_error() -> None:
 
     aois = [{"name": "a", "lat": 0, "lon": 0, "radius_km": 10, "years": [2017]}]
     with pytest.raises(ConfigError, match="2017"):
+        FetchParams.from_section(fetch_section(aois=aois))
+    aois = [{"name": "a", "lat": 0, "lon": 0, "radius_km": 10, "zooms": [12]}]
+    with pytest.raises(ConfigError, match=r"zoom\(s\) \[12\]"):
         FetchParams.from_section(fetch_section(aois=aois))
     with pytest.raises(ConfigError, match="render_processes"):
         FetchParams.from_section(fetch_section(run={**PARAMS["fetch"]["run"], "render_processes": -1}))
@@ -93,6 +114,39 @@ def test_shards_select_the_areas_of_their_year(tmp_path: Path) -> None:
     assert 0 < len(r2018) < len(r2021)
     assert set(r2018["region_id"]) == set(fetch.select_regions(out, 10, aois[1:])["region_id"])
     assert set(r2021["region_id"]) == set(fetch.select_regions(out, 10, aois)["region_id"])
+
+
+def test_shards_select_the_areas_of_their_zoom(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from earthloc.cli import main as cli_main
+    from pipeline.stages import fetch, grid
+
+    out = tmp_path / "regions.parquet"
+    grid.run(out, grid.GridParams.from_section({"zooms": [10, 11], "bbox": [-98.0, 27.0, -92.0, 33.0]}))
+    aois = (Aoi("db", 30.0, -95.0, 250.0, (2021,), (10,)), Aoi("train", 30.0, -95.0, 100.0))
+    z10, z11 = fetch.select_regions(out, 10, aois, 2021), fetch.select_regions(out, 11, aois, 2021)
+    assert set(z10["zoom"]) == {10} and set(z11["zoom"]) == {11}
+    # zoom 11 of 2021 is the training disc only; zoom 10 of 2021 the wide disc
+    assert set(z11["region_id"]) == set(fetch.select_regions(out, 11, aois[1:], 2021)["region_id"])
+    assert set(z10["region_id"]) == set(fetch.select_regions(out, 10, aois[:1], 2021)["region_id"])
+    assert len(fetch.select_regions(out, 10, aois[1:], 2021)) < len(z10)
+
+    # `fetch --plan` counts exactly the regions each shard selects
+    sec = fetch_section(aois=[{"name": a.name, "lat": a.lat, "lon": a.lon, "radius_km": a.radius_km,
+                               **({"years": list(a.years)} if a.years else {}),
+                               **({"zooms": list(a.zooms)} if a.zooms else {})} for a in aois],
+                        zooms=["10", "11"])  # fmt: skip
+    params = json.loads(json.dumps(PARAMS))
+    params["fetch"] = sec
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    capsys.readouterr()
+    assert cli_main(["fetch", "--plan", "--all", "--params", str(tmp_path / "params.yaml"), "--grid", str(out),
+                     "--root", str(tmp_path / "tiles")]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.split("world (aois null")[0].splitlines()
+    planned = {ln.split()[0]: int(ln.split()[1]) for ln in lines if ln[:4].isdigit() and "_" in ln.split()[0]}
+    fp = fetch.FetchParams.from_section(sec)
+    expected = {f"{y}_{z:02d}": len(fetch.select_regions(out, z, fp.aois, y)) for y in fp.years for z in fp.zooms}
+    assert planned == expected
+    assert planned["2018_10"] < planned["2021_10"] and planned["2018_11"] == planned["2021_11"]
 
 
 # --------------------------------------------------------------------------- which photos
@@ -126,15 +180,22 @@ def test_scope_keeps_the_evaluation_queries_and_the_training_area(tmp_path: Path
     pd.DataFrame({"query_index": [0], "query_id": ["A-2"]}).to_csv(tmp_path / "demo_val/queries.csv", index=False)
     aois = (Aoi("texas", 30.0, -95.0, 1000.0, (2021,)), Aoi("cape", -35.0, 19.0, 100.0))
     scope = PhotoScope(("demo", "demo_val"), ("cape",), str(tmp_path))
-    out = apply_scope(photographable, scope, aois)
-    # B-1 lies in the 2021 area but in no evaluation set and no training area: no photo;
-    # Z-9 is in demo but not photographable (a positive outside the fetched regions)
-    assert list(out["query_id"]) == ["A-1", "A-2", "C-1", "C-2"]
+    # Z-9 is in demo but not photographable (it overlaps a region of a zoom the store lacks):
+    # the set judged it on its own zooms, so it gets a photo. C-3 lies in the training area
+    # but has a positive outside the fetched regions: no photo. B-1 lies in the 2021 area
+    # but in no evaluation set and no training area: no photo.
+    queries = pd.concat([photographable, pd.DataFrame({"query_id": ["Z-9", "C-3"], "nadir_lat": [31.0, -35.2],
+                                                       "nadir_lon": [-95.0, 19.2]})])  # fmt: skip
+    queries = queries.sample(frac=1.0, random_state=0)  # the order of the table does not matter
+    out = apply_scope(queries, photographable, scope, aois)
+    assert list(out["query_id"]) == ["A-1", "A-2", "C-1", "C-2", "Z-9"]
 
     with pytest.raises(ConfigError, match="nowhere"):
-        apply_scope(photographable, PhotoScope((), ("nowhere",), str(tmp_path)), aois)
+        apply_scope(queries, photographable, PhotoScope((), ("nowhere",), str(tmp_path)), aois)
     with pytest.raises(InputError, match="no such file"):
-        apply_scope(photographable, PhotoScope(("missing",), (), str(tmp_path)), aois)
+        apply_scope(queries, photographable, PhotoScope(("missing",), (), str(tmp_path)), aois)
+    with pytest.raises(InputError, match="not in the query table"):
+        apply_scope(queries[queries["query_id"] != "Z-9"], photographable, scope, aois)
 
 
 # --------------------------------------------------------------------------- the protocol in params
@@ -158,6 +219,8 @@ def test_the_demo_database_is_exactly_a_2021_area_and_training_has_every_year() 
         s = sets[name]
         same = [a for a in aois if (a.lat, a.lon, a.radius_km) == (s["lat"], s["lon"], s["db_radius_km"])]
         assert same and all(a.fetched_in(year) for a in same), name
+        # the area is fetched at exactly the set's zooms
+        assert all(a.zooms == (None if s.get("zooms") is None else tuple(sorted(s["zooms"]))) for a in same), name
         # no query loses a positive outside the database: the database reaches beyond every
         # footprint of a query within the query radius (checked on real data below)
         assert s["db_radius_km"] > s["query_radius_km"]

@@ -4,6 +4,9 @@ Given the queries, the database regions and the query x region intersections, pi
 the queries whose nadir lies within T_q of the POI and the regions whose centre lies
 within T_db, then keep a query only if it has positives and all of them are in the
 database. Unlike upstream, every dropped query is returned with its reason.
+A set may keep only some zooms of the grid (`zooms`): its database and its positives are
+then the regions of those zooms, and a query is judged by its positives at those zooms
+only (a query whose only overlaps are at other zooms is dropped as having no positive).
 Folds (a validation set beside a test set around one POI) take whole ISS passes
 (`pipeline.geo.passes`), so near-duplicate frames never sit on both sides.
 No I/O here; the `evalset` stage reads the inputs and writes the outputs."""
@@ -38,6 +41,8 @@ class EvalSetSpec:
     # fold; the set keeps the folds in `take_folds`.
     folds: int = 1
     take_folds: tuple[int, ...] = (0,)
+    # The zooms of the database and of the positives; None: every zoom of the grid.
+    zooms: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for field in ("lat", "lon", "query_radius_km", "db_radius_km"):
@@ -51,6 +56,8 @@ class EvalSetSpec:
             raise ValueError("radii must be positive")
         if self.folds < 1 or not self.take_folds or not all(0 <= f < self.folds for f in self.take_folds):
             raise ValueError(f"take_folds {list(self.take_folds)} must be a non-empty subset of 0..{self.folds - 1}")
+        if self.zooms is not None and (not self.zooms or any(not 0 <= z <= 30 for z in self.zooms)):
+            raise ValueError(f"zooms {list(self.zooms)} must be a non-empty list of zooms 0..30 (or absent for every zoom)")
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,8 @@ def select_evalset(
     regions: region_id, zoom, row, col, center_lat, center_lon (+ anything).
     intersections: query_id, region_id (+ iou, intersection_km2 if present); one row
     per overlapping pair. A pair whose region is not in the database (including one
-    not in `regions` at all) counts as a positive outside the database."""
+    not in `regions` at all) counts as a positive outside the database; with `spec.zooms`,
+    a pair whose region is of another zoom is not a positive of this set at all."""
     # 1. Queries by nadir distance, in query_id order.
     q_mask, q_dist = within_radius(spec.lat, spec.lon, queries["nadir_lat"], queries["nadir_lon"], spec.query_radius_km)
     within = queries.loc[q_mask].assign(nadir_dist_km=q_dist[q_mask])
@@ -107,7 +115,13 @@ def select_evalset(
     within = within.loc[in_fold]
     within = within.sort_values("query_id", kind="stable").reset_index(drop=True)
 
-    # 2. Database by centre distance, in (zoom, row, col) order.
+    # 2. Database by centre distance (of the set's zooms), in (zoom, row, col) order.
+    if spec.zooms is not None:
+        other_zoom = ~regions["zoom"].isin(spec.zooms).to_numpy()
+        intersections = intersections.loc[
+            ~intersections["region_id"].isin(regions["region_id"].to_numpy()[other_zoom]).to_numpy()
+        ]
+        regions = regions.loc[~other_zoom]
     r_mask, r_dist = within_radius(spec.lat, spec.lon, regions["center_lat"], regions["center_lon"], spec.db_radius_km)
     database = regions.loc[r_mask].assign(center_dist_km=r_dist[r_mask])
     database = database.sort_values(["zoom", "row", "col"], kind="stable").reset_index(drop=True)
@@ -175,6 +189,7 @@ def summarize(spec: EvalSetSpec, ev: EvalSet) -> dict[str, object]:
         "poi_lon": float(spec.lon),
         "query_radius_km": float(spec.query_radius_km),
         "db_radius_km": float(spec.db_radius_km),
+        "zooms": None if spec.zooms is None else [int(z) for z in spec.zooms],
         "earth_radius_km": EARTH_RADIUS_KM,
         "num_within_radius": int(ev.num_within_radius),
         "folds": int(spec.folds),

@@ -44,6 +44,24 @@ INTERSECTION_COLS = ["query_id", "region_id", "iou", "intersection_km2"]
 # Parameters
 
 
+SPEC_KEYS = {"lat", "lon", "query_radius_km", "db_radius_km", "folds", "take_folds", "zooms"}
+
+
+def _zoom_list(raw: Any) -> tuple[int, ...] | None:
+    """`zooms` of a set: absent = every zoom; else a list of integer zooms ("09" allowed,
+    as fetch.zooms writes them), sorted and de-duplicated. ValueError otherwise."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ValueError(f"zooms must be a list of integers, got {raw!r}")
+    zooms: set[int] = set()
+    for z in raw:
+        if isinstance(z, bool) or not isinstance(z, (int, str)):
+            raise ValueError(f"zooms must be a list of integers, got {z!r}")
+        zooms.add(int(z, 10) if isinstance(z, str) else z)
+    return tuple(sorted(zooms))
+
+
 def load_spec(params: dict[str, Any], name: str) -> tuple[EvalSetSpec, int]:
     """The named set of params `evalset.sets` and the database year."""
     sec = section(params, "evalset")
@@ -58,6 +76,10 @@ def load_spec(params: dict[str, Any], name: str) -> tuple[EvalSetSpec, int]:
     missing = [k for k in ("lat", "lon", "query_radius_km", "db_radius_km") if k not in entry]
     if missing:
         raise ConfigError(f"params evalset.sets.{name}: missing {', '.join(missing)}")
+    unknown = sorted(set(map(str, entry)) - SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"params evalset.sets.{name}: unknown key(s) {', '.join(unknown)}; "
+                          f"valid keys: {', '.join(sorted(SPEC_KEYS))}")
     try:
         spec = EvalSetSpec(
             name=name,
@@ -67,6 +89,7 @@ def load_spec(params: dict[str, Any], name: str) -> tuple[EvalSetSpec, int]:
             db_radius_km=float(entry["db_radius_km"]),
             folds=int(entry.get("folds", 1)),
             take_folds=tuple(int(f) for f in entry.get("take_folds", [0])),
+            zooms=_zoom_list(entry.get("zooms")),
         )
         year = int(sec.get("year", 2021))
     except (TypeError, ValueError) as exc:

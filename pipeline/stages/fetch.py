@@ -32,7 +32,7 @@ from pipeline.fetch.estimate import (
 )  # fmt: skip
 from pipeline.fetch.run import DESCRIBED, RunConfig, fetch_regions, planned_paths
 from pipeline.fetch.store import REGION_COLUMNS, TILE_COLUMNS, TileStore, read_manifest, shard_name
-from pipeline.geo.aoi import Aoi, aois_for_year, in_aois
+from pipeline.geo.aoi import Aoi, aois_for, in_aois
 from pipeline.io import write_json
 from pipeline.params import load_params, section
 
@@ -81,6 +81,9 @@ class FetchParams:
             extra = sorted(set(a.years or ()) - set(years))
             if extra:
                 raise ConfigError(f"params fetch.aois: {a.name} names year(s) {extra} that fetch.years lacks")
+            extra = sorted(set(a.zooms or ()) - set(zooms))
+            if extra:
+                raise ConfigError(f"params fetch.aois: {a.name} names zoom(s) {extra} that fetch.zooms lacks")
         client_keys = dict(sec.get("client") or {})
         client_keys.setdefault("url_template", sec.get("url_template") or URL_FORMS[url_form])
         client_keys.setdefault("layer_template", sec.get("layer_template", EOX_LAYER))
@@ -136,17 +139,25 @@ def tile_source(params: FetchParams) -> Iterator[ClientConfig]:
 
 
 def select_regions(grid: Path, zoom: int, aois: tuple[Aoi, ...] | None, year: int | None = None) -> pd.DataFrame:
-    """Regions of `zoom` inside the areas of interest (those fetched for `year` when it is
-    given), with what fetch_regions needs."""
+    """Regions of `zoom` inside the areas of interest fetched at that zoom (and for `year`
+    when it is given), with what fetch_regions needs."""
+    return regions_in(read_grid(grid), zoom, aois, year)
+
+
+def read_grid(grid: Path) -> pd.DataFrame:
+    """The grid's region columns; one-line InputError when it is missing or unreadable."""
     if not grid.exists():
         raise InputError(f"{grid}: no such file (run the grid stage first)")
     try:
-        df = pd.read_parquet(grid, columns=DESCRIBED)
+        return pd.read_parquet(grid, columns=DESCRIBED)
     except Exception as exc:  # pyarrow raises many types; report one line
         raise InputError(f"{grid}: cannot read the region columns {DESCRIBED} ({exc})") from exc
+
+
+def regions_in(df: pd.DataFrame, zoom: int, aois: tuple[Aoi, ...] | None, year: int | None = None) -> pd.DataFrame:
+    """`select_regions` on a grid already read (the plan selects every shard from one read)."""
     df = df[df["zoom"] == zoom]
-    if year is not None:
-        aois = aois_for_year(aois, year)
+    aois = aois_for(aois, year=year, zoom=zoom)
     return df[in_aois(df["center_lat"].to_numpy(), df["center_lon"].to_numpy(), aois)].reset_index(drop=True)
 
 
@@ -317,9 +328,11 @@ def plan(params: FetchParams, grid: Path, root: Path, shards: list[tuple[int, in
     scopes: list[tuple[str, tuple[Aoi, ...] | None]] = [("areas of interest (fetch.aois)", params.aois)]
     if params.aois is not None:
         scopes.append((f"world (aois null: every region of {grid})", None))
+    regions = read_grid(grid)
     for title, aois in scopes:
-        by_zoom = {z: select_regions(grid, z, aois) for z in sorted({z for _, z in shards})}
-        rows = [estimate_shard_fetch(store, params, y, z, by_zoom[z], sid, sizes) for y, z in shards]
+        # The same selection as the shard itself (the years and zooms of each area).
+        rows = [estimate_shard_fetch(store, params, y, z, regions_in(regions, z, aois, y), sid, sizes)
+                for y, z in shards]
         out += ["", *format_table(title, rows)]
     return out
 
@@ -452,10 +465,15 @@ def prune_photos(root: Path, keep_filenames: set[str]) -> int:
     return removed
 
 
-def apply_scope(photographable: pd.DataFrame, scope: Any, aois: tuple[Aoi, ...] | None) -> pd.DataFrame:
-    """The photographable queries the scope names: every query of its evaluation sets (read
-    from their queries.csv; one that lacks a fetched positive is reported, since it will be
-    evaluated without a photo) and those whose nadir lies in its areas of fetch.aois."""
+def apply_scope(
+    queries: pd.DataFrame, photographable: pd.DataFrame, scope: Any, aois: tuple[Aoi, ...] | None
+) -> pd.DataFrame:
+    """The queries the scope names, in query_id order: every query of its evaluation sets
+    (read from their queries.csv), whatever its overlaps at zooms or places the tile store
+    lacks, since a photo is rendered from the footprint, not from tiles, and the set has
+    already judged the query against its own database; and the photographable queries
+    (all positives fetched) whose nadir lies in its areas of fetch.aois (training photos,
+    which need their positive regions' images)."""
     from pipeline.fetch.queries import scoped_queries
 
     by_name = {a.name: a for a in aois or ()}
@@ -471,13 +489,16 @@ def apply_scope(photographable: pd.DataFrame, scope: Any, aois: tuple[Aoi, ...] 
             ids = pd.read_csv(path, usecols=["query_id"], dtype={"query_id": str})["query_id"]
         except (ValueError, pd.errors.ParserError) as exc:
             raise InputError(f"{path}: not a query table with a query_id column ({exc})") from exc
-        missing = int((~ids.isin(photographable["query_id"])).sum())
-        if missing:
-            print(f"fetch_queries: {missing} queries of {name} have a positive outside the fetched regions: no photo")
+        unknown_ids = ids[~ids.isin(queries["query_id"])]
+        if len(unknown_ids):
+            raise InputError(f"{path}: {len(unknown_ids)} queries not in the query table (e.g. {unknown_ids.iloc[0]}); "
+                             "was the set built from the same queries?")
         evalset_ids.update(ids)
     areas = tuple(by_name[n] for n in scope.aois)
     in_area = in_aois(photographable["nadir_lat"].to_numpy(), photographable["nadir_lon"].to_numpy(), areas)
-    return scoped_queries(photographable, evalset_ids, in_area)
+    trainable = set(photographable.loc[in_area, "query_id"])
+    everything = queries.sort_values("query_id", kind="stable").reset_index(drop=True)
+    return scoped_queries(everything, evalset_ids, everything["query_id"].isin(trainable).to_numpy())
 
 
 def run_queries(
@@ -485,7 +506,8 @@ def run_queries(
 ) -> dict[str, Any]:
     """Photos of the queries all of whose 2021 positives are fetched regions (so every one of
     them can be evaluated against the fetched database), simulated or downloaded; with
-    `fetch_queries.scope`, only those of the named evaluation sets and training areas."""
+    `fetch_queries.scope`, exactly the queries of the named evaluation sets and those of the
+    named training areas whose positives are fetched (`apply_scope`)."""
     from pipeline.fetch.queries import PhotoScope, QueryPhotoConfig, fetch_query_photos, select_queries
 
     fp = FetchParams.from_section(section(params, "fetch"))
@@ -503,11 +525,13 @@ def run_queries(
     pairs = pd.read_parquet(intersections_path, columns=["query_id", "region_id"])
     selected = select_queries(queries, pairs, fetched_region_ids(root, year, fp.zooms))
     if scope is not None:
-        selected = apply_scope(selected, scope, fp.aois)
+        selected = apply_scope(queries, selected, scope, fp.aois)
     summary = fetch_query_photos(selected, root, qcfg, client_config=fp.client, progress=fp.run.progress)
     summary["pruned_photos"] = prune_photos(root, set(selected["filename"]))
     print(
-        f"fetch_queries: {len(selected)} queries have all their {year} positives in the tile store; photos "
+        f"fetch_queries: {len(selected)} queries "
+        + ("in fetch_queries.scope" if scope is not None else f"have all their {year} positives in the tile store")
+        + "; photos "
         f"{summary['ok']} made, {summary['reused']} already complete, {summary['not_found']} not found, "
         f"{summary['failed']} failed {summary['failed_by_reason'] or ''}, {summary['pruned_photos']} pruned "
         f"({qcfg.source}, {summary['seconds']:.1f} s)"
