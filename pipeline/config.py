@@ -226,7 +226,7 @@ def _pairs(params: Params) -> Mapping[str, Any]:
 def _lost_in_space(params: Params) -> Mapping[str, Any]:
     sec = section(dict(params), "lost_in_space")
     check_keys(sec, {"year", "sets"}, "lost_in_space")
-    _named_sets(sec, "lost_in_space", frozenset({"source"}))
+    _named_sets(sec, "lost_in_space", frozenset({"source", "zooms"}))
     return MappingProxyType(sec)
 
 

@@ -54,3 +54,34 @@ def test_run_writes_an_evalset_the_evaluator_reads(tmp_path: Path) -> None:
     assert [sorted(p.tolist()) for p in ev.positives] == [[0, 5], [3]]
     with pytest.raises(InputError, match="source set"):
         run(LostInSpaceSpec("lis", "nope"), tmp_path / "sets", tmp_path / "inter.parquet", s["grid"], s["tiles"], out)
+
+
+def test_zooms_keep_the_database_and_positives_of_those_zooms(tmp_path: Path) -> None:
+    """A one-zoom source set: positives at other zooms neither count nor drop a query."""
+    from train_fixtures import make_store
+
+    s = make_store(tmp_path / "store")
+    grid = pd.read_parquet(s["grid"], columns=["region_id", "zoom"])
+    zooms = sorted(grid["zoom"].unique())
+    keep = int(zooms[0])
+    at = grid.loc[grid["zoom"] == keep, "region_id"].tolist()
+    other = grid.loc[grid["zoom"] != keep, "region_id"].tolist()
+    (tmp_path / "sets" / "src").mkdir(parents=True)
+    QUERIES.to_csv(tmp_path / "sets" / "src" / "queries.csv", index=False)
+    # A: one positive at the kept zoom and one elsewhere; B: only elsewhere (no positive then)
+    region = [at[0], other[0] if other else at[1], other[-1] if other else at[2]]
+    pd.DataFrame({"query_id": ["A", "A", "B"], "region_id": region, "iou": [0.3, 0.2, 0.5],
+                  "intersection_km2": [1.0, 1.0, 1.0]}).to_parquet(tmp_path / "inter.parquet")
+    out = tmp_path / "sets" / "lis"
+    summary = run(LostInSpaceSpec("lis", "src", zooms=(keep,)), tmp_path / "sets", tmp_path / "inter.parquet",
+                  s["grid"], s["tiles"], out)  # fmt: skip
+    assert summary["num_db"] == len(at) and summary["zooms"] == [keep]
+    if other:
+        assert summary["num_queries"] == 1 and summary["num_dropped_no_positive"] == 2
+        assert summary["num_dropped_positive_outside_db"] == 0
+    params = {"lost_in_space": {"sets": {"x": {"source": "demo", "zooms": "10"}}}}
+    with pytest.raises(ConfigError, match="zooms"):
+        LostInSpaceSpec.from_params(params, "x")
+    params = {"lost_in_space": {"sets": {"x": {"source": "demo", "zoom": [10]}}}}
+    with pytest.raises(ConfigError, match="unknown key 'zoom'"):
+        LostInSpaceSpec.from_params(params, "x")

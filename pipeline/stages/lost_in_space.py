@@ -6,7 +6,9 @@ the database is every region image there is. Here that is every region whose `ye
 image is `ok` in the tile store (all fetched areas of interest, all zooms); the queries
 are those of a source evaluation set (e.g. `demo`), and a query is dropped when one of its
 positives (any zoom, from the intersections) is not in that database, as in the evalset
-stage. The output has the evalset stage's layout, so `earthloc evaluate` reads it as is:
+stage. `zooms` (optional) keeps the database and the positives at those zooms only, as the
+evalset stage's `zooms` does, so a lost-in-space set of a one-zoom source set drops nothing.
+The output has the evalset stage's layout, so `earthloc evaluate` reads it as is:
   data/evalsets/<name>/{queries.csv, database.csv, positives.parquet, dropped.csv, summary.json}
 """
 
@@ -31,6 +33,7 @@ class LostInSpaceSpec:
     name: str
     source: str  # the evaluation set whose queries are used
     year: int = 2021
+    zooms: tuple[int, ...] | None = None  # None: every zoom
 
     @classmethod
     def from_params(cls, params: dict[str, Any], name: str) -> LostInSpaceSpec:
@@ -41,7 +44,15 @@ class LostInSpaceSpec:
         entry = sets[name]
         if not isinstance(entry, dict) or "source" not in entry:
             raise ConfigError(f"params lost_in_space.sets.{name}: expected a mapping with 'source'")
-        return cls(name, str(entry["source"]), int(sec.get("year", 2021)))
+        unknown = sorted(set(entry) - {"source", "zooms"})
+        if unknown:
+            raise ConfigError(f"params lost_in_space.sets.{name}: unknown key {unknown[0]!r}")
+        zooms = entry.get("zooms")
+        if zooms is not None:
+            if not isinstance(zooms, list) or not zooms or not all(type(z) is int and 0 <= z <= 30 for z in zooms):
+                raise ConfigError(f"params lost_in_space.sets.{name}.zooms: expected a non-empty list of zooms")
+            zooms = tuple(sorted(set(zooms)))
+        return cls(name, str(entry["source"]), int(sec.get("year", 2021)), zooms)
 
 
 def build(
@@ -91,6 +102,9 @@ def run(spec: LostInSpaceSpec, evalsets_dir: Path, intersections: Path, grid: Pa
     if not ok:
         raise InputError(f"{tiles_root}/manifests: no {spec.year} region image is ok (run the fetch stage first)")
     g = _read_parquet(Path(grid), GRID_COLS)
+    if spec.zooms is not None:
+        g = g.loc[g["zoom"].isin(spec.zooms)]
+    at_zooms = set(g["region_id"])
     g = g.loc[g["region_id"].isin(ok)].sort_values("region_id").reset_index(drop=True)
     database = pd.DataFrame({
         "db_index": np.arange(len(g), dtype=np.int64),
@@ -101,9 +115,12 @@ def run(spec: LostInSpaceSpec, evalsets_dir: Path, intersections: Path, grid: Pa
         "center_lon": g["center_lon"].to_numpy(),
     })
     inter = _read_parquet(Path(intersections), ["query_id", "region_id", "iou", "intersection_km2"])
+    if spec.zooms is not None:
+        inter = inter.loc[inter["region_id"].isin(at_zooms)]
     kept, positives, dropped = build(queries, inter, database)
     summary = {
         "name": spec.name, "source": spec.source, "year": spec.year, "setting": "lost_in_space",
+        "zooms": None if spec.zooms is None else list(spec.zooms),
         "num_source_queries": int(len(queries)), "num_queries": int(len(kept)), "num_db": int(len(database)),
         "num_db_per_zoom": {str(int(z)): int(n) for z, n in database["zoom"].value_counts().sort_index().items()},
         "num_dropped_no_positive": int((dropped["reason"] == "no_positive").sum()),
