@@ -37,7 +37,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -333,8 +333,10 @@ def page_data(
                 "id": q.query_id,
                 "footprint": _rounded_ring(unwrap_ring(q.footprint)),
                 "pos": [b - a for a, b in zip([0, *pos[:-1]], pos)],  # deltas of sorted region indices
-                "preds": [[index[p.region_id], round(float(p.score), 4), _angle(p.angle_deg), int(bool(p.is_positive))]
-                          for p in preds],  # fmt: skip
+                "preds": [
+                    [index[p.region_id], round(float(p.score), 4), _angle(p.angle_deg), int(bool(p.is_positive))]
+                    for p in preds
+                ],  # fmt: skip
                 "first_hit": first_hit,  # rank of the first positive among all predictions given
                 "orientation": q.orientation,
                 "nadir": None if q.nadir is None else [round(q.nadir[0], 3), round(q.nadir[1], 3)],
@@ -435,9 +437,7 @@ def _regions_from_parquet(path: Path, ids: set[str]) -> dict[str, list[LatLon]]:
         raise InputError(f"{path}: no such file (run the grid stage first)")
     table = pq.read_table(path, columns=["region_id", *CORNER_COLUMNS], filters=[("region_id", "in", sorted(ids))])
     df = table.to_pandas()
-    return {
-        str(r.region_id): corners_ring([getattr(r, c) for c in CORNER_COLUMNS]) for r in df.itertuples(index=False)
-    }
+    return {str(r.region_id): corners_ring([getattr(r, c) for c in CORNER_COLUMNS]) for r in df.itertuples(index=False)}
 
 
 def audit_page_from_files(
@@ -477,7 +477,9 @@ def audit_page_from_files(
     if (db_ids.reindex(preds["db_index"]).to_numpy() != preds["region_id"].astype(str).to_numpy()).any():
         raise InputError(f"{predictions_parquet}: region_id disagrees with database.csv for some db_index")
     pairs = set(zip(pos["query_index"].tolist(), pos["db_index"].tolist()))
-    truth = np.array([(q, d) in pairs for q, d in zip(preds["query_index"].tolist(), preds["db_index"].tolist())], dtype=bool)
+    truth = np.array(
+        [(q, d) in pairs for q, d in zip(preds["query_index"].tolist(), preds["db_index"].tolist())], dtype=bool
+    )
     wrong = int((truth != preds["is_positive"].to_numpy(dtype=bool)).sum())
     if wrong:
         raise InputError(f"{predictions_parquet}: is_positive disagrees with positives.parquet in {wrong} rows")

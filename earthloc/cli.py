@@ -173,26 +173,48 @@ def build_parser() -> argparse.ArgumentParser:
     _params_arg(p)
     p.add_argument("--out", type=Path, required=True, help="output GeoParquet")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"), help="only regions meeting this box (W > E crosses ±180)")
+    g.add_argument(
+        "--bbox",
+        type=float,
+        nargs=4,
+        metavar=("W", "S", "E", "N"),
+        help="only regions meeting this box (W > E crosses ±180)",
+    )
     g.add_argument("--world", action="store_true", help="ignore grid.bbox from params")
     p.set_defaults(func=cmd_grid)
 
-    p = sub.add_parser("queries", help="NASA photo metadata -> footprints", description="Ingest astronaut-photo metadata (NASA CSV) into footprints; every rejected row is recorded with its reason.")
+    p = sub.add_parser(
+        "queries",
+        help="NASA photo metadata -> footprints",
+        description="Ingest astronaut-photo metadata (NASA CSV) into footprints; every rejected row is recorded with its reason.",
+    )
     _params_arg(p)
     p.add_argument("csv", type=Path, nargs="?", help="NASA metadata CSV (default: queries.csv in params)")
     p.add_argument("--out", type=Path, required=True, help="output GeoParquet")
     p.add_argument("--rejected", type=Path, required=True, help="output CSV of rejected rows")
     p.set_defaults(func=cmd_queries)
 
-    p = sub.add_parser("intersect", help="query x region overlaps", description="Exact footprint intersections of every query with every region, on dask.distributed.")
+    p = sub.add_parser(
+        "intersect",
+        help="query x region overlaps",
+        description="Exact footprint intersections of every query with every region, on dask.distributed.",
+    )
     _params_arg(p)
     p.add_argument("--queries", type=Path, required=True, help="queries GeoParquet")
     p.add_argument("--grid", type=Path, required=True, help="regions GeoParquet")
     p.add_argument("--out-dir", type=Path, required=True, help="output directory")
-    p.add_argument("--scheduler", default=None, help="dask scheduler address (else params, DASK_SCHEDULER_ADDRESS, or a LocalCluster)")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="dask scheduler address (else params, DASK_SCHEDULER_ADDRESS, or a LocalCluster)",
+    )
     p.set_defaults(func=cmd_intersect)
 
-    p = sub.add_parser("evalset", help="one POI evaluation set", description="Build one point-of-interest evaluation set (queries, database, positives, summary, map).")
+    p = sub.add_parser(
+        "evalset",
+        help="one POI evaluation set",
+        description="Build one point-of-interest evaluation set (queries, database, positives, summary, map).",
+    )
     _params_arg(p)
     p.add_argument("name", help="set name, a key of evalset.sets in params (texas, alps, ..., val)")
     p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
@@ -201,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=None, help="default: data/evalsets/<name>")
     p.set_defaults(func=cmd_evalset)
 
-    p = sub.add_parser("fetch", help="database images of one (year, zoom) shard", description="Fetch the regions of the areas of interest (params fetch.aois) for one year and zoom from the WMTS source (the local synthetic Earth by default) into the tile store, resuming where a previous run stopped.")
+    p = sub.add_parser(
+        "fetch",
+        help="database images of one (year, zoom) shard",
+        description="Fetch the regions of the areas of interest (params fetch.aois) for one year and zoom from the WMTS source (the local synthetic Earth by default) into the tile store, resuming where a previous run stopped.",
+    )
     _params_arg(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--year", type=int, help="layer year (2018..2021)")
@@ -210,11 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
     p.add_argument("--root", type=Path, default=Path("tiles"), help="tile store root (default: tiles)")
     p.add_argument("--summary", type=Path, default=None, help="metrics JSON (default: data/fetch/<YEAR>_<ZZ>.json)")
-    p.add_argument("--scheduler", default=None, help="dask scheduler address (else params fetch.run.scheduler_address or an in-process cluster)")
-    p.add_argument("--plan", action="store_true", help="print regions, tiles, requests, bytes, disk and time per shard and in total (areas of interest and world) without fetching")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="dask scheduler address (else params fetch.run.scheduler_address or an in-process cluster)",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print regions, tiles, requests, bytes, disk and time per shard and in total (areas of interest and world) without fetching",
+    )
     p.set_defaults(func=cmd_fetch)
 
-    p = sub.add_parser("fetch-queries", help="query photos of the fetched area", description="Make the photos of the queries all of whose 2021 positives are in the tile store: simulated from the synthetic Earth (offline default) or downloaded from NASA (params fetch_queries.source), resized to upstream's 1024x1024, resuming where a previous run stopped.")
+    p = sub.add_parser(
+        "fetch-queries",
+        help="query photos of the fetched area",
+        description="Make the photos of the queries all of whose 2021 positives are in the tile store: simulated from the synthetic Earth (offline default) or downloaded from NASA (params fetch_queries.source), resized to upstream's 1024x1024, resuming where a previous run stopped.",
+    )
     _params_arg(p)
     p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
     p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
@@ -222,17 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, default=Path("data/fetch/queries.json"), help="metrics JSON")
     p.set_defaults(func=cmd_fetch_queries)
 
-    p = sub.add_parser("pairs", help="AstroLoc (photo, region) training pairs", description="Training pairs of astronaut photos and 2021 database regions with IoU >= pairs.min_iou, excluding every photo of every evaluation set (kept, dropped, or with its nadir within a set's query radius), restricted to images present in the tile store.")
+    p = sub.add_parser(
+        "pairs",
+        help="AstroLoc (photo, region) training pairs",
+        description="Training pairs of astronaut photos and 2021 database regions with IoU >= pairs.min_iou, excluding every photo of every evaluation set (kept, dropped, or with its nadir within a set's query radius), restricted to images present in the tile store.",
+    )
     _params_arg(p)
     p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
     p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
     p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
     p.add_argument("--evalsets", type=Path, default=Path("data/evalsets"), help="folder of the evaluation sets")
-    p.add_argument("--tiles", type=Path, default=Path("tiles"), help="tile store root (manifests say which images exist)")
+    p.add_argument(
+        "--tiles", type=Path, default=Path("tiles"), help="tile store root (manifests say which images exist)"
+    )
     p.add_argument("--out-dir", type=Path, default=Path("data/pairs"))
     p.set_defaults(func=cmd_pairs)
 
-    p = sub.add_parser("lost-in-space", help="an evaluation set without the nadir prior", description="The queries of an evaluation set against every fetched database region (all areas of interest, all zooms): the lost-in-space setting. Params section lost_in_space; output in the evalset layout for `earthloc evaluate`.")
+    p = sub.add_parser(
+        "lost-in-space",
+        help="an evaluation set without the nadir prior",
+        description="The queries of an evaluation set against every fetched database region (all areas of interest, all zooms): the lost-in-space setting. Params section lost_in_space; output in the evalset layout for `earthloc evaluate`.",
+    )
     _params_arg(p)
     p.add_argument("name", help="a key of lost_in_space.sets in params")
     p.add_argument("--evalsets", type=Path, default=Path("data/evalsets"))
@@ -242,31 +290,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=None, help="default: <evalsets>/<name>")
     p.set_defaults(func=cmd_lost_in_space)
 
-    p = sub.add_parser("audit", help="inspect an intersection file", description="Show the regions a query overlaps (km², IoU, fractions) with a GeoJSON and a PNG map, or --check a file against the footprints.")
+    p = sub.add_parser(
+        "audit",
+        help="inspect an intersection file",
+        description="Show the regions a query overlaps (km², IoU, fractions) with a GeoJSON and a PNG map, or --check a file against the footprints.",
+    )
     _params_arg(p)
     p.add_argument("intersections", type=Path, help="intersections Parquet or upstream .pt file")
     p.add_argument("query_id", nargs="?", help="query id (MISSION-ROLL-FRAME) or upstream query filename")
     p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
     p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
     p.add_argument("--out-dir", type=Path, default=Path("audit"), help="where the GeoJSON and PNG go")
-    p.add_argument("--check", action="store_true", help="re-derive a sample of pairs from the footprints and report disagreements")
+    p.add_argument(
+        "--check", action="store_true", help="re-derive a sample of pairs from the footprints and report disagreements"
+    )
     p.add_argument("--sample", type=int, default=2000, help="queries to re-derive with --check (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("train", help="train the EarthLoc model", description="Train (or resume) the EarthLoc model on every region with all four years in the tile store; params sections train, model, augment, loss. Under torchrun, DistributedDataParallel.")
+    p = sub.add_parser(
+        "train",
+        help="train the EarthLoc model",
+        description="Train (or resume) the EarthLoc model on every region with all four years in the tile store; params sections train, model, augment, loss. Under torchrun, DistributedDataParallel.",
+    )
     _params_arg(p)
     p.add_argument("--tiles", type=Path, default=Path("tiles"), help="tile store root (default: tiles)")
-    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"), help="regions GeoParquet (footprints)")
-    p.add_argument("--out", type=Path, default=Path("models/earthloc.pt"), help="best model (default: models/earthloc.pt)")
+    p.add_argument(
+        "--grid", type=Path, default=Path("data/grid/regions.parquet"), help="regions GeoParquet (footprints)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("models/earthloc.pt"), help="best model (default: models/earthloc.pt)"
+    )
     p.add_argument("--checkpoints", type=Path, default=Path("models/train/checkpoints"), help="resumable checkpoints")
     p.add_argument("--live-dir", type=Path, default=Path("models/train/dvclive"), help="dvclive metrics and plots")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="region images -> GeoTIFF for GIS", description="Write region images (by id, one query's positives, or a whole shard) as Cloud-Optimized GeoTIFFs in EPSG:3857, one per region or one --mosaic.")
+    p = sub.add_parser(
+        "export",
+        help="region images -> GeoTIFF for GIS",
+        description="Write region images (by id, one query's positives, or a whole shard) as Cloud-Optimized GeoTIFFs in EPSG:3857, one per region or one --mosaic.",
+    )
     _params_arg(p)
     p.add_argument("region_ids", nargs="*", metavar="REGION_ID", help="regions ZZ_RRRR_CCCC (one zoom for --mosaic)")
-    p.add_argument("--query", metavar="QUERY_ID", help="one mosaic of this query's 2021 positives at --zoom, plus its footprint as GeoJSON")
+    p.add_argument(
+        "--query",
+        metavar="QUERY_ID",
+        help="one mosaic of this query's 2021 positives at --zoom, plus its footprint as GeoJSON",
+    )
     p.add_argument("--all", action="store_true", help="every image of the shard (--year, --zoom)")
     p.add_argument("--year", type=int, default=2021, help="image year (default 2021)")
     p.add_argument("--zoom", type=int, help="zoom for --query and --all")
@@ -278,31 +348,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-footprint", action="store_true", help="with --query, skip the footprint GeoJSON")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="evaluate the model on evaluation sets", description="Recall@N (4x90 TTA, uncollapsed as the paper and collapsed), orientation, baselines (random, nadir, untrained); writes data/eval/<set>/ (metrics.json, curves/, predictions.parquet, grid.png, audit.html). Params section evaluate.")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate the model on evaluation sets",
+        description="Recall@N (4x90 TTA, uncollapsed as the paper and collapsed), orientation, baselines (random, nadir, untrained); writes data/eval/<set>/ (metrics.json, curves/, predictions.parquet, grid.png, audit.html). Params section evaluate.",
+    )
     _params_arg(p)
     p.add_argument("sets", nargs="*", metavar="SET", help="evaluation set names (default: evaluate.sets)")
-    p.add_argument("--model", type=Path, default=None, help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: evaluate.model)")
-    p.add_argument("--out-dir", type=Path, default=None, help="output directory for a single set (default: data/eval/<set>)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: evaluate.model)",
+    )
+    p.add_argument(
+        "--out-dir", type=Path, default=None, help="output directory for a single set (default: data/eval/<set>)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("index", help="descriptor index of the fetched database", description="Embed every fetched region image of index.year at 0/90/180/270 degrees into a faiss index for `earthloc localize` (params section index).")
+    p = sub.add_parser(
+        "index",
+        help="descriptor index of the fetched database",
+        description="Embed every fetched region image of index.year at 0/90/180/270 degrees into a faiss index for `earthloc localize` (params section index).",
+    )
     _params_arg(p)
-    p.add_argument("--model", type=Path, default=None, help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: index.model)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: index.model)",
+    )
     p.add_argument("--out-dir", type=Path, default=None, help="index directory (default: index.out_dir)")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("localize", help="localize a photo against the index", description="Find the database regions that best match a photo: with --nadir only regions within localize.radius_km of it (2500 km), without it the whole index. Prints the top-K footprints with score and predicted orientation; --out writes GeoJSON.")
+    p = sub.add_parser(
+        "localize",
+        help="localize a photo against the index",
+        description="Find the database regions that best match a photo: with --nadir only regions within localize.radius_km of it (2500 km), without it the whole index. Prints the top-K footprints with score and predicted orientation; --out writes GeoJSON.",
+    )
     _params_arg(p)
     p.add_argument("image", type=Path, help="photo (JPEG/PNG)")
     p.add_argument("--nadir", type=float, nargs=2, metavar=("LAT", "LON"), help="ISS nadir point; restricts the search")
     p.add_argument("--top", type=int, default=None, help="number of regions (default: localize.top)")
-    p.add_argument("--model", type=Path, default=None, help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: localize.model)")
-    p.add_argument("--index", type=Path, default=None, help="index directory from `earthloc index` (default: localize.index_dir)")
-    p.add_argument("--radius-km", type=float, default=None, help="search radius around the nadir (default: localize.radius_km)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: localize.model)",
+    )
+    p.add_argument(
+        "--index", type=Path, default=None, help="index directory from `earthloc index` (default: localize.index_dir)"
+    )
+    p.add_argument(
+        "--radius-km", type=float, default=None, help="search radius around the nadir (default: localize.radius_km)"
+    )
     p.add_argument("--out", type=Path, default=None, help="GeoJSON of the top-K footprints")
     p.set_defaults(func=cmd_localize)
 
-    p = sub.add_parser("catalog", help="STAC catalog of the build", description="Describe the build as a STAC catalog: the database regions and the query photos as stac-geoparquet Items, one Collection per evaluation set, the model with the MLM extension; validated against the bundled STAC schemas. Params section catalog.")
+    p = sub.add_parser(
+        "catalog",
+        help="STAC catalog of the build",
+        description="Describe the build as a STAC catalog: the database regions and the query photos as stac-geoparquet Items, one Collection per evaluation set, the model with the MLM extension; validated against the bundled STAC schemas. Params section catalog.",
+    )
     _params_arg(p)
     p.add_argument("--out-dir", type=Path, default=None, help="catalog directory (default: catalog.out_dir)")
     p.set_defaults(func=cmd_catalog)

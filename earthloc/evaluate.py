@@ -165,10 +165,15 @@ def query_clusters(queries: pd.DataFrame) -> tuple[np.ndarray | None, str]:
     return None, "query (queries.csv has no pass_id)"
 
 
-def margins(scores: Mapping[str, MethodScores], ns: Sequence[int], *, seed: int = 0,
-            clusters: np.ndarray | None = None,
-            extra_hits: Mapping[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
-            n_boot: int = 2000) -> dict[str, Any]:
+def margins(
+    scores: Mapping[str, MethodScores],
+    ns: Sequence[int],
+    *,
+    seed: int = 0,
+    clusters: np.ndarray | None = None,
+    extra_hits: Mapping[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
+    n_boot: int = 2000,
+) -> dict[str, Any]:
     """The model's Recall@N minus each baseline's, uncollapsed (`R@N`) and collapsed
     (`collapsed.R@N`), with a 95 % paired bootstrap interval over passes (`clusters`; None:
     over queries): a margin is clear when the interval stays above zero. `extra_hits`: more
@@ -177,8 +182,9 @@ def margins(scores: Mapping[str, MethodScores], ns: Sequence[int], *, seed: int 
     out: dict[str, Any] = {}
     if model is None or model.hits is None:
         return out
-    others = {name: (sc.hits, sc.hits_collapsed) for name, sc in scores.items()
-              if name != "model" and sc.hits is not None}
+    others = {
+        name: (sc.hits, sc.hits_collapsed) for name, sc in scores.items() if name != "model" and sc.hits is not None
+    }
     others.update(extra_hits or {})
 
     def table(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
@@ -194,10 +200,15 @@ def margins(scores: Mapping[str, MethodScores], ns: Sequence[int], *, seed: int 
 
 def seed_spread(scores: Sequence[MethodScores], seeds: Sequence[int], ns: Sequence[int]) -> dict[str, Any]:
     """Mean, standard deviation (n-1) and range of R@N over the untrained initialisations."""
+
     def stats(values: list[float]) -> dict[str, float | None]:
         v = np.asarray(values, dtype=np.float64)
-        return {"mean": _r(v.mean()), "sd": _r(v.std(ddof=1)) if len(v) > 1 else None,
-                "min": _r(v.min()), "max": _r(v.max())}
+        return {
+            "mean": _r(v.mean()),
+            "sd": _r(v.std(ddof=1)) if len(v) > 1 else None,
+            "min": _r(v.min()),
+            "max": _r(v.max()),
+        }
 
     return {
         "seeds": [int(x) for x in seeds],
@@ -218,8 +229,9 @@ def always_zero_orientation(ev: R.EvalSetFiles, thresholds: Sequence[float]) -> 
 # ---------------------------------------------------------------------------
 
 
-def evaluate_model(model: torch.nn.Module, image_size: int, ev: R.EvalSetFiles, p: EvaluateParams,
-                   set_dir: Path, features: Path | None) -> R.EvalResult:
+def evaluate_model(
+    model: torch.nn.Module, image_size: int, ev: R.EvalSetFiles, p: EvaluateParams, set_dir: Path, features: Path | None
+) -> R.EvalResult:
     res = R.evaluate_set(
         model, set_dir, p.tiles_root, image_size=image_size, batch_size=p.batch_size, num_workers=p.num_workers,
         k=p.k, ns=p.recall_ns, index_spec=p.index, rotations=p.rotations, features_dir=features, bf16=p.bf16,
@@ -259,14 +271,22 @@ def nadir_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
     else:
         b = region_bounds_table(db["region_id"])
         clat, clon = (b["south"] + b["north"]).to_numpy() / 2, (b["west"] + b["east"]).to_numpy() / 2
-    pred = nadir_ranking(ev.queries["nadir_lat"], ev.queries["nadir_lon"], clat, clon,
-                         region_bounds_table(db["region_id"]), p.k)
+    pred = nadir_ranking(
+        ev.queries["nadir_lat"], ev.queries["nadir_lon"], clat, clon, region_bounds_table(db["region_id"]), p.k
+    )
     curve = R.recall_curve(pred, ev.positives)
     rec = _at(curve, p.recall_ns)
     hits = R.hits_at(R.first_hit_rank(pred, ev.positives), p.recall_ns)
-    return MethodScores(rec, dict(rec), curve, curve.copy(), hits=hits, hits_collapsed=hits,
-                        note="regions containing the nadir point (coarsest zoom first, then nearest centre), "
-                             "then all others by centre distance to the nadir")
+    return MethodScores(
+        rec,
+        dict(rec),
+        curve,
+        curve.copy(),
+        hits=hits,
+        hits_collapsed=hits,
+        note="regions containing the nadir point (coarsest zoom first, then nearest centre), "
+        "then all others by centre distance to the nadir",
+    )
 
 
 def untrained_seed_for(p: EvaluateParams, checkpoint_extra: Mapping[str, Any]) -> int:
@@ -333,9 +353,14 @@ def orientation_errors(res: R.EvalResult, ev: R.EvalSetFiles) -> np.ndarray:
     return np.where(np.isfinite(bearing) & (angle >= 0), err, np.nan)
 
 
-def per_query_table(ev: R.EvalSetFiles, scores: Mapping[str, MethodScores], ns: Sequence[int],
-                    model_err: np.ndarray, zero_err: np.ndarray | None,
-                    extra_hits: Mapping[str, tuple[np.ndarray, np.ndarray | None]]) -> pd.DataFrame:
+def per_query_table(
+    ev: R.EvalSetFiles,
+    scores: Mapping[str, MethodScores],
+    ns: Sequence[int],
+    model_err: np.ndarray,
+    zero_err: np.ndarray | None,
+    extra_hits: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
+) -> pd.DataFrame:
     """One row per query: id, pass, and for every method its hit (0/1, or the probability for
     random) at each N, uncollapsed and collapsed; the orientation errors. The tables' numbers
     are means of these columns, so any other summary can be recomputed from them."""
@@ -399,17 +424,21 @@ def write_grid(dest: Path, res: R.EvalResult, ev: R.EvalSetFiles, p: EvaluatePar
                          for r, (rid, s, a) in enumerate(zip(rids, scores, angles, strict=True))],
             pred_positive=[bool(x) for x in pos],
         ))  # fmt: skip
-    title = (f"EarthLoc evaluation '{set_name}': queries (blue) and their top-{p.grid_top} predictions\n"
-             f"green = overlaps the query, red = does not; each prediction turned by its TTA angle (CCW)")
+    title = (
+        f"EarthLoc evaluation '{set_name}': queries (blue) and their top-{p.grid_top} predictions\n"
+        f"green = overlaps the query, red = does not; each prediction turned by its TTA angle (CCW)"
+    )
     render_grid(dest, rows, title)
 
 
 def write_audit_placeholder(dest: Path, reason: str) -> None:
     """A one-paragraph audit.html saying why there is no audit page: the stage declares the
     file, and an old page from other predictions must not stay behind looking current."""
-    text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<title>EarthLoc audit page not built</title></head>\n"
-            f"<body><p>No audit page was built for these predictions: {html.escape(reason)}.</p></body></html>\n")
+    text = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>EarthLoc audit page not built</title></head>\n"
+        f"<body><p>No audit page was built for these predictions: {html.escape(reason)}.</p></body></html>\n"
+    )
     write_text(dest, text)
 
 
@@ -427,8 +456,9 @@ def write_audit(out_dir: Path, set_dir: Path, p: EvaluateParams) -> str:
         return f"audit page skipped: earthloc.audit_page is not available ({exc})"
     # Without the grid file the page computes the corners from the region ids.
     regions = Path(p.regions) if Path(p.regions).is_file() else None
-    audit_page_from_files(set_dir, out_dir / "predictions.parquet", regions,
-                          Path(p.tiles_root) / "queries", out_dir / "audit.html")
+    audit_page_from_files(
+        set_dir, out_dir / "predictions.parquet", regions, Path(p.tiles_root) / "queries", out_dir / "audit.html"
+    )
     return f"audit page -> {out_dir / 'audit.html'}"
 
 
@@ -466,21 +496,33 @@ def run_set(
             sub = features / name_u if features else None
             res_u = evaluate_model(untrained_model(cfg, seed), cfg.image_size, ev, p, set_dir, sub)
             own = " (the trained model's own initial weights)" if seed == seed0 and p.untrained_seed is None else ""
-            scores[name_u] = _from_result(res_u, ev, p.recall_ns, f"same architecture, torch seed {seed}, not trained"
-                                          + own)
+            scores[name_u] = _from_result(
+                res_u, ev, p.recall_ns, f"same architecture, torch seed {seed}, not trained" + own
+            )
             runs.append(scores[name_u])
         spread = seed_spread(runs, seeds, p.recall_ns)
         if len(runs) > 1:
-            extra_hits["untrained_mean"] = (np.mean([r.hits for r in runs], axis=0),
-                                            np.mean([r.hits_collapsed for r in runs], axis=0))
+            extra_hits["untrained_mean"] = (
+                np.mean([r.hits for r in runs], axis=0),
+                np.mean([r.hits_collapsed for r in runs], axis=0),
+            )
         timings["untrained_s"] = round(time.monotonic() - t0, 1)
     if "thumbnail" in p.baselines:
         t0 = time.monotonic()
-        res_t = evaluate_model(ThumbnailDescriptor(p.thumbnail_size), cfg.image_size, ev, p, set_dir,
-                               features / "thumbnail" if features else None)
-        scores["thumbnail"] = _from_result(res_t, ev, p.recall_ns,
-                                           f"grey {p.thumbnail_size}x{p.thumbnail_size} thumbnail, standardised, "
-                                           "L2-normalised; no learning")
+        res_t = evaluate_model(
+            ThumbnailDescriptor(p.thumbnail_size),
+            cfg.image_size,
+            ev,
+            p,
+            set_dir,
+            features / "thumbnail" if features else None,
+        )
+        scores["thumbnail"] = _from_result(
+            res_t,
+            ev,
+            p.recall_ns,
+            f"grey {p.thumbnail_size}x{p.thumbnail_size} thumbnail, standardised, L2-normalised; no learning",
+        )
         timings["thumbnail_s"] = round(time.monotonic() - t0, 1)
     if "random" in p.baselines:
         scores["random"] = random_scores(ev, p)
@@ -493,14 +535,17 @@ def run_set(
     zero_err = None
     if "always_0deg" in p.baselines and res.orientation is not None:
         summary, zero_err = always_zero_orientation(ev, p.orientation_thresholds)
-        methods["always_0deg"] = {"orientation": summary,
-                                  "note": "orientation prior: every photo's top faces north (TTA angle 0)"}
+        methods["always_0deg"] = {
+            "orientation": summary,
+            "note": "orientation prior: every photo's top faces north (TTA angle 0)",
+        }
         ok = np.isfinite(model_err) & np.isfinite(zero_err)
         if ok.any():
             a = (model_err[ok] <= 45.0).astype(np.float64)[:, None]
             b = (zero_err[ok] <= 45.0).astype(np.float64)[:, None]
-            m = R.cluster_margin(a, b, [45], clusters[ok] if clusters is not None else None,
-                                 n_boot=p.bootstrap_resamples)[45]
+            m = R.cluster_margin(
+                a, b, [45], clusters[ok] if clusters is not None else None, n_boot=p.bootstrap_resamples
+            )[45]
             margin_table["model-always_0deg"] = {"within_45deg": {k: round(v, 2) for k, v in m.items()}}
 
     metrics: dict[str, Any] = {
@@ -540,9 +585,12 @@ def run_set(
 
 def summary_table(name: str, metrics: dict[str, Any], ns: Sequence[int]) -> str:
     head = ["method"] + [f"R@{n}" for n in ns] + [f"R@{n} coll." for n in ns] + ["orient. ≤45°"]
-    lines = [f"evaluate {name}: {metrics['num_queries']} queries, {metrics['num_db']} DB images x "
-             f"{len(metrics['rotations'])} rotations, index {metrics['index']}",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"evaluate {name}: {metrics['num_queries']} queries, {metrics['num_db']} DB images x "
+        f"{len(metrics['rotations'])} rotations, index {metrics['index']}",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for method, m in metrics["methods"].items():
         o = (m.get("orientation") or {}).get("within_45deg")
         coll = m.get("collapsed") or {}
@@ -553,8 +601,10 @@ def summary_table(name: str, metrics: dict[str, Any], ns: Sequence[int]) -> str:
         u = metrics["untrained_seeds"]
         lines.append(f"untrained over seeds {u['seeds']}: " + ", ".join(
             f"R@{n} {u[f'R@{n}']['mean']:.1f} ± {u[f'R@{n}']['sd'] or 0:.1f}" for n in ns))  # fmt: skip
-    lines.append(f"margins (95 % bootstrap over {metrics.get('num_passes') or metrics['num_queries']} "
-                 f"{'passes' if metrics.get('num_passes') else 'queries'}):")
+    lines.append(
+        f"margins (95 % bootstrap over {metrics.get('num_passes') or metrics['num_queries']} "
+        f"{'passes' if metrics.get('num_passes') else 'queries'}):"
+    )
     for pair, by_n in (metrics.get("margins") or {}).items():
         keys = [f"R@{n}" for n in ns] + ["within_45deg"]
         lines.append(f"{pair}: " + ", ".join(

@@ -66,8 +66,11 @@ def _thumb(path: Path, cell: int, angle: int = 0):  # type: ignore[no-untyped-de
     if angle % 360:
         # PIL's rotate is counter-clockwise, like torch.rot90 over (H, W): the same turn
         # the embedding applied to the DB image.
-        img = img.transpose({90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
-                             270: Image.Transpose.ROTATE_270}[angle % 360])
+        img = img.transpose(
+            {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}[
+                angle % 360
+            ]
+        )
     return img
 
 

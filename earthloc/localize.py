@@ -150,8 +150,16 @@ def build_index_dir(
     R.check_images_exist(paths, "index database")
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_desc = out_dir / ".descriptors.npy.tmp"
-    desc = R.embed(model, paths, image_size=image_size, batch_size=p.batch_size, num_workers=p.num_workers,
-                   rotations=p.rotations, out=tmp_desc, bf16=p.bf16)
+    desc = R.embed(
+        model,
+        paths,
+        image_size=image_size,
+        batch_size=p.batch_size,
+        num_workers=p.num_workers,
+        rotations=p.rotations,
+        out=tmp_desc,
+        bf16=p.bf16,
+    )
     index = R.build_index(desc, p.index)
     del desc
     os.replace(tmp_desc, out_dir / "descriptors.npy")
@@ -337,9 +345,19 @@ def localize_descriptor(
         dist = None
         if nadir is not None:
             dist = float(haversine_km(nadir[0], nadir[1], row["center_lat"], row["center_lon"]))
-        out.append(Match(rank, int(di), str(row["region_id"]), int(row["zoom"]), float(s), int(a),
-                         tuple(float(row[c]) for c in CORNERS), (float(row["center_lat"]), float(row["center_lon"])),
-                         dist))
+        out.append(
+            Match(
+                rank,
+                int(di),
+                str(row["region_id"]),
+                int(row["zoom"]),
+                float(s),
+                int(a),
+                tuple(float(row[c]) for c in CORNERS),
+                (float(row["center_lat"]), float(row["center_lon"])),
+                dist,
+            )
+        )
     return out
 
 
@@ -366,21 +384,33 @@ def to_geojson(matches: list[Match], image: str, nadir: tuple[float, float] | No
             },
         })  # fmt: skip
     if nadir is not None:
-        feats.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [nadir[1], nadir[0]]},
-                      "properties": {"kind": "nadir"}})
+        feats.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [nadir[1], nadir[0]]},
+                "properties": {"kind": "nadir"},
+            }
+        )
     return {"type": "FeatureCollection", "properties": {"image": image}, "features": feats}
 
 
 def check_model_matches(loaded: LoadedIndex, model_path: Path) -> None:
     want = loaded.meta.get("model_sha256")
     if want and file_sha256(model_path) != want:
-        raise InputError(f"{model_path}: not the model the index was built with (sha256 differs); "
-                         f"rerun `earthloc index` or pass --model {loaded.meta.get('model_path')}")
+        raise InputError(
+            f"{model_path}: not the model the index was built with (sha256 differs); "
+            f"rerun `earthloc index` or pass --model {loaded.meta.get('model_path')}"
+        )
 
 
 def localize_image(
-    image: str | os.PathLike[str], model_path: str | os.PathLike[str], index_dir: str | os.PathLike[str], *,
-    top: int, nadir: tuple[float, float] | None, radius_km: float,
+    image: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    index_dir: str | os.PathLike[str],
+    *,
+    top: int,
+    nadir: tuple[float, float] | None,
+    radius_km: float,
 ) -> list[Match]:
     from earthloc.published import load_model  # also upstream's and torchgeo's weights
 
@@ -396,14 +426,18 @@ def localize_image(
 
 def format_matches(matches: list[Match], nadir: tuple[float, float] | None, radius_km: float) -> str:
     where = f"within {radius_km:g} km of nadir ({nadir[0]:g}, {nadir[1]:g})" if nadir else "whole index (no nadir)"
-    lines = [f"top {len(matches)} regions, {where}; orient. = predicted ORIENTATION (north's direction in the "
-             "photo, degrees clockwise from up, NASA's convention):",
-             "rank  region        zoom  score   orient.  centre (lat, lon)     corners LL UL UR LR (lat, lon)"]
+    lines = [
+        f"top {len(matches)} regions, {where}; orient. = predicted ORIENTATION (north's direction in the "
+        "photo, degrees clockwise from up, NASA's convention):",
+        "rank  region        zoom  score   orient.  centre (lat, lon)     corners LL UL UR LR (lat, lon)",
+    ]
     for m in matches:
         c = m.corners
         corners = " ".join(f"({c[i]:.3f},{c[i + 1]:.3f})" for i in range(0, 8, 2))
-        lines.append(f"{m.rank:>4}  {m.region_id}  {m.zoom:>4}  {m.score:.4f}  {m.nasa_orientation_deg:>5}°  "
-                     f"({m.center[0]:8.3f}, {m.center[1]:8.3f})  {corners}")
+        lines.append(
+            f"{m.rank:>4}  {m.region_id}  {m.zoom:>4}  {m.score:.4f}  {m.nasa_orientation_deg:>5}°  "
+            f"({m.center[0]:8.3f}, {m.center[1]:8.3f})  {corners}"
+        )
     return "\n".join(lines)
 
 
@@ -420,11 +454,18 @@ def main_index(args: argparse.Namespace) -> None:
     out_dir = Path(args.out_dir or p.out_dir)
     model, cfg = load_model(model_path)
     regions = fetched_regions(p.tiles_root, p.year)
-    meta = build_index_dir(model, cfg.image_size, regions, p, out_dir,
-                           {"model_path": str(model_path), "model_sha256": file_sha256(model_path),
-                            "model_config": cfg.to_dict()})
-    print(f"index: {meta['num_db']} regions x {len(meta['rotations'])} rotations, {p.index.kind}, "
-          f"{meta['index_bytes'] / 2**20:.1f} MiB -> {out_dir}")
+    meta = build_index_dir(
+        model,
+        cfg.image_size,
+        regions,
+        p,
+        out_dir,
+        {"model_path": str(model_path), "model_sha256": file_sha256(model_path), "model_config": cfg.to_dict()},
+    )
+    print(
+        f"index: {meta['num_db']} regions x {len(meta['rotations'])} rotations, {p.index.kind}, "
+        f"{meta['index_bytes'] / 2**20:.1f} MiB -> {out_dir}"
+    )
 
 
 def main_localize(args: argparse.Namespace) -> None:
@@ -435,8 +476,14 @@ def main_localize(args: argparse.Namespace) -> None:
     nadir = tuple(args.nadir) if args.nadir else None
     if nadir is not None and not (-90 <= nadir[0] <= 90 and -180 <= nadir[1] <= 180):
         raise ConfigError(f"--nadir {nadir[0]} {nadir[1]}: latitude or longitude out of range")
-    matches = localize_image(args.image, args.model or p.model, args.index or p.index_dir, top=top,
-                             nadir=nadir, radius_km=args.radius_km or p.radius_km)  # type: ignore[arg-type]
+    matches = localize_image(
+        args.image,
+        args.model or p.model,
+        args.index or p.index_dir,
+        top=top,
+        nadir=nadir,
+        radius_km=args.radius_km or p.radius_km,
+    )  # type: ignore[arg-type]
     print(format_matches(matches, nadir, args.radius_km or p.radius_km))  # type: ignore[arg-type]
     if args.out:
         write_json(args.out, to_geojson(matches, str(args.image), nadir))  # type: ignore[arg-type]

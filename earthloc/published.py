@@ -82,8 +82,10 @@ def _read(path: Path) -> Any:
         raise ModelError(f"{path}: no such checkpoint")
     size = path.stat().st_size
     if size > MAX_WEIGHTS_BYTES:
-        raise ModelError(f"{path}: {size / 2**30:.1f} GiB, larger than any EarthLoc model "
-                         f"({MAX_WEIGHTS_BYTES / 2**30:.0f} GiB at most)")
+        raise ModelError(
+            f"{path}: {size / 2**30:.1f} GiB, larger than any EarthLoc model "
+            f"({MAX_WEIGHTS_BYTES / 2**30:.0f} GiB at most)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors come in many types; report one line
@@ -119,8 +121,10 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
         stage = key.removeprefix(_TORCHGEO_BACKBONE).split(".", 1)[0]
         if key.startswith(_TORCHGEO_BACKBONE) and stage in RESNET_STAGES:
             return "torchgeo"
-        raise ModelError(f"key {key!r} does not fit an EarthLoc model "
-                         f"(expected backbone.model.*, backbone.{{conv1,bn1,layer1..3}}.*, aggregator.* or fc.*)")
+        raise ModelError(
+            f"key {key!r} does not fit an EarthLoc model "
+            f"(expected backbone.model.*, backbone.{{conv1,bn1,layer1..3}}.*, aggregator.* or fc.*)"
+        )
     raise ModelError("no backbone keys: not an EarthLoc state_dict")
 
 
@@ -146,8 +150,10 @@ def to_project_keys(state: Mapping[str, torch.Tensor], fmt: str) -> dict[str, to
 def from_project_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of the torchgeo mapping: the project's state_dict as torchgeo's
     `EarthLoc` loads it (to publish a model trained here)."""
-    return {(_TORCHGEO_BACKBONE + k.removeprefix(_UPSTREAM_BACKBONE)) if k.startswith(_UPSTREAM_BACKBONE) else k: v
-            for k, v in state.items()}
+    return {
+        (_TORCHGEO_BACKBONE + k.removeprefix(_UPSTREAM_BACKBONE)) if k.startswith(_UPSTREAM_BACKBONE) else k: v
+        for k, v in state.items()
+    }
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
@@ -166,8 +172,10 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
     _, channels = _shape(state, "aggregator.channel_proj.weight", 2)
     side = math.isqrt(hw)
     if side * side != hw or dim != dim_in:
-        raise ModelError(f"key 'aggregator.row_proj.weight' has shape {(rows, hw)} with fc {(dim, dim_in)}: "
-                         "not a square MixVPR feature map feeding a square head")
+        raise ModelError(
+            f"key 'aggregator.row_proj.weight' has shape {(rows, hw)} with fc {(dim, dim_in)}: "
+            "not a square MixVPR feature map feeding a square head"
+        )
     mixers = sorted({int(m.group(1)) for k in state if (m := re.match(r"aggregator\.mix\.(\d+)\.", k))})
     if mixers != list(range(len(mixers))):
         raise ModelError(f"aggregator.mix indices {mixers}: expected 0..{len(mixers) - 1}")
@@ -175,10 +183,18 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
     blocks = len({m.group(1) for k in state if (m := re.match(r"backbone\.model\.layer3\.(\d+)\.", k))})
     backbone = _BACKBONE_BY_SHAPE.get((channels, blocks))
     if backbone is None:
-        raise ModelError(f"key 'aggregator.channel_proj.weight' takes {channels} channels after {blocks} "
-                         f"layer3 blocks: no ResNet among {sorted(set(_BACKBONE_BY_SHAPE.values()))} has that")
-    return ModelConfig(backbone=backbone, image_size=side * 16, descriptor_dim=dim, mix_depth=len(mixers),
-                       mlp_ratio=hidden / hw, out_rows=rows)
+        raise ModelError(
+            f"key 'aggregator.channel_proj.weight' takes {channels} channels after {blocks} "
+            f"layer3 blocks: no ResNet among {sorted(set(_BACKBONE_BY_SHAPE.values()))} has that"
+        )
+    return ModelConfig(
+        backbone=backbone,
+        image_size=side * 16,
+        descriptor_dim=dim,
+        mix_depth=len(mixers),
+        mlp_ratio=hidden / hw,
+        out_rows=rows,
+    )
 
 
 def load_strict(model: EarthLocModel, state: Mapping[str, torch.Tensor]) -> None:
@@ -189,8 +205,10 @@ def load_strict(model: EarthLocModel, state: Mapping[str, torch.Tensor]) -> None
         if key not in own:
             raise ModelError(f"key {key!r} does not fit the {model.cfg.backbone} EarthLoc model (no such parameter)")
         if tuple(value.shape) != tuple(own[key].shape):
-            raise ModelError(f"key {key!r} has shape {tuple(value.shape)}; "
-                             f"the {model.cfg.backbone} EarthLoc model expects {tuple(own[key].shape)}")
+            raise ModelError(
+                f"key {key!r} has shape {tuple(value.shape)}; "
+                f"the {model.cfg.backbone} EarthLoc model expects {tuple(own[key].shape)}"
+            )
     missing = [k for k in own if k not in state]
     if missing:
         raise ModelError(f"key {missing[0]!r} missing ({len(missing)} parameters of the model are not in the file)")

@@ -548,8 +548,14 @@ def cluster_bootstrap_means(
 
 
 def cluster_interval(
-    values: npt.ArrayLike, clusters: npt.ArrayLike | None, ns: Sequence[int], *, n_boot: int = 2000, seed: int = 0,
-    level: float = 0.95, scale: float = 100.0,
+    values: npt.ArrayLike,
+    clusters: npt.ArrayLike | None,
+    ns: Sequence[int],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    scale: float = 100.0,
 ) -> dict[int, dict[str, float]]:
     """Mean of each column of `values` (Q, len(ns)) x `scale`, with a percentile interval
     from `cluster_bootstrap_means`: {n: {value, lo, hi}}."""
@@ -566,8 +572,14 @@ def cluster_interval(
 
 
 def cluster_margin(
-    a: npt.ArrayLike, b: npt.ArrayLike, ns: Sequence[int], clusters: npt.ArrayLike | None, *, n_boot: int = 2000,
-    seed: int = 0, level: float = 0.95,
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
+    ns: Sequence[int],
+    clusters: npt.ArrayLike | None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> dict[int, dict[str, float]]:
     """Recall@N of method a minus method b, in points, with a paired percentile interval
     over clusters (passes): both methods see the same resampled passes. `a`, `b`: (Q,

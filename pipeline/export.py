@@ -236,7 +236,9 @@ def query_positives(intersections: Path, query_id: str, zoom: int) -> list[str]:
     """Region ids of one query's positives (any overlap) at `zoom`, from the intersect table."""
     if not intersections.exists():
         raise InputError(f"{intersections}: no such file (run the intersect stage first)")
-    df = pd.read_parquet(intersections, columns=["query_id", "region_id", "zoom"], filters=[("query_id", "==", query_id)])
+    df = pd.read_parquet(
+        intersections, columns=["query_id", "region_id", "zoom"], filters=[("query_id", "==", query_id)]
+    )
     if df.empty:
         raise InputError(f"query {query_id} has no positives in {intersections} (unknown id or no overlap)")
     ids = df.loc[df["zoom"] == zoom, "region_id"].astype(str).tolist()
@@ -284,8 +286,8 @@ def write_cog(
     """Write the regions `keys` (images by region id) as one EPSG:3857 COG at `dest`."""
     import rasterio
     import rasterio.shutil
-    from rasterio.crs import CRS
     from affine import Affine
+    from rasterio.crs import CRS
     from rasterio.windows import Window
 
     mosaic = plan_mosaic(keys, cfg.region_tiles)
@@ -383,7 +385,9 @@ def export_each(
     return results
 
 
-def query_geojson(queries_parquet: Path, query_id: str, region_ids: Sequence[str], region_tiles: int = 4) -> dict[str, Any]:
+def query_geojson(
+    queries_parquet: Path, query_id: str, region_ids: Sequence[str], region_tiles: int = 4
+) -> dict[str, Any]:
     """GeoJSON (EPSG:4326) of a query footprint and the outlines of the given regions."""
     import shapely
 

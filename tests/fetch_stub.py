@@ -14,10 +14,10 @@ wire instead of trusting its settings."""
 
 from __future__ import annotations
 
+import email.utils
 import io
 import socket
 import struct
-import email.utils
 import threading
 import time
 import zlib
@@ -150,7 +150,7 @@ class StubWmts:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 with stub.lock:
                     stub.starts.append(time.monotonic())
                     stub.in_flight += 1

@@ -110,9 +110,7 @@ def test_geod_area_km2_of_an_equator_to_pole_lune_is_the_closed_form():
     assert geod_area_km2(lune) == pytest.approx(_lonlat_box_km2(10, 0, 40, 90), rel=1e-9)
 
 
-@pytest.mark.parametrize(
-    "box", [(10, 45, 12, 47), (-100, 25, -90, 35), (170, -60, 175, -50), (0, -1, 0.703125, 0)]
-)
+@pytest.mark.parametrize("box", [(10, 45, 12, 47), (-100, 25, -90, 35), (170, -60, 175, -50), (0, -1, 0.703125, 0)])
 def test_geod_area_km2_of_densified_lonlat_boxes_is_the_closed_form(box):
     # parallels are not geodesics, but with vertices 0.001° apart the geodesic chords
     # follow them to ~1e-11 of the area
@@ -301,7 +299,14 @@ def test_fifteen_tokens_raise():
 
 @pytest.mark.parametrize(
     "lat,lon,expected",
-    [(46.06, 9.84, "50_10"), (45.0, 55.0, "40_60"), (-5.0, -5.0, "0_0"), (55.0, 175.0, "60_180"), (-45.0, -175.0, "-40_-180"), (-15.0, 25.0, "-20_20")],
+    [
+        (46.06, 9.84, "50_10"),
+        (45.0, 55.0, "40_60"),
+        (-5.0, -5.0, "0_0"),
+        (55.0, 175.0, "60_180"),
+        (-45.0, -175.0, "-40_-180"),
+        (-15.0, 25.0, "-20_20"),
+    ],
 )
 def test_latlon_bin_half_to_even(lat, lon, expected):
     assert latlon_bin(lat, lon) == expected

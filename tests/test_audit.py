@@ -174,7 +174,9 @@ def test_audit_antimeridian_query_pt_by_filename(
     assert colour_pixels(rgb, "black", tol=30) > 200 and colour_pixels(rgb, "tab:red") > 50
 
 
-def test_audit_query_without_regions(world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_query_without_regions(
+    world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = world["dir"]
     assert audit.main(ns(world, tmp_path, d / "intersections.parquet", query_id="ISS003-E-333")) == 0
     assert "0 overlapping regions" in capsys.readouterr().out
@@ -237,7 +239,9 @@ def test_summary(world: dict[str, object], tmp_path: Path, capsys: pytest.Captur
 def _complete(world: dict[str, object], tmp_path: Path) -> tuple[Path, Path]:
     """Both files with the forgotten query put back: fully correct."""
     grid, queries = world["grid"], world["queries"]
-    table = pairs_table(overlap_table(queries.geometry.values, grid.geometry.values, DEFAULT_DENSIFY_DEG), queries, grid)
+    table = pairs_table(
+        overlap_table(queries.geometry.values, grid.geometry.values, DEFAULT_DENSIFY_DEG), queries, grid
+    )
     pq, pt = tmp_path / "full.parquet", tmp_path / "full.pt"
     table.to_parquet(pq, index=False)
     torch.save(upstream_dict(table, queries, grid, 2021), pt)
@@ -326,9 +330,7 @@ def test_check_flags_edited_pt(world: dict[str, object], tmp_path: Path, capsys:
     assert any(f"ISS002-E-22 x {rid0} db_relpath" in ln for ln in out.splitlines()), out
 
 
-def test_check_uses_params_file(
-    world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_check_uses_params_file(world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file made with other parameters than params.yaml's disagrees everywhere, with a hint."""
     pq, _ = _complete(world, tmp_path)
     params = tmp_path / "params.yaml"

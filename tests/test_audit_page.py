@@ -95,7 +95,9 @@ def test_page_is_self_contained_and_holds_the_data(tmp_path: Path) -> None:
     text = page.read_text(encoding="utf-8")
     assert "Leaflet 1.9.4" in text and "leaflet-container" in text  # JS and CSS inlined
     # Leaflet's own source holds an unused attribution link (the control is off); all else is ours.
-    leaflet_js = (Path(__file__).resolve().parents[1] / "earthloc/assets/leaflet/leaflet.js").read_text(encoding="utf-8")
+    leaflet_js = (Path(__file__).resolve().parents[1] / "earthloc/assets/leaflet/leaflet.js").read_text(
+        encoding="utf-8"
+    )
     assert leaflet_js in text
     ours = text.replace(leaflet_js, "")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", ours), "a remote src/href in the page"
@@ -134,13 +136,18 @@ def make_set(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
     set_dir = tmp_path / "evalsets" / "demo"
     set_dir.mkdir(parents=True)
     corners = [v for latlon in FOOT_A for v in latlon]
-    names = [query_filename(corners, qid, "20120101", 29.8, -95.9, 40000, "12.5") for qid in ("ISS030-E-1111", "ISS040-E-2222")]
+    names = [
+        query_filename(corners, qid, "20120101", 29.8, -95.9, 40000, "12.5")
+        for qid in ("ISS030-E-1111", "ISS040-E-2222")
+    ]
     pd.DataFrame({"query_index": [0, 1], "query_id": ["ISS030-E-1111", "ISS040-E-2222"], "filename": names,
                   "nadir_lat": [29.8, 29.8], "nadir_lon": [-95.9, -95.9], "num_positives": [3, 1]}
                  ).to_csv(set_dir / "queries.csv", index=False)  # fmt: skip
     db = [*POS_A, FAR_1, FAR_2]
     pd.DataFrame({"db_index": range(len(db)), "region_id": db, "zoom": 9}).to_csv(set_dir / "database.csv", index=False)
-    pd.DataFrame({"query_index": [0, 0, 0, 1], "db_index": [0, 1, 2, 0], "iou": 0.1}).to_parquet(set_dir / "positives.parquet")
+    pd.DataFrame({"query_index": [0, 0, 0, 1], "db_index": [0, 1, 2, 0], "iou": 0.1}).to_parquet(
+        set_dir / "positives.parquet"
+    )
     preds = pd.DataFrame(
         {"query_index": [0, 0, 0, 1, 1], "rank": [1, 2, 3, 1, 2], "db_index": [1, 3, 0, 3, 4],
          "region_id": [db[1], db[3], db[0], db[3], db[4]], "score": [0.91, 0.85, 0.8, 0.7, 0.65],
@@ -324,8 +331,10 @@ HOSTILE_SET = "</script><!--<script>\u2028&amp;<b onmouseover=window.__pwned=1>s
 HOSTILE_REGION = "<svg onload=window.__pwned=1>"
 # Installed before the page's own scripts: any error (a script error, or an image that an
 # injected <img> tried to load) is recorded.
-ERROR_PROBE = ("window.__errors = []; window.addEventListener('error', function (e) {"
-               " window.__errors.push(String(e.message || (e.target && e.target.outerHTML) || e.type)); }, true);")
+ERROR_PROBE = (
+    "window.__errors = []; window.addEventListener('error', function (e) {"
+    " window.__errors.push(String(e.message || (e.target && e.target.outerHTML) || e.type)); }, true);"
+)
 
 
 def hostile_page(tmp_path: Path) -> tuple[Path, list[AuditQuery]]:

@@ -22,10 +22,10 @@ from stac_geoparquet.arrow import stac_table_to_items
 
 from earthloc.model import load_model, parameter_counts
 from pipeline.errors import IntegrityError
+from pipeline.geo.names import db_relpath
 from pipeline.io import write_geoparquet, write_json
 from pipeline.params import load_params, section
 from pipeline.stages import catalog, grid, queries
-from pipeline.geo.names import db_relpath
 from retrieval_support import tiny_checkpoint
 from support import ROOT, texas_csv
 
@@ -39,16 +39,18 @@ def _build_inputs(root: Path) -> tuple[catalog.CatalogParams, catalog.BuildConte
     g = grid.build_grid(grid.GridParams.from_section({"zooms": [9, 10], "bbox": [-98.0, 28.0, -93.0, 32.0]}))
     write_geoparquet(g, root / "data/grid/regions.parquet")
     qp = queries.QueriesParams.from_section(section(load_params(ROOT / "params.yaml"), "queries"))
-    qs = queries.run(texas_csv(root / "in.csv", 6), root / "data/queries/queries.parquet",
-                     root / "data/queries/rejected.csv", qp)
+    qs = queries.run(
+        texas_csv(root / "in.csv", 6), root / "data/queries/queries.parquet", root / "data/queries/rejected.csv", qp
+    )
     tiles = root / "tiles"
     fetched = g.iloc[:5]
     for year in YEARS:
         for zoom in (9, 10):
             rows = []
             for r in fetched[fetched["zoom"] == zoom].itertuples(index=False):
-                rel = db_relpath([getattr(r, c) for c in CORNERS], r.region_id, r.zoom, year, r.center_lat,
-                                 r.center_lon, r.area_km2)
+                rel = db_relpath(
+                    [getattr(r, c) for c in CORNERS], r.region_id, r.zoom, year, r.center_lat, r.center_lon, r.area_km2
+                )
                 (tiles / rel).parent.mkdir(parents=True, exist_ok=True)
                 Image.new("RGB", (16, 16), (year % 256, 80, 40)).save(tiles / rel)
                 rows.append({"region_id": r.region_id, "path": rel, "status": "ok"})
@@ -58,26 +60,43 @@ def _build_inputs(root: Path) -> tuple[catalog.CatalogParams, catalog.BuildConte
     photo = qs.iloc[0]
     (tiles / "queries").mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (16, 16)).save(tiles / "queries" / photo["filename"])
-    pd.DataFrame([{"query_id": photo["query_id"], "path": f"queries/{photo['filename']}", "status": "ok"},
-                  {"query_id": qs.iloc[1]["query_id"], "path": "queries/x.jpg", "status": "failed"}]
-                 ).to_parquet(tiles / "queries" / "manifest.parquet")
+    pd.DataFrame(
+        [
+            {"query_id": photo["query_id"], "path": f"queries/{photo['filename']}", "status": "ok"},
+            {"query_id": qs.iloc[1]["query_id"], "path": "queries/x.jpg", "status": "failed"},
+        ]
+    ).to_parquet(tiles / "queries" / "manifest.parquet")
     set_dir = root / "data/evalsets/tiny"
     set_dir.mkdir(parents=True)
     qs[["query_id", "filename"]].iloc[:4].to_csv(set_dir / "queries.csv", index=False)
     g[["region_id", "zoom"]].iloc[:7].to_csv(set_dir / "database.csv", index=False)
     write_json(set_dir / "summary.json", {"num_db": 7, "num_positives": 11})
     model = tiny_checkpoint(root / "models/earthloc.pt")
-    write_json(root / "data/eval/tiny/metrics.json",
-               {"num_queries": 4, "num_db": 7, "methods": {"model": {"R@1": 25.0, "R@5": 50.0, "collapsed": {}}}})
+    write_json(
+        root / "data/eval/tiny/metrics.json",
+        {"num_queries": 4, "num_db": 7, "methods": {"model": {"R@1": 25.0, "R@5": 50.0, "collapsed": {}}}},
+    )
     (root / "export").mkdir()
     (root / "export" / f"{fetched.iloc[0]['region_id']}_2021.tif").write_bytes(b"II*\x00")
     p = catalog.CatalogParams(
-        out_dir=str(root / "data/catalog"), grid=str(root / "data/grid/regions.parquet"),
-        queries=str(root / "data/queries/queries.parquet"), tiles_root=str(tiles),
-        evalsets_dir=str(root / "data/evalsets"), eval_dir=str(root / "data/eval"), model=str(model),
-        export_dir=str(root / "export"), validate_items=0)
-    ctx = catalog.BuildContext(YEARS, (9, 10), "synthetic", "synthetic", ("tiny", "absent"),
-                               {"train": {"lr": 1e-4, "batch_regions": 8}, "loss": {"margin": 0.1}})
+        out_dir=str(root / "data/catalog"),
+        grid=str(root / "data/grid/regions.parquet"),
+        queries=str(root / "data/queries/queries.parquet"),
+        tiles_root=str(tiles),
+        evalsets_dir=str(root / "data/evalsets"),
+        eval_dir=str(root / "data/eval"),
+        model=str(model),
+        export_dir=str(root / "export"),
+        validate_items=0,
+    )
+    ctx = catalog.BuildContext(
+        YEARS,
+        (9, 10),
+        "synthetic",
+        "synthetic",
+        ("tiny", "absent"),
+        {"train": {"lr": 1e-4, "batch_regions": 8}, "loss": {"margin": 0.1}},
+    )
     return p, ctx, g
 
 
@@ -106,7 +125,13 @@ def test_summary_counts_what_was_built(built) -> None:
 def test_every_document_and_item_read_back_is_valid_stac(built) -> None:
     out, _, g, _ = built
     docs = sorted(out.glob("*.json"))
-    assert {d.name for d in docs} == {"catalog.json", "database.json", "queries.json", "evalset-tiny.json", "model.json"}
+    assert {d.name for d in docs} == {
+        "catalog.json",
+        "database.json",
+        "queries.json",
+        "evalset-tiny.json",
+        "model.json",
+    }
     for d in docs:
         catalog.validate(json.loads(d.read_text()))
     for name in ("database.parquet", "queries.parquet"):
@@ -119,8 +144,18 @@ def test_every_document_and_item_read_back_is_valid_stac(built) -> None:
 
 def test_schema_violation_and_unbundled_schema_are_one_line_errors() -> None:
     with pytest.raises(IntegrityError, match=r"'r1' fails the STAC 1\.1\.0 schema at bbox"):
-        catalog.validate({"type": "Feature", "stac_version": "1.1.0", "id": "r1", "geometry": None,
-                          "bbox": "west", "properties": {"datetime": None}, "links": [], "assets": {}})
+        catalog.validate(
+            {
+                "type": "Feature",
+                "stac_version": "1.1.0",
+                "id": "r1",
+                "geometry": None,
+                "bbox": "west",
+                "properties": {"datetime": None},
+                "links": [],
+                "assets": {},
+            }
+        )
     with pytest.raises(IntegrityError, match="not bundled"):
         catalog._schema("https://stac-extensions.github.io/projection/v2.0.0/schema.json")
 
@@ -166,8 +201,10 @@ def test_duckdb_bbox_and_date_search_returns_exactly_the_grid_regions_in_the_box
     box = (-96.37, 29.21, -94.83, 30.77)
     want = set(g.loc[g.intersects(shapely.box(*box)), "region_id"])
     assert 0 < len(want) < len(g)
-    sql = (f"SELECT id FROM read_parquet('{out / 'database.parquet'}') WHERE bbox.xmin <= ? AND bbox.xmax >= ? "
-           "AND bbox.ymin <= ? AND bbox.ymax >= ? AND start_datetime <= ?::TIMESTAMPTZ AND end_datetime >= ?::TIMESTAMPTZ")
+    sql = (
+        f"SELECT id FROM read_parquet('{out / 'database.parquet'}') WHERE bbox.xmin <= ? AND bbox.xmax >= ? "
+        "AND bbox.ymin <= ? AND bbox.ymax >= ? AND start_datetime <= ?::TIMESTAMPTZ AND end_datetime >= ?::TIMESTAMPTZ"
+    )
     con = duckdb.connect()
     got = {r[0] for r in con.execute(sql, [box[2], box[0], box[3], box[1], "2021-06-30", "2021-06-01"]).fetchall()}
     assert got == want

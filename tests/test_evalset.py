@@ -95,10 +95,22 @@ def make_regions() -> gpd.GeoDataFrame:
         h = 0.5
         rows.append(
             {
-                "region_id": rid, "zoom": z, "row": r, "col": c,
-                "ll_lat": la - h, "ll_lon": lo - h, "ul_lat": la + h, "ul_lon": lo - h,
-                "ur_lat": la + h, "ur_lon": lo + h, "lr_lat": la - h, "lr_lon": lo + h,
-                "center_lat": la, "center_lon": lo, "area_km2": 12345.6, "land_fraction": 1.0,
+                "region_id": rid,
+                "zoom": z,
+                "row": r,
+                "col": c,
+                "ll_lat": la - h,
+                "ll_lon": lo - h,
+                "ul_lat": la + h,
+                "ul_lon": lo - h,
+                "ur_lat": la + h,
+                "ur_lon": lo + h,
+                "lr_lat": la - h,
+                "lr_lon": lo + h,
+                "center_lat": la,
+                "center_lon": lo,
+                "area_km2": 12345.6,
+                "land_fraction": 1.0,
                 "geometry": _box(la, lo, h),
             }
         )
@@ -111,11 +123,20 @@ def make_queries() -> gpd.GeoDataFrame:
         g = _box(la, lo, 0.4)
         rows.append(
             {
-                "query_id": qid, "mission": "ISS001", "roll": "E", "frame": qid.rsplit("-", 1)[1],
-                "date": "20210101", "nadir_lat": la, "nadir_lon": lo,
-                "orientation": 0.0, "nasa_area_km2": 9000, "area_km2": 9000.0,
-                "filename": f"@q@{qid}@.jpg", "url": "http://example.invalid",
-                "crosses_antimeridian": g.geom_type == "MultiPolygon", "geometry": g,
+                "query_id": qid,
+                "mission": "ISS001",
+                "roll": "E",
+                "frame": qid.rsplit("-", 1)[1],
+                "date": "20210101",
+                "nadir_lat": la,
+                "nadir_lon": lo,
+                "orientation": 0.0,
+                "nasa_area_km2": 9000,
+                "area_km2": 9000.0,
+                "filename": f"@q@{qid}@.jpg",
+                "url": "http://example.invalid",
+                "crosses_antimeridian": g.geom_type == "MultiPolygon",
+                "geometry": g,
             }
         )
     return gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
@@ -124,8 +145,15 @@ def make_queries() -> gpd.GeoDataFrame:
 def make_intersections() -> pd.DataFrame:
     zoom = {r[0]: r[1] for r in REGIONS}
     rows = [
-        {"query_id": qid, "region_id": rid, "zoom": zoom[rid], "intersection_km2": 100.0 + k,
-         "iou": 0.1 * (k + 1), "query_fraction": 0.5, "region_fraction": 0.5}
+        {
+            "query_id": qid,
+            "region_id": rid,
+            "zoom": zoom[rid],
+            "intersection_km2": 100.0 + k,
+            "iou": 0.1 * (k + 1),
+            "query_fraction": 0.5,
+            "region_fraction": 0.5,
+        }
         for qid, _, _, pos in QUERIES
         for k, rid in enumerate(pos)
     ]
@@ -160,8 +188,12 @@ def world(tmp_path: Path) -> dict[str, Path]:
 
 def _args(world: dict[str, Path], name: str = "tiny", out_dir: Path | None = None) -> argparse.Namespace:
     return argparse.Namespace(
-        params=world["params"], name=name, grid=world["grid"], queries=world["queries"],
-        intersections=world["intersections"], out_dir=out_dir,
+        params=world["params"],
+        name=name,
+        grid=world["grid"],
+        queries=world["queries"],
+        intersections=world["intersections"],
+        out_dir=out_dir,
     )
 
 
@@ -250,8 +282,9 @@ def test_strict_radius_with_inverse_geodesic() -> None:
     d_on = float(haversine_km(10.0, 20.0, lat_on, lon_on))
     spec = EvalSetSpec("x", 10.0, 20.0, d_on, 2000.0)  # the radius is this point's own distance
     qs = pd.DataFrame({"query_id": ["a", "b"], "nadir_lat": [lat_in, lat_on], "nadir_lon": [lon_in, lon_on]})
-    regions = pd.DataFrame({"region_id": ["r"], "zoom": [9], "row": [0], "col": [0],
-                            "center_lat": [10.0], "center_lon": [20.0]})
+    regions = pd.DataFrame(
+        {"region_id": ["r"], "zoom": [9], "row": [0], "col": [0], "center_lat": [10.0], "center_lon": [20.0]}
+    )
     pairs = pd.DataFrame({"query_id": ["a", "b"], "region_id": ["r", "r"]})
     ev = select_evalset(spec, qs, regions, pairs)
     assert ev.num_within_radius == 1 and ev.queries["query_id"].tolist() == ["a"]
@@ -267,14 +300,29 @@ def test_strict_radius_with_inverse_geodesic() -> None:
 )
 def test_select_evalset_invariants(q, r, links, radii) -> None:  # type: ignore[no-untyped-def]
     spec = EvalSetSpec("h", 20.0, 30.0, radii[0], radii[1])
-    qs = pd.DataFrame({"query_id": [f"Q{i:03d}" for i in range(len(q))],
-                       "nadir_lat": [a for a, _ in q], "nadir_lon": [b for _, b in q]})
-    regions = pd.DataFrame({"region_id": [f"R{i:03d}" for i in range(len(r))],
-                            "zoom": [9 + i % 3 for i in range(len(r))],
-                            "row": [i // 3 for i in range(len(r))], "col": [i for i in range(len(r))],
-                            "center_lat": [a for a, _ in r], "center_lon": [b for _, b in r]})
-    pairs = pd.DataFrame({"query_id": [f"Q{a:03d}" for a, _ in links if a < len(q)],
-                          "region_id": [f"R{b % len(r):03d}" for a, b in links if a < len(q)]}).drop_duplicates()
+    qs = pd.DataFrame(
+        {
+            "query_id": [f"Q{i:03d}" for i in range(len(q))],
+            "nadir_lat": [a for a, _ in q],
+            "nadir_lon": [b for _, b in q],
+        }
+    )
+    regions = pd.DataFrame(
+        {
+            "region_id": [f"R{i:03d}" for i in range(len(r))],
+            "zoom": [9 + i % 3 for i in range(len(r))],
+            "row": [i // 3 for i in range(len(r))],
+            "col": [i for i in range(len(r))],
+            "center_lat": [a for a, _ in r],
+            "center_lon": [b for _, b in r],
+        }
+    )
+    pairs = pd.DataFrame(
+        {
+            "query_id": [f"Q{a:03d}" for a, _ in links if a < len(q)],
+            "region_id": [f"R{b % len(r):03d}" for a, b in links if a < len(q)],
+        }
+    ).drop_duplicates()
     ev = select_evalset(spec, qs, regions, pairs)
 
     d_q = haversine_km(spec.lat, spec.lon, qs["nadir_lat"], qs["nadir_lon"])
@@ -293,8 +341,9 @@ def test_select_evalset_invariants(q, r, links, radii) -> None:  # type: ignore[
         assert pos or row.num_positives == 0
         assert not pos or not pos <= db_ids
     # Positives point at the right database rows.
-    assert (ev.database["region_id"].to_numpy()[ev.positives["db_index"].to_numpy()]
-            == ev.positives["region_id"].to_numpy()).all()
+    assert (
+        ev.database["region_id"].to_numpy()[ev.positives["db_index"].to_numpy()] == ev.positives["region_id"].to_numpy()
+    ).all()
     assert len(ev.positives) == int(ev.queries["num_positives"].sum())
 
 
@@ -311,8 +360,9 @@ def test_geodesic_circle_is_at_radius_and_unwrapped() -> None:
 # The stage: files, map, errors
 
 
-def test_stage_writes_outputs(world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_stage_writes_outputs(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     stage.main(_args(world))  # out_dir None -> data/evalsets/tiny
     out = tmp_path / "data" / "evalsets" / "tiny"
@@ -320,8 +370,15 @@ def test_stage_writes_outputs(world: dict[str, Path], tmp_path: Path, monkeypatc
     assert "\n" not in line and line.startswith("evalset tiny: 3 queries kept of 5")
 
     q = pd.read_csv(out / "queries.csv")
-    assert list(q.columns) == ["query_index", "query_id", "filename", "nadir_lat", "nadir_lon", "num_positives",
-                               "pass_id"]
+    assert list(q.columns) == [
+        "query_index",
+        "query_id",
+        "filename",
+        "nadir_lat",
+        "nadir_lon",
+        "num_positives",
+        "pass_id",
+    ]
     assert set(q["pass_id"]) == {"ISS001-E-20210101-1"}  # frames 1..8 of one roll and day: one pass
     assert q["query_id"].tolist() == ["ISS001-E-1", "ISS001-E-2", "ISS001-E-7"]
     assert q["filename"].tolist() == ["@q@ISS001-E-1@.jpg", "@q@ISS001-E-2@.jpg", "@q@ISS001-E-7@.jpg"]
@@ -340,12 +397,25 @@ def test_stage_writes_outputs(world: dict[str, Path], tmp_path: Path, monkeypatc
 
     dropped = pd.read_csv(out / "dropped.csv")
     assert dict(zip(dropped["query_id"], dropped["reason"], strict=True)) == {
-        "ISS001-E-4": "no_positive", "ISS001-E-5": "positive_outside_db"}
+        "ISS001-E-4": "no_positive",
+        "ISS001-E-5": "positive_outside_db",
+    }
 
     s = json.loads((out / "summary.json").read_text())
-    for key in ("name", "poi_lat", "poi_lon", "query_radius_km", "db_radius_km", "num_within_radius", "num_queries",
-                "num_db", "num_dropped_no_positive", "num_dropped_positive_outside_db", "mean_positives_per_query",
-                "num_db_per_zoom"):
+    for key in (
+        "name",
+        "poi_lat",
+        "poi_lon",
+        "query_radius_km",
+        "db_radius_km",
+        "num_within_radius",
+        "num_queries",
+        "num_db",
+        "num_dropped_no_positive",
+        "num_dropped_positive_outside_db",
+        "mean_positives_per_query",
+        "num_db_per_zoom",
+    ):
         assert key in s
     assert (s["name"], s["num_within_radius"], s["num_queries"], s["num_db"]) == ("tiny", 5, 3, 4)
 
@@ -375,9 +445,15 @@ def test_cli_reports_one_line(world: dict[str, Path], tmp_path: Path, capsys: py
 
 
 def test_bad_set_values_are_config_errors() -> None:
-    params = {"evalset": {"sets": {"bad": {"lat": 95.0, "lon": 0.0, "query_radius_km": 1, "db_radius_km": 1},
-                                   "neg": {"lat": 0.0, "lon": 0.0, "query_radius_km": -1, "db_radius_km": 1},
-                                   "part": {"lat": 0.0}}}}
+    params = {
+        "evalset": {
+            "sets": {
+                "bad": {"lat": 95.0, "lon": 0.0, "query_radius_km": 1, "db_radius_km": 1},
+                "neg": {"lat": 0.0, "lon": 0.0, "query_radius_km": -1, "db_radius_km": 1},
+                "part": {"lat": 0.0},
+            }
+        }
+    }
     for name in ("bad", "neg", "part"):
         with pytest.raises(ConfigError):
             stage.load_spec(params, name)

@@ -13,13 +13,13 @@ import pytest
 import shapely
 import yaml
 from PIL import Image
-from retrieval_support import CORNERS, TinySet, make_tiny_set, render_region, tiny_checkpoint
 
 from earthloc.baselines import contains_point, nadir_ranking, region_bounds_table
 from earthloc.cli import main as cli_main
 from earthloc.evaluate import EvaluateParams, run_set, write_audit
 from earthloc.localize import footprint_geometry, load_index, localize_descriptor
 from pipeline.errors import ConfigError
+from retrieval_support import CORNERS, TinySet, make_tiny_set, render_region, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinySet, Path]:
 
 
 def _params(ts: TinySet, root: Path, **kw: object) -> EvaluateParams:
-    base = dict(sets=("tiny",), tiles_root=str(ts.tiles_root), evalsets_dir=str(ts.set_dir.parent),
-                out_root=str(root / "eval"), regions=str(root / "no_grid.parquet"), num_workers=0, batch_size=4,
-                k=20, recall_ns=(1, 5, 10, 20), grid_queries=3, grid_top=5)
+    base = dict(
+        sets=("tiny",),
+        tiles_root=str(ts.tiles_root),
+        evalsets_dir=str(ts.set_dir.parent),
+        out_root=str(root / "eval"),
+        regions=str(root / "no_grid.parquet"),
+        num_workers=0,
+        batch_size=4,
+        k=20,
+        recall_ns=(1, 5, 10, 20),
+        grid_queries=3,
+        grid_top=5,
+    )
     base.update(kw)
     return EvaluateParams(**base)  # type: ignore[arg-type]
 
@@ -46,8 +56,16 @@ def test_evaluate_stage_writes_every_output(tiny: tuple[TinySet, Path], tmp_path
     assert on_disk == json.loads(json.dumps(metrics))
     assert on_disk["num_queries"] == 4 and on_disk["num_db"] == 9 and on_disk["num_db_vectors"] == 36
     methods = on_disk["methods"]
-    assert set(methods) == {"model", "untrained", "untrained_seed1", "untrained_seed2", "thumbnail", "random", "nadir",
-                            "always_0deg"}
+    assert set(methods) == {
+        "model",
+        "untrained",
+        "untrained_seed1",
+        "untrained_seed2",
+        "thumbnail",
+        "random",
+        "nadir",
+        "always_0deg",
+    }
     for name, m in methods.items():
         if name != "always_0deg":
             assert set(m) >= {"R@1", "R@5", "R@10", "R@20", "collapsed", "interval"}
@@ -77,8 +95,16 @@ def test_evaluate_stage_writes_every_output(tiny: tuple[TinySet, Path], tmp_path
     assert methods["random"]["R@1"] == pytest.approx(100 / 9, abs=1e-3)
     # Margins: model (every query at rank 1) minus each baseline, with a bootstrap interval.
     margins = on_disk["margins"]
-    assert set(margins) == {"model-untrained", "model-untrained_seed1", "model-untrained_seed2", "model-untrained_mean",
-                            "model-thumbnail", "model-random", "model-nadir", "model-always_0deg"}
+    assert set(margins) == {
+        "model-untrained",
+        "model-untrained_seed1",
+        "model-untrained_seed2",
+        "model-untrained_mean",
+        "model-thumbnail",
+        "model-random",
+        "model-nadir",
+        "model-always_0deg",
+    }
     c1 = margins["model-random"]["collapsed"]["R@1"]
     assert c1["diff"] == pytest.approx(100 - 100 / 9, abs=0.01)
     assert set(margins["model-untrained_mean"]["collapsed"]) == {"R@1", "R@5", "R@10", "R@20"}
@@ -88,10 +114,23 @@ def test_evaluate_stage_writes_every_output(tiny: tuple[TinySet, Path], tmp_path
     assert r1["diff"] == pytest.approx(100 - 100 / 9, abs=0.01) and r1["lo"] <= r1["diff"] <= r1["hi"]
 
     curves = sorted(os.listdir(out / "curves"))
-    assert curves == sorted(["model.csv", "model_collapsed.csv", "untrained.csv", "untrained_collapsed.csv",
-                             "untrained_seed1.csv", "untrained_seed1_collapsed.csv", "untrained_seed2.csv",
-                             "untrained_seed2_collapsed.csv", "thumbnail.csv", "thumbnail_collapsed.csv",
-                             "random.csv", "random_collapsed.csv", "nadir.csv"])
+    assert curves == sorted(
+        [
+            "model.csv",
+            "model_collapsed.csv",
+            "untrained.csv",
+            "untrained_collapsed.csv",
+            "untrained_seed1.csv",
+            "untrained_seed1_collapsed.csv",
+            "untrained_seed2.csv",
+            "untrained_seed2_collapsed.csv",
+            "thumbnail.csv",
+            "thumbnail_collapsed.csv",
+            "random.csv",
+            "random_collapsed.csv",
+            "nadir.csv",
+        ]
+    )
 
     # Per-query hits: the table's recalls are their means.
     pq = pd.read_parquet(out / "per_query.parquet")
@@ -99,15 +138,24 @@ def test_evaluate_stage_writes_every_output(tiny: tuple[TinySet, Path], tmp_path
     for name in ("model", "thumbnail", "untrained", "random", "nadir"):
         for n in (1, 5, 10, 20):
             assert 100 * pq[f"{name}_hit@{n}"].mean() == pytest.approx(methods[name][f"R@{n}"], abs=1e-3)
-            assert 100 * pq[f"{name}_collapsed_hit@{n}"].mean() == pytest.approx(methods[name]["collapsed"][f"R@{n}"],
-                                                                                abs=1e-3)
+            assert 100 * pq[f"{name}_collapsed_hit@{n}"].mean() == pytest.approx(
+                methods[name]["collapsed"][f"R@{n}"], abs=1e-3
+            )
     assert (pq["always_0deg_orientation_error_deg"] <= 45).tolist() == [a == 0 for a in ts.query_angle]
     c = pd.read_csv(out / "curves" / "random_collapsed.csv")
     assert c["N"].tolist() == list(range(1, 21)) and c["recall"].iloc[-1] == pytest.approx(100.0)
 
     pred = pd.read_parquet(out / "predictions.parquet")
-    assert list(pred.columns)[:8] == ["query_index", "query_id", "rank", "db_index", "region_id", "score",
-                                      "angle_deg", "is_positive"]
+    assert list(pred.columns)[:8] == [
+        "query_index",
+        "query_id",
+        "rank",
+        "db_index",
+        "region_id",
+        "score",
+        "angle_deg",
+        "is_positive",
+    ]
     assert len(pred) == 4 * 20
     top1 = pred[pred["rank"] == 1].sort_values("query_index")
     assert top1["db_index"].tolist() == ts.query_region and top1["angle_deg"].tolist() == ts.query_angle
@@ -121,8 +169,9 @@ def test_evaluate_stage_writes_every_output(tiny: tuple[TinySet, Path], tmp_path
     assert "<html" in html.lower() and "ISS001-E-1000" in html
 
 
-def test_evaluate_cli_missing_image_is_one_clear_line(tiny: tuple[TinySet, Path], tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_cli_missing_image_is_one_clear_line(
+    tiny: tuple[TinySet, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ts, model = tiny
     # A copy of the set whose database names an image that does not exist.
     set_dir = tmp_path / "evalsets" / "broken"
@@ -132,9 +181,18 @@ def test_evaluate_cli_missing_image_is_one_clear_line(tiny: tuple[TinySet, Path]
     db = pd.read_csv(ts.set_dir / "database.csv")
     db.loc[3, "path"] = "database/2021_09/30_-100/@missing@.jpg"
     db.to_csv(set_dir / "database.csv", index=False)
-    params = {"evaluate": {"sets": ["broken"], "model": str(model), "tiles_root": str(ts.tiles_root),
-                           "evalsets_dir": str(tmp_path / "evalsets"), "out_root": str(tmp_path / "eval"),
-                           "num_workers": 0, "k": 10, "recall_ns": [1, 10]}}
+    params = {
+        "evaluate": {
+            "sets": ["broken"],
+            "model": str(model),
+            "tiles_root": str(ts.tiles_root),
+            "evalsets_dir": str(tmp_path / "evalsets"),
+            "out_root": str(tmp_path / "eval"),
+            "num_workers": 0,
+            "k": 10,
+            "recall_ns": [1, 10],
+        }
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert cli_main(["evaluate", "--params", str(tmp_path / "params.yaml")]) == 1
     err = capsys.readouterr().err.strip()
@@ -174,13 +232,19 @@ def _write_manifest(ts: TinySet) -> None:
     man.to_parquet(ts.tiles_root / "manifests" / "2021_09.parquet", index=False)
 
 
-def test_index_and_localize_find_the_photo_footprint(tiny: tuple[TinySet, Path], tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_index_and_localize_find_the_photo_footprint(
+    tiny: tuple[TinySet, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ts, model = tiny
     _write_manifest(ts)
     params = {
-        "index": {"model": str(model), "tiles_root": str(ts.tiles_root), "out_dir": str(tmp_path / "index"),
-                  "num_workers": 0, "batch_size": 4},
+        "index": {
+            "model": str(model),
+            "tiles_root": str(ts.tiles_root),
+            "out_dir": str(tmp_path / "index"),
+            "num_workers": 0,
+            "batch_size": 4,
+        },
         "localize": {"index_dir": str(tmp_path / "index"), "model": str(model), "radius_km": 2500, "top": 3},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -194,8 +258,19 @@ def test_index_and_localize_find_the_photo_footprint(tiny: tuple[TinySet, Path],
     Image.fromarray(np.rot90(render_region(int(reg["zoom"]), int(reg["row"]), int(reg["col"])), k=3)).save(photo)
     truth = footprint_geometry(str(reg["region_id"]))
     out = tmp_path / "result.geojson"
-    rc = cli_main(["localize", str(photo), "--nadir", f"{reg['center_lat'] + 1:.2f}", f"{reg['center_lon']:.2f}",
-                   "--params", str(tmp_path / "params.yaml"), "--out", str(out)])
+    rc = cli_main(
+        [
+            "localize",
+            str(photo),
+            "--nadir",
+            f"{reg['center_lat'] + 1:.2f}",
+            f"{reg['center_lon']:.2f}",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert str(reg["region_id"]) in printed
@@ -212,22 +287,31 @@ def test_index_and_localize_find_the_photo_footprint(tiny: tuple[TinySet, Path],
     # Lost in space (no nadir) finds it too; a nadir far away leaves it out entirely.
     q = loaded.index.reconstruct(int(3 * 9 + 5))  # the stored 270° copy of region 5
     assert localize_descriptor(loaded, q, top=1, nadir=None, radius_km=2500)[0].region_id == reg["region_id"]
-    far = localize_descriptor(loaded, q, top=9, nadir=(float(reg["center_lat"]), float(reg["center_lon"])),
-                              radius_km=200)
+    far = localize_descriptor(
+        loaded, q, top=9, nadir=(float(reg["center_lat"]), float(reg["center_lon"])), radius_km=200
+    )
     assert far and all(m.distance_km is not None and m.distance_km < 200 for m in far)
     assert far[0].region_id == reg["region_id"]
     none = localize_descriptor(loaded, q, top=3, nadir=(-40.0, 100.0), radius_km=2500)
     assert none == []
 
 
-def test_localize_refuses_another_model(tiny: tuple[TinySet, Path], tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_localize_refuses_another_model(
+    tiny: tuple[TinySet, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ts, model = tiny
     _write_manifest(ts)
     other = tiny_checkpoint(tmp_path / "other.pt", seed=1)
-    params = {"index": {"model": str(model), "tiles_root": str(ts.tiles_root), "out_dir": str(tmp_path / "ix"),
-                        "num_workers": 0, "index": {"kind": "sq_fp16"}},
-              "localize": {"index_dir": str(tmp_path / "ix"), "model": str(other)}}
+    params = {
+        "index": {
+            "model": str(model),
+            "tiles_root": str(ts.tiles_root),
+            "out_dir": str(tmp_path / "ix"),
+            "num_workers": 0,
+            "index": {"kind": "sq_fp16"},
+        },
+        "localize": {"index_dir": str(tmp_path / "ix"), "model": str(other)},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert cli_main(["index", "--params", str(tmp_path / "params.yaml")]) == 0
     photo = next((ts.tiles_root / "queries").glob("*.jpg"))
@@ -264,7 +348,9 @@ def test_orientation_convention_matches_the_photo_simulator(orientation: float) 
     photo = render_photo(corners, 2021, 0, size=64, orientation=orientation, effects=NO_EFFECTS).astype(np.float64)
     mosaic = render_region(9, 196, 112, tile_px=64)  # 256 px
     n = mosaic.shape[0]
-    inner = np.asarray(Image.fromarray(mosaic[int(n * 0.2):int(n * 0.8), int(n * 0.2):int(n * 0.8)]).resize((64, 64)))
+    inner = np.asarray(
+        Image.fromarray(mosaic[int(n * 0.2) : int(n * 0.8), int(n * 0.2) : int(n * 0.8)]).resize((64, 64))
+    )
     corr = []
     for k in range(4):
         a = np.rot90(inner, k).astype(np.float64).ravel()

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import rasterio
 import shapely
-from fetch_stub import StubWmts
 from PIL import Image
 
 from earthloc.cli import main as cli_main
+from fetch_stub import StubWmts
 from pipeline.errors import EarthLocError
 from pipeline.export import (
     HALF_WORLD_M,

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fetch_stub import StubWmts, tile_jpeg
 from PIL import Image
 
+from fetch_stub import StubWmts, tile_jpeg
 from pipeline.errors import SourceRefusedError
 from pipeline.fetch.client import ClientConfig, TileKey, WmtsClient, validate_tile
 from pipeline.fetch.plan import region_tiles, request_counts, unique_tiles
@@ -399,11 +399,15 @@ def test_kill_and_resume_is_identical_and_refetches_nothing(tmp_path: Path) -> N
     with StubWmts() as stub:
         resumed = fetch_regions(regions, YEARS, [ZOOM], tmp_path / "run", config(stub), RUN)
         assert not (set(stub.hits) & cached), "a cached tile was fetched again"
-        assert set(stub.hits) | cached == {layer_tile(y, ZOOM, r, c) for y in YEARS for r in range(10, 18) for c in range(10)}
+        assert set(stub.hits) | cached == {
+            layer_tile(y, ZOOM, r, c) for y in YEARS for r in range(10, 18) for c in range(10)
+        }
     assert list((tmp_path / "run").rglob("*.tmp")) == []
     assert tree(tmp_path / "run") == tree(tmp_path / "clean")
     assert resumed["regions_skipped"] + resumed["regions_written"] == 24
-    print("resume:", {k: resumed[k] for k in ("regions_skipped", "regions_written", "tiles_reused", "temp_files_swept")})
+    print(
+        "resume:", {k: resumed[k] for k in ("regions_skipped", "regions_written", "tiles_reused", "temp_files_swept")}
+    )
     with StubWmts() as stub:
         third = fetch_regions(regions, YEARS, [ZOOM], tmp_path / "run", config(stub), RUN)
         assert stub.total_hits() == 0 and third["regions_skipped"] == 24

@@ -67,7 +67,9 @@ def test_bad_params_are_config_errors(over: dict[str, Any]) -> None:
 def test_local_template_keeps_eox_layout() -> None:
     local = fetch.local_template(EOX_KVP, "http://127.0.0.1:5555")
     assert local.startswith("http://127.0.0.1:5555/wmts?layer={layer}&") and local.endswith("TileRow={y}")
-    assert fetch.local_template(EOX_RESTFUL, "http://127.0.0.1:1").endswith("/wmts/1.0.0/{layer}/default/g/{z}/{y}/{x}.jpg")
+    assert fetch.local_template(EOX_RESTFUL, "http://127.0.0.1:1").endswith(
+        "/wmts/1.0.0/{layer}/default/g/{z}/{y}/{x}.jpg"
+    )
 
 
 def test_in_aois_is_strict_and_none_is_world() -> None:
@@ -140,9 +142,8 @@ def test_cli_shard_and_errors(tmp_path: Path, grid_file: Path, capsys: pytest.Ca
 
 
 def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, grid_file: Path) -> None:
-    from support import texas_csv
-
     from pipeline.stages import queries as queries_stage
+    from support import texas_csv
 
     run(tmp_path, grid_file, 40.0, zoom=11)
     run(tmp_path, grid_file, 40.0, zoom=10)
@@ -152,13 +153,17 @@ def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, g
     qids = sorted(pd.read_parquet(tmp_path / "queries.parquet").query_id)
     fetched = sorted(pd.read_parquet(tmp_path / "tiles" / "manifests" / "2021_11.parquet").region_id)
     # q0: every positive fetched; q1: one positive outside the store; q2: no positive at all
-    pairs = pd.DataFrame({"query_id": [qids[0]] * 2 + [qids[1]] * 2, "region_id": [fetched[0], fetched[1], fetched[0], "11_0001_0001"]})
+    pairs = pd.DataFrame(
+        {"query_id": [qids[0]] * 2 + [qids[1]] * 2, "region_id": [fetched[0], fetched[1], fetched[0], "11_0001_0001"]}
+    )
     pairs.to_parquet(tmp_path / "pairs.parquet")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["fetch"] = section(zooms=["10", "11"])
     params["fetch_queries"].update(workers=1, size=256, scope=None)  # every photographable query
 
-    s = fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", tmp_path / "q.json")
+    s = fetch.run_queries(
+        params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", tmp_path / "q.json"
+    )
     photos = sorted((tmp_path / "tiles" / "queries").glob("*.jpg"))
     assert [parse_filename(p.name).image_id for p in photos] == [qids[0]] and s["ok"] == 1
     with Image.open(photos[0]) as im:
@@ -177,7 +182,9 @@ def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, g
     # scoped: an evaluation set's query gets its photo although one of its positives (of a
     # zoom the set does not use) is outside the store; nothing else is photographed
     (tmp_path / "evalsets" / "demo").mkdir(parents=True)
-    pd.DataFrame({"query_index": [0], "query_id": [qids[1]]}).to_csv(tmp_path / "evalsets/demo/queries.csv", index=False)
+    pd.DataFrame({"query_index": [0], "query_id": [qids[1]]}).to_csv(
+        tmp_path / "evalsets/demo/queries.csv", index=False
+    )
     params["fetch_queries"]["scope"] = {"evalsets": ["demo"], "aois": [], "evalsets_dir": str(tmp_path / "evalsets")}
     s = fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", None)
     photos = sorted((tmp_path / "tiles" / "queries").glob("*.jpg"))

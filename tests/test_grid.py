@@ -17,8 +17,23 @@ from support import geod_km2
 
 GEOD = pyproj.Geod(ellps="WGS84")
 COLUMNS = [
-    "region_id", "zoom", "row", "col", "ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon",
-    "lr_lat", "lr_lon", "center_lat", "center_lon", "area_km2", "land_fraction", "geometry",
+    "region_id",
+    "zoom",
+    "row",
+    "col",
+    "ll_lat",
+    "ll_lon",
+    "ul_lat",
+    "ul_lon",
+    "ur_lat",
+    "ur_lon",
+    "lr_lat",
+    "lr_lon",
+    "center_lat",
+    "center_lon",
+    "area_km2",
+    "land_fraction",
+    "geometry",
 ]
 ALPS = (5.0, 43.0, 15.0, 48.0)
 FIJI = (175.0, -20.0, -175.0, -10.0)
@@ -164,7 +179,9 @@ def test_stride_neighbours_overlap_by_half(grid):
             b = inter.bounds
             assert b[1] == pytest.approx(float(tiles.row_to_lat(r + 4, z)), abs=1e-12)
             assert b[3] == pytest.approx(float(tiles.row_to_lat(r + 2, z)), abs=1e-12)
-            assert inter.area == pytest.approx(geoms[i].area * (b[3] - b[1]) / (grid["ul_lat"].iloc[i] - grid["ll_lat"].iloc[i]), rel=1e-9)
+            assert inter.area == pytest.approx(
+                geoms[i].area * (b[3] - b[1]) / (grid["ul_lat"].iloc[i] - grid["ll_lat"].iloc[i]), rel=1e-9
+            )
             n_v += 1
     assert n_h > 10 and n_v > 10
 

@@ -66,8 +66,21 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     grid, queries = d / "regions.parquet", d / "queries.parquet"
     run([EARTHLOC, "grid", "--params", str(params), "--bbox", *BBOX, "--out", str(grid)], d, env)
     csv_path = texas_csv(d / "queries.csv", 300)
-    run([EARTHLOC, "queries", "--params", str(params), str(csv_path), "--out", str(queries),
-         "--rejected", str(d / "rejected.csv")], d, env)
+    run(
+        [
+            EARTHLOC,
+            "queries",
+            "--params",
+            str(params),
+            str(csv_path),
+            "--out",
+            str(queries),
+            "--rejected",
+            str(d / "rejected.csv"),
+        ],
+        d,
+        env,
+    )
     assert len(gpd.read_parquet(grid)) > 0
     assert len(gpd.read_parquet(queries)) == 300
     return {"dir": d, "params": params, "grid": grid, "queries": queries}
@@ -105,11 +118,28 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         return "\n".join(f"--- {n}.log\n{(d / f'{n}.log').read_text(errors='replace')[-4000:]}" for n in logs)
 
     try:
-        procs.append(subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(sched_file),
-             "--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
-            cwd=d, env=env, stdout=logs["scheduler"], stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    DASK,
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--scheduler-file",
+                    str(sched_file),
+                    "--no-dashboard",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                ],
+                cwd=d,
+                env=env,
+                stdout=logs["scheduler"],
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         deadline = time.monotonic() + 60
         address = None
         while time.monotonic() < deadline:
@@ -122,12 +152,34 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         assert address, f"no scheduler file after 60 s\n{log_text()}"
         assert address.startswith("tcp://127.0.0.1:"), address
 
-        procs.append(subprocess.Popen(
-            [DASK, "worker", "--scheduler-file", str(sched_file), "--nworkers", "2", "--nthreads", "1",
-             "--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
-             "--local-directory", str(d / "scratch"), "--memory-limit", "0"],
-            cwd=d, env=env, stdout=logs["workers"], stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    DASK,
+                    "worker",
+                    "--scheduler-file",
+                    str(sched_file),
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--no-dashboard",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                    "--local-directory",
+                    str(d / "scratch"),
+                    "--memory-limit",
+                    "0",
+                ],
+                cwd=d,
+                env=env,
+                stdout=logs["workers"],
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         client = Client(scheduler_file=str(sched_file), timeout="30s")
         try:
             client.wait_for_workers(2, timeout=60)
@@ -158,8 +210,23 @@ def _clear_worker_tree_caches(client) -> None:  # type: ignore[no-untyped-def]
 
 
 def _intersect(inputs: dict[str, Path], out: Path, env: dict[str, str], *extra: str) -> None:
-    run([EARTHLOC, "intersect", "--params", str(inputs["params"]), "--queries", str(inputs["queries"]),
-         "--grid", str(inputs["grid"]), "--out-dir", str(out), *extra], inputs["dir"], env)
+    run(
+        [
+            EARTHLOC,
+            "intersect",
+            "--params",
+            str(inputs["params"]),
+            "--queries",
+            str(inputs["queries"]),
+            "--grid",
+            str(inputs["grid"]),
+            "--out-dir",
+            str(out),
+            *extra,
+        ],
+        inputs["dir"],
+        env,
+    )
 
 
 def _load(out: Path) -> tuple[pd.DataFrame, dict, dict]:  # type: ignore[type-arg]
@@ -210,7 +277,11 @@ def test_external_scheduler_flag_env_and_local_cluster_give_identical_outputs(
         assert pt == ref_pt
         assert summary == ref_summary
         # Every output is promised byte-identical whatever ran it.
-        for name in ("intersections_2021.parquet", "queries_intersections_with_db_2021.pt", "intersections_summary.json"):
+        for name in (
+            "intersections_2021.parquet",
+            "queries_intersections_with_db_2021.pt",
+            "intersections_summary.json",
+        ):
             assert (d / other / name).read_bytes() == (d / "B" / name).read_bytes(), name
 
 
@@ -229,8 +300,21 @@ def test_unreachable_scheduler_is_a_one_line_error(
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     params = write_params(tmp_path / "params.yaml")
     q, g = _tiny_inputs(tmp_path)
-    rc = main(["intersect", "--params", str(params), "--queries", str(q), "--grid", str(g),
-               "--out-dir", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:9"])
+    rc = main(
+        [
+            "intersect",
+            "--params",
+            str(params),
+            "--queries",
+            str(q),
+            "--grid",
+            str(g),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--scheduler",
+            "tcp://127.0.0.1:9",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -12,10 +12,24 @@ from earthloc.retrieval import read_evalset
 from pipeline.errors import ConfigError, InputError
 from pipeline.stages.lost_in_space import LostInSpaceSpec, build, run
 
-QUERIES = pd.DataFrame({"query_index": [0, 1, 2], "query_id": ["A", "B", "C"], "filename": ["a.jpg", "b.jpg", "c.jpg"],
-                        "nadir_lat": [0.0, 1.0, 2.0], "nadir_lon": [0.0, 1.0, 2.0], "num_positives": [1, 1, 1]})
-INTER = pd.DataFrame({"query_id": ["A", "A", "B", "B", "D"], "region_id": ["r2", "r1", "r1", "rX", "r1"],
-                      "iou": [0.3, 0.2, 0.5, 0.1, 0.9], "intersection_km2": [1.0, 2.0, 3.0, 4.0, 5.0]})
+QUERIES = pd.DataFrame(
+    {
+        "query_index": [0, 1, 2],
+        "query_id": ["A", "B", "C"],
+        "filename": ["a.jpg", "b.jpg", "c.jpg"],
+        "nadir_lat": [0.0, 1.0, 2.0],
+        "nadir_lon": [0.0, 1.0, 2.0],
+        "num_positives": [1, 1, 1],
+    }
+)
+INTER = pd.DataFrame(
+    {
+        "query_id": ["A", "A", "B", "B", "D"],
+        "region_id": ["r2", "r1", "r1", "rX", "r1"],
+        "iou": [0.3, 0.2, 0.5, 0.1, 0.9],
+        "intersection_km2": [1.0, 2.0, 3.0, 4.0, 5.0],
+    }
+)
 DB = pd.DataFrame({"db_index": [0, 1, 2], "region_id": ["r0", "r1", "r2"]})
 
 
@@ -25,7 +39,10 @@ def test_build_hand_made() -> None:
     assert kept["query_id"].tolist() == ["A"] and kept["query_index"].tolist() == [0]
     assert kept["num_positives"].tolist() == [2]
     assert pos[["query_index", "db_index"]].values.tolist() == [[0, 1], [0, 2]]
-    assert dict(zip(dropped["query_id"], dropped["reason"], strict=True)) == {"B": "positive_outside_db", "C": "no_positive"}
+    assert dict(zip(dropped["query_id"], dropped["reason"], strict=True)) == {
+        "B": "positive_outside_db",
+        "C": "no_positive",
+    }
 
 
 def test_spec_from_params() -> None:
@@ -42,12 +59,22 @@ def test_run_writes_an_evalset_the_evaluator_reads(tmp_path: Path) -> None:
     grid = pd.read_parquet(s["grid"], columns=["region_id"])
     rids = grid["region_id"].tolist()
     (tmp_path / "sets" / "src").mkdir(parents=True)
-    QUERIES.assign(filename=["query_0.jpg", "query_1.jpg", "query_2.jpg"]).to_csv(tmp_path / "sets" / "src" / "queries.csv", index=False)
-    inter = pd.DataFrame({"query_id": ["A", "A", "B"], "region_id": [rids[0], rids[5], rids[3]], "iou": [0.3, 0.2, 0.5],
-                          "intersection_km2": [1.0, 1.0, 1.0]})
+    QUERIES.assign(filename=["query_0.jpg", "query_1.jpg", "query_2.jpg"]).to_csv(
+        tmp_path / "sets" / "src" / "queries.csv", index=False
+    )
+    inter = pd.DataFrame(
+        {
+            "query_id": ["A", "A", "B"],
+            "region_id": [rids[0], rids[5], rids[3]],
+            "iou": [0.3, 0.2, 0.5],
+            "intersection_km2": [1.0, 1.0, 1.0],
+        }
+    )
     inter.to_parquet(tmp_path / "inter.parquet")
     out = tmp_path / "sets" / "lis"
-    summary = run(LostInSpaceSpec("lis", "src"), tmp_path / "sets", tmp_path / "inter.parquet", s["grid"], s["tiles"], out)
+    summary = run(
+        LostInSpaceSpec("lis", "src"), tmp_path / "sets", tmp_path / "inter.parquet", s["grid"], s["tiles"], out
+    )
     assert summary["num_db"] == len(rids) and summary["num_queries"] == 2  # C has no positive
     ev = read_evalset(out, s["tiles"])
     assert len(ev.db_paths) == len(rids) and all(p.is_file() for p in ev.db_paths)
@@ -70,8 +97,9 @@ def test_zooms_keep_the_database_and_positives_of_those_zooms(tmp_path: Path) ->
     QUERIES.to_csv(tmp_path / "sets" / "src" / "queries.csv", index=False)
     # A: one positive at the kept zoom and one elsewhere; B: only elsewhere (no positive then)
     region = [at[0], other[0] if other else at[1], other[-1] if other else at[2]]
-    pd.DataFrame({"query_id": ["A", "A", "B"], "region_id": region, "iou": [0.3, 0.2, 0.5],
-                  "intersection_km2": [1.0, 1.0, 1.0]}).to_parquet(tmp_path / "inter.parquet")
+    pd.DataFrame(
+        {"query_id": ["A", "A", "B"], "region_id": region, "iou": [0.3, 0.2, 0.5], "intersection_km2": [1.0, 1.0, 1.0]}
+    ).to_parquet(tmp_path / "inter.parquet")
     out = tmp_path / "sets" / "lis"
     summary = run(LostInSpaceSpec("lis", "src", zooms=(keep,)), tmp_path / "sets", tmp_path / "inter.parquet",
                   s["grid"], s["tiles"], out)  # fmt: skip

@@ -85,8 +85,17 @@ def make_queries(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     la1, lo1 = random_corners(rng, 40, convex=True)
     la2, lo2 = random_corners(rng, 25, convex=False)
     # Hand-made ones straddling ±180, one of them a dart.
-    la3 = np.array([[-10.0, -9.0, -9.2, -10.3], [-20.0, -18.0, -18.5, -20.2], [0.5, 2.5, 2.5, 0.5], [-5.0, -3.0, -4.2, -3.0]])
-    lo3 = np.array([[179.0, 179.2, -179.0, -179.3], [178.5, 178.7, -178.8, -178.6], [179.9, 179.9, -179.9, -179.9], [179.0, 179.0, 179.8, -178.0]])
+    la3 = np.array(
+        [[-10.0, -9.0, -9.2, -10.3], [-20.0, -18.0, -18.5, -20.2], [0.5, 2.5, 2.5, 0.5], [-5.0, -3.0, -4.2, -3.0]]
+    )
+    lo3 = np.array(
+        [
+            [179.0, 179.2, -179.0, -179.3],
+            [178.5, 178.7, -178.8, -178.6],
+            [179.9, 179.9, -179.9, -179.9],
+            [179.0, 179.0, 179.8, -178.0],
+        ]
+    )
     lats = np.concatenate([la1, la2, la3])
     lons = np.concatenate([lo1, lo2, lo3])
     ulons = unwrap_ring_lons(lons)
@@ -159,7 +168,9 @@ def test_columns_and_order(data):
 
 def test_pairs_match_brute_force(data):
     ours, ref = data["ours"], data["ref"]
-    ours_set = {(int(a), int(b)): v for a, b, v in zip(ours["query_index"], ours["region_index"], ours["intersection_km2"])}
+    ours_set = {
+        (int(a), int(b)): v for a, b, v in zip(ours["query_index"], ours["region_index"], ours["intersection_km2"])
+    }
     ref_set = {(int(a), int(b)): v for a, b, v in zip(ref["query_index"], ref["region_index"], ref["intersection_km2"])}
     # Pairs only one side reports must be slivers near the threshold.
     for k in ours_set.keys() - ref_set.keys():
@@ -205,7 +216,9 @@ def test_touching_pairs_are_not_reported():
     queries = np.array(
         [
             shapely.box(w1 - 1.0, float(b.south[1]), w1, float(b.north[1])),  # west of region 1, sharing its edge
-            shapely.box(float(b.east[1]), float(b.south[1]) + 0.1, float(b.east[1]) + 2.0, float(b.north[1]) - 0.1),  # east
+            shapely.box(
+                float(b.east[1]), float(b.south[1]) + 0.1, float(b.east[1]) + 2.0, float(b.north[1]) - 0.1
+            ),  # east
             shapely.box(w1 + 0.5, float(b.north[1]), w1 + 1.5, float(b.north[1]) + 1.0),  # north
             shapely.box(-175.0, s0 - 1.0, -174.0, s0),  # below wrapping region 0, corner-free edge touch
             shapely.box(w1 + 0.5, float(b.north[1]) + 0.1, w1 + 1.5, float(b.north[1]) + 1.0),  # disjoint
@@ -224,7 +237,9 @@ def test_query_inside_region_and_region_inside_query():
     regions = np.concatenate([region_footprint(big), region_footprint(small)])
     cx = float((small.west[0] + small.east[0]) / 2)
     cy = float((small.south[0] + small.north[0]) / 2)
-    inner = shapely.Polygon([(cx - 0.1, cy - 0.1), (cx + 0.05, cy - 0.12), (cx + 0.12, cy + 0.1), (cx - 0.08, cy + 0.03)])
+    inner = shapely.Polygon(
+        [(cx - 0.1, cy - 0.1), (cx + 0.05, cy - 0.12), (cx + 0.12, cy + 0.1), (cx - 0.08, cy + 0.03)]
+    )
     outer = shapely.Polygon([(cx - 1.5, cy - 1.4), (cx + 1.4, cy - 1.6), (cx + 1.6, cy + 1.5), (cx - 1.3, cy + 1.2)])
     assert shapely.contains(outer, regions[1]) and shapely.contains(regions[1], inner)
     out = overlap_table(np.array([inner, outer]), regions, 0.05).set_index(["query_index", "region_index"])

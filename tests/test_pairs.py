@@ -26,27 +26,44 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Photos: A and B near POI (0, 0) (A listed as kept, B dropped), C near POI (0, 0) but listed
 # nowhere (stale set outputs), D and E far away (trainable), F only in the second set's list.
-NADIRS = pd.DataFrame({
-    "query_id": ["A", "B", "C", "D", "E", "F"],
-    "nadir_lat": [0.0, 1.0, 2.0, 40.0, -40.0, 60.0],
-    "nadir_lon": [0.0, 1.0, 2.0, 100.0, -100.0, 60.0],
-})
+NADIRS = pd.DataFrame(
+    {
+        "query_id": ["A", "B", "C", "D", "E", "F"],
+        "nadir_lat": [0.0, 1.0, 2.0, 40.0, -40.0, 60.0],
+        "nadir_lon": [0.0, 1.0, 2.0, 100.0, -100.0, 60.0],
+    }
+)
 MEMBERS = (SetMembers("poi", frozenset({"A"}), frozenset({"B"})), SetMembers("other", frozenset(), frozenset({"F"})))
 AREAS = (SetArea("poi", 0.0, 0.0, 500.0), SetArea("other", -80.0, 0.0, 10.0))
-INTER = pd.DataFrame({
-    "query_id": ["A", "B", "C", "D", "D", "D", "E", "E", "F"],
-    "region_id": ["09_0001_0001", "09_0001_0001", "10_0002_0002", "09_0010_0010", "10_0020_0020",
-                  "11_0040_0040", "11_0050_0050", "11_0051_0051", "09_0060_0060"],
-    "zoom": [9, 9, 10, 9, 10, 11, 11, 11, 9],
-    "iou": [0.5, 0.5, 0.5, 0.30, 0.05, 0.25, 0.40, 0.10, 0.9],
-    "intersection_km2": [1.0] * 9,
-})
+INTER = pd.DataFrame(
+    {
+        "query_id": ["A", "B", "C", "D", "D", "D", "E", "E", "F"],
+        "region_id": [
+            "09_0001_0001",
+            "09_0001_0001",
+            "10_0002_0002",
+            "09_0010_0010",
+            "10_0020_0020",
+            "11_0040_0040",
+            "11_0050_0050",
+            "11_0051_0051",
+            "09_0060_0060",
+        ],
+        "zoom": [9, 9, 10, 9, 10, 11, 11, 11, 9],
+        "iou": [0.5, 0.5, 0.5, 0.30, 0.05, 0.25, 0.40, 0.10, 0.9],
+        "intersection_km2": [1.0] * 9,
+    }
+)
 
 
 def test_excluded_photos_reasons() -> None:
     ex = excluded_photos(NADIRS, MEMBERS, AREAS)
     assert dict(zip(ex["query_id"], ex["reason"], strict=True)) == {
-        "A": "evalset_query", "B": "evalset_dropped", "C": "near_poi", "F": "evalset_dropped"}
+        "A": "evalset_query",
+        "B": "evalset_dropped",
+        "C": "near_poi",
+        "F": "evalset_dropped",
+    }
     assert ex.set_index("query_id").loc["A", "sets"] == "poi"  # A is also near POI "poi": one set
     # A margin widens the nadir check: D lies ~11,900 km from (0, 0).
     wide = excluded_photos(NADIRS, MEMBERS, (SetArea("poi", 0.0, 0.0, 500.0),), margin_km=12_000.0)
@@ -59,7 +76,9 @@ def test_select_pairs_hand_made() -> None:
     got = set(zip(res.pairs["query_id"], res.pairs["region_id"], strict=True))
     assert got == {("D", "09_0010_0010"), ("D", "11_0040_0040"), ("E", "11_0050_0050")}
     assert set(zip(res.neutral["query_id"], res.neutral["region_id"], strict=True)) == {
-        ("D", "10_0020_0020"), ("E", "11_0051_0051")}
+        ("D", "10_0020_0020"),
+        ("E", "11_0051_0051"),
+    }
     assert leaked_ids(res.pairs, MEMBERS) == set()
     assert res.counts["photos_excluded_evalset"] == 4
     # Tile-store filters: D's zoom-9 region missing, E's photo missing.
@@ -100,7 +119,9 @@ def test_tile_store_filters(tmp_path: Path) -> None:
     pd.DataFrame({"z": [9], "status": ["ok"]}).to_parquet(m / "2021_09.tiles.parquet")  # tile manifest: ignored
     assert fetched_regions(tmp_path, (2018, 2021)) == {"r1"}
     (tmp_path / "queries").mkdir()
-    pd.DataFrame({"query_id": ["A", "D"], "status": ["ok", "not_found"]}).to_parquet(tmp_path / "queries" / "manifest.parquet")
+    pd.DataFrame({"query_id": ["A", "D"], "status": ["ok", "not_found"]}).to_parquet(
+        tmp_path / "queries" / "manifest.parquet"
+    )
     assert fetched_photos(tmp_path) == {"A"}
 
 
@@ -123,30 +144,66 @@ def _build_world(root: Path) -> dict[str, Path]:
     P2 (ISS050 frames 5000-5010, weeks later) photographs only lon 7-10, far from the POI;
     P3 (ISS051 frames 200-204) photographs only the POI's disc."""
     lons = np.arange(-3.0, 13.0)
-    regions = gpd.GeoDataFrame({
-        "region_id": [f"09_0100_{i:04d}" for i in range(len(lons))], "zoom": 9, "row": 100, "col": np.arange(len(lons)),
-        "ll_lat": -0.5, "ll_lon": lons - 0.5, "ul_lat": 0.5, "ul_lon": lons - 0.5,
-        "ur_lat": 0.5, "ur_lon": lons + 0.5, "lr_lat": -0.5, "lr_lon": lons + 0.5,
-        "center_lat": 0.0, "center_lon": lons, "area_km2": 12300.0,
-    }, geometry=[_box(0.0, lo, 0.5) for lo in lons], crs="EPSG:4326")
-    photos = ([("ISS050", 100 + k, "20210105", float(k)) for k in range(11)]
-              + [("ISS050", 5000 + k, "20210301", 7.0 + 0.3 * k) for k in range(11)]
-              + [("ISS051", 200 + k, "20210107", -1.0 + 0.5 * k) for k in range(5)])
-    queries = gpd.GeoDataFrame({
-        "query_id": [f"{m}-E-{f}" for m, f, _, _ in photos], "mission": [m for m, _, _, _ in photos],
-        "roll": "E", "frame": [str(f) for _, f, _, _ in photos], "date": [d for _, _, d, _ in photos],
-        "filename": [f"@{m}-E-{f}@.jpg" for m, f, _, _ in photos],
-        "nadir_lat": 0.0, "nadir_lon": [lo for _, _, _, lo in photos],
-    }, geometry=[_box(0.0, lo, 0.6) for _, _, _, lo in photos], crs="EPSG:4326")
+    regions = gpd.GeoDataFrame(
+        {
+            "region_id": [f"09_0100_{i:04d}" for i in range(len(lons))],
+            "zoom": 9,
+            "row": 100,
+            "col": np.arange(len(lons)),
+            "ll_lat": -0.5,
+            "ll_lon": lons - 0.5,
+            "ul_lat": 0.5,
+            "ul_lon": lons - 0.5,
+            "ur_lat": 0.5,
+            "ur_lon": lons + 0.5,
+            "lr_lat": -0.5,
+            "lr_lon": lons + 0.5,
+            "center_lat": 0.0,
+            "center_lon": lons,
+            "area_km2": 12300.0,
+        },
+        geometry=[_box(0.0, lo, 0.5) for lo in lons],
+        crs="EPSG:4326",
+    )
+    photos = (
+        [("ISS050", 100 + k, "20210105", float(k)) for k in range(11)]
+        + [("ISS050", 5000 + k, "20210301", 7.0 + 0.3 * k) for k in range(11)]
+        + [("ISS051", 200 + k, "20210107", -1.0 + 0.5 * k) for k in range(5)]
+    )
+    queries = gpd.GeoDataFrame(
+        {
+            "query_id": [f"{m}-E-{f}" for m, f, _, _ in photos],
+            "mission": [m for m, _, _, _ in photos],
+            "roll": "E",
+            "frame": [str(f) for _, f, _, _ in photos],
+            "date": [d for _, _, d, _ in photos],
+            "filename": [f"@{m}-E-{f}@.jpg" for m, f, _, _ in photos],
+            "nadir_lat": 0.0,
+            "nadir_lon": [lo for _, _, _, lo in photos],
+        },
+        geometry=[_box(0.0, lo, 0.6) for _, _, _, lo in photos],
+        crs="EPSG:4326",
+    )
     inter = []
     for qid, geom in zip(queries["query_id"], queries.geometry, strict=True):
         for rid, rg in zip(regions["region_id"], regions.geometry, strict=True):
             if geom.intersects(rg):
                 a = geom.intersection(rg).area
-                inter.append({"query_id": qid, "region_id": rid, "zoom": 9, "iou": a / geom.union(rg).area,
-                              "intersection_km2": a * 12300.0})
-    paths = {"grid": root / "regions.parquet", "queries": root / "queries.parquet",
-             "intersections": root / "intersections_2021.parquet", "evalsets": root / "evalsets"}
+                inter.append(
+                    {
+                        "query_id": qid,
+                        "region_id": rid,
+                        "zoom": 9,
+                        "iou": a / geom.union(rg).area,
+                        "intersection_km2": a * 12300.0,
+                    }
+                )
+    paths = {
+        "grid": root / "regions.parquet",
+        "queries": root / "queries.parquet",
+        "intersections": root / "intersections_2021.parquet",
+        "evalsets": root / "evalsets",
+    }
     regions.to_parquet(paths["grid"])
     queries.to_parquet(paths["queries"])
     pd.DataFrame(inter).to_parquet(paths["intersections"], index=False)
@@ -162,19 +219,47 @@ def test_no_pass_of_an_evaluation_photo_in_pairs(tmp_path: Path) -> None:
     w = _build_world(tmp_path)
     disc = {"lat": 0.0, "lon": 0.0, "query_radius_km": 300.0, "db_radius_km": 2000.0, "folds": 2}
     params = {
-        "evalset": {"year": 2021, "pass_max_frame_gap": 20, "pass_max_day_gap": 1,
-                    "sets": {"poi_test": {**disc, "take_folds": [1]}, "poi_val": {**disc, "take_folds": [0]}}},
+        "evalset": {
+            "year": 2021,
+            "pass_max_frame_gap": 20,
+            "pass_max_day_gap": 1,
+            "sets": {"poi_test": {**disc, "take_folds": [1]}, "poi_val": {**disc, "take_folds": [0]}},
+        },
         "pairs": {"min_iou": 0.1, "year": 2021, "regions": "all", "photos": "all"},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     for name in ("poi_test", "poi_val"):
         spec, year = evalset_stage.load_spec(params, name)
-        evalset_stage.run(spec, year, w["grid"], w["queries"], w["intersections"], w["evalsets"] / name,
-                          draw_map=False, pass_rule=evalset_stage.load_pass_rule(params))
+        evalset_stage.run(
+            spec,
+            year,
+            w["grid"],
+            w["queries"],
+            w["intersections"],
+            w["evalsets"] / name,
+            draw_map=False,
+            pass_rule=evalset_stage.load_pass_rule(params),
+        )
     out = tmp_path / "pairs"
-    rc = cli_main(["pairs", "--params", str(tmp_path / "params.yaml"), "--out-dir", str(out),
-                   "--intersections", str(w["intersections"]), "--queries", str(w["queries"]), "--grid", str(w["grid"]),
-                   "--evalsets", str(w["evalsets"]), "--tiles", str(tmp_path / "no_tiles")])
+    rc = cli_main(
+        [
+            "pairs",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out-dir",
+            str(out),
+            "--intersections",
+            str(w["intersections"]),
+            "--queries",
+            str(w["queries"]),
+            "--grid",
+            str(w["grid"]),
+            "--evalsets",
+            str(w["evalsets"]),
+            "--tiles",
+            str(tmp_path / "no_tiles"),
+        ]
+    )
     assert rc == 0
 
     q = pd.read_parquet(w["queries"])
@@ -183,8 +268,9 @@ def test_no_pass_of_an_evaluation_photo_in_pairs(tmp_path: Path) -> None:
     for name in ("poi_test", "poi_val"):
         sq = pd.read_csv(w["evalsets"] / name / "queries.csv", dtype={"query_id": str})
         assert (sq["pass_id"] == sq["query_id"].map(pass_of)).all()  # queries.csv carries the pass
-        listed |= set(sq["query_id"]) | set(pd.read_csv(w["evalsets"] / name / "dropped.csv",
-                                                          dtype={"query_id": str})["query_id"])
+        listed |= set(sq["query_id"]) | set(
+            pd.read_csv(w["evalsets"] / name / "dropped.csv", dtype={"query_id": str})["query_id"]
+        )
     assert {pass_of[x] for x in listed} == {"ISS050-E-20210105-100", "ISS051-E-20210107-200"}
     pairs = pd.read_parquet(out / "pairs.parquet")
     neutral = pd.read_parquet(out / "neutral.parquet")
@@ -198,8 +284,9 @@ def test_no_pass_of_an_evaluation_photo_in_pairs(tmp_path: Path) -> None:
     assert json.loads((out / "summary.json").read_text())["excluded_photos"]["evalset_pass"] >= len(far_p1)
     # Without the pass rule they would be trained on, and the leak check names them.
     members = read_members(w["evalsets"], ("poi_test", "poi_val"))
-    direct = excluded_photos(q[["query_id", "nadir_lat", "nadir_lon"]], members,
-                             (SetArea("poi_test", 0.0, 0.0, 300.0),))
+    direct = excluded_photos(
+        q[["query_id", "nadir_lat", "nadir_lon"]], members, (SetArea("poi_test", 0.0, 0.0, 300.0),)
+    )
     loose = select_pairs(pd.read_parquet(w["intersections"]), direct["query_id"], 0.1)
     assert set(far_p1) <= leaked_ids(loose.pairs, members, pass_of)
     assert not leaked_ids(loose.pairs, members) & set(far_p1)  # by id alone they look clean

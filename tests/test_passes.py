@@ -13,8 +13,9 @@ from pipeline.geo.evalset import EvalSetSpec, select_evalset
 from pipeline.geo.passes import pass_ids, stable_fold
 
 
-def _components(mission: list[str], roll: list[str], frame: list[str], date: list[str], gap: int,
-                days: int) -> list[int]:
+def _components(
+    mission: list[str], roll: list[str], frame: list[str], date: list[str], gap: int, days: int
+) -> list[int]:
     """Reference: connected components of the link graph, every pair compared explicitly."""
     n = len(mission)
     day = pd.to_datetime(pd.Series(date), format="%Y%m%d").to_numpy().astype("datetime64[D]").astype(np.int64)
@@ -29,8 +30,11 @@ def _components(mission: list[str], roll: list[str], frame: list[str], date: lis
         for j in range(i + 1, n):
             if not (frame[i].isdigit() and frame[j].isdigit()):
                 continue
-            if (mission[i], roll[i]) == (mission[j], roll[j]) and abs(int(frame[i]) - int(frame[j])) <= gap \
-                    and abs(int(day[i]) - int(day[j])) <= days:
+            if (
+                (mission[i], roll[i]) == (mission[j], roll[j])
+                and abs(int(frame[i]) - int(frame[j])) <= gap
+                and abs(int(day[i]) - int(day[j])) <= days
+            ):
                 a, b = root(i), root(j)
                 label[max(a, b)] = min(a, b)
     return [root(i) for i in range(n)]
@@ -51,7 +55,7 @@ def test_hand_made_passes() -> None:
         ("ISS030", "F", "151", "20120127"),  # 5: other roll -> its own pass
         ("ISS031", "E", "150", "20120127"),  # 6: other mission -> its own pass
         ("ISS030", "E", "12a", "20120127"),  # 7: not a number -> its own pass
-        ("ISS030", "E", "99", "20120128"),   # 8: frame 99 the next day, 1 from frame 100 -> A
+        ("ISS030", "E", "99", "20120128"),  # 8: frame 99 the next day, 1 from frame 100 -> A
     ]
     m, r, f, d = (list(c) for c in zip(*rows, strict=True))
     ids = pass_ids(m, r, f, d, max_frame_gap=100, max_day_gap=1)
@@ -69,10 +73,17 @@ def test_hand_made_passes() -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(
-    rows=st.lists(st.tuples(st.sampled_from(["ISS030", "ISS031"]), st.sampled_from(["E", "F"]),
-                            st.one_of(st.integers(0, 400).map(str), st.just("x1")),
-                            st.sampled_from(["20200101", "20200102", "20200103", "20200110"])),
-                  min_size=1, max_size=40, unique_by=lambda t: (t[0], t[1], t[2])),
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["ISS030", "ISS031"]),
+            st.sampled_from(["E", "F"]),
+            st.one_of(st.integers(0, 400).map(str), st.just("x1")),
+            st.sampled_from(["20200101", "20200102", "20200103", "20200110"]),
+        ),
+        min_size=1,
+        max_size=40,
+        unique_by=lambda t: (t[0], t[1], t[2]),
+    ),
     gap=st.integers(0, 60),
     days=st.integers(0, 2),
 )
@@ -96,8 +107,9 @@ def _world(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     q = pd.DataFrame(rows, columns=["mission", "roll", "frame", "date", "nadir_lat", "nadir_lon"])
     q.insert(0, "query_id", "ISS050-E-" + q["frame"])
     q["pass_id"] = pass_ids(q["mission"], q["roll"], q["frame"], q["date"])
-    regions = pd.DataFrame({"region_id": ["r0"], "zoom": [9], "row": [0], "col": [0],
-                            "center_lat": [0.0], "center_lon": [0.0]})
+    regions = pd.DataFrame(
+        {"region_id": ["r0"], "zoom": [9], "row": [0], "col": [0], "center_lat": [0.0], "center_lon": [0.0]}
+    )
     inter = pd.DataFrame({"query_id": q["query_id"], "region_id": "r0"})
     return q, regions, inter
 
@@ -107,8 +119,10 @@ def test_folds_take_whole_passes_and_partition_the_set() -> None:
     assert q["pass_id"].nunique() == 40
     everything = select_evalset(EvalSetSpec("all", 0.0, 0.0, 1000.0, 1000.0), q, regions, inter)
     assert len(everything.queries) == len(q)
-    folds = [select_evalset(EvalSetSpec(f"f{k}", 0.0, 0.0, 1000.0, 1000.0, folds=5, take_folds=(k,)), q, regions, inter)
-             for k in range(5)]
+    folds = [
+        select_evalset(EvalSetSpec(f"f{k}", 0.0, 0.0, 1000.0, 1000.0, folds=5, take_folds=(k,)), q, regions, inter)
+        for k in range(5)
+    ]
     members = [set(f.queries["query_id"]) for f in folds]
     # Disjoint, and together the whole set.
     for a in range(5):
@@ -124,8 +138,9 @@ def test_folds_take_whole_passes_and_partition_the_set() -> None:
     assert all(len(m) for m in members)
     # Demo-style: validation fold 0 against test folds 1-4 share no pass.
     val = select_evalset(EvalSetSpec("v", 0.0, 0.0, 1000.0, 1000.0, folds=5, take_folds=(0,)), q, regions, inter)
-    test = select_evalset(EvalSetSpec("t", 0.0, 0.0, 1000.0, 1000.0, folds=5, take_folds=(1, 2, 3, 4)), q, regions,
-                          inter)
+    test = select_evalset(
+        EvalSetSpec("t", 0.0, 0.0, 1000.0, 1000.0, folds=5, take_folds=(1, 2, 3, 4)), q, regions, inter
+    )
     assert not set(val.queries["pass_id"]) & set(test.queries["pass_id"])
     assert len(val.queries) + len(test.queries) == len(q)
 
@@ -133,8 +148,12 @@ def test_folds_take_whole_passes_and_partition_the_set() -> None:
 def test_folds_need_pass_ids() -> None:
     q, regions, inter = _world()
     with pytest.raises(ValueError, match="pass_id"):
-        select_evalset(EvalSetSpec("v", 0.0, 0.0, 1000.0, 1000.0, folds=5, take_folds=(0,)),
-                       q.drop(columns=["pass_id"]), regions, inter)
+        select_evalset(
+            EvalSetSpec("v", 0.0, 0.0, 1000.0, 1000.0, folds=5, take_folds=(0,)),
+            q.drop(columns=["pass_id"]),
+            regions,
+            inter,
+        )
 
 
 def test_stable_fold_is_a_hash_of_the_key() -> None:

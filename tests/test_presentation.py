@@ -3,8 +3,6 @@ take their coastlines from one place, and the pictures show what the land mask s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import geopandas as gpd
 import matplotlib
 import numpy as np
@@ -29,7 +27,7 @@ from pipeline.presentation.maps import near_lon
 from pipeline.presentation.query_map import COASTLINE_STYLE, coastline_step_deg, query_figure
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import matplotlib.pyplot as plt
 
 
 def lines_coloured(ax: object, colour: str) -> list[np.ndarray]:

@@ -157,7 +157,11 @@ def test_photo_scope_params_are_checked() -> None:
 
     assert PhotoScope.from_section(None) is None
     s = PhotoScope.from_section({"evalsets": ["demo"], "aois": ["cape"]})
-    assert s is not None and s.evalsets == ("demo",) and s.evalset_queries("demo") == Path("data/evalsets/demo/queries.csv")
+    assert (
+        s is not None
+        and s.evalsets == ("demo",)
+        and s.evalset_queries("demo") == Path("data/evalsets/demo/queries.csv")
+    )
     for bad in ({"evalsets": "demo"}, {"evalsets": ["../x"]}, {"aoi": ["cape"]}, ["demo"]):
         with pytest.raises(ConfigError):
             PhotoScope.from_section(bad)

@@ -168,7 +168,9 @@ def test_wrong_shape_names_the_key_and_both_shapes(tmp_path, torchgeo_model) -> 
     state = dict(torchgeo_model.state_dict())
     state["backbone.conv1.weight"] = torch.zeros(64, 4, 7, 7)  # a 4-band input
     torch.save(state, tmp_path / "fourband.pth")
-    with pytest.raises(ModelError, match=r"'backbone\.model\.conv1\.weight' has shape \(64, 4, 7, 7\).*\(64, 3, 7, 7\)"):
+    with pytest.raises(
+        ModelError, match=r"'backbone\.model\.conv1\.weight' has shape \(64, 4, 7, 7\).*\(64, 3, 7, 7\)"
+    ):
         published.load_checkpoint(tmp_path / "fourband.pth")
 
 
@@ -190,11 +192,11 @@ def test_evaluate_and_index_take_torchgeo_weights_through_model_flag(tmp_path) -
     import json
 
     import yaml
-    from retrieval_support import make_tiny_set, tiny_checkpoint
 
     from earthloc.cli import main as cli_main
     from earthloc.localize import load_index
     from earthloc.model import load_model as load_project_model
+    from retrieval_support import make_tiny_set, tiny_checkpoint
 
     ts = make_tiny_set(tmp_path)
     ckpt = tiny_checkpoint(tmp_path / "model.pt")
@@ -203,10 +205,21 @@ def test_evaluate_and_index_take_torchgeo_weights_through_model_flag(tmp_path) -
     m = ts.regions.assign(year=2021, path=pd.read_csv(ts.set_dir / "database.csv")["path"], status="ok")
     (ts.tiles_root / "manifests").mkdir(parents=True, exist_ok=True)
     m[["region_id", "year", "zoom", "path", "status"]].to_parquet(ts.tiles_root / "manifests" / "2021_09.parquet")
-    ev = {"sets": ["tiny"], "tiles_root": str(ts.tiles_root), "evalsets_dir": str(ts.set_dir.parent),
-          "out_root": str(tmp_path / "eval"), "regions": str(tmp_path / "none.parquet"), "num_workers": 0,
-          "batch_size": 4, "k": 20, "recall_ns": [1, 5], "baselines": ["random"], "audit_page": False,
-          "grid_queries": 2, "grid_top": 3}
+    ev = {
+        "sets": ["tiny"],
+        "tiles_root": str(ts.tiles_root),
+        "evalsets_dir": str(ts.set_dir.parent),
+        "out_root": str(tmp_path / "eval"),
+        "regions": str(tmp_path / "none.parquet"),
+        "num_workers": 0,
+        "batch_size": 4,
+        "k": 20,
+        "recall_ns": [1, 5],
+        "baselines": ["random"],
+        "audit_page": False,
+        "grid_queries": 2,
+        "grid_top": 3,
+    }
     ix = {"model": str(ckpt), "tiles_root": str(ts.tiles_root), "out_dir": str(tmp_path / "ix"), "num_workers": 0}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"evaluate": ev, "index": ix}))
@@ -215,9 +228,12 @@ def test_evaluate_and_index_take_torchgeo_weights_through_model_flag(tmp_path) -
         out = tmp_path / f"eval_{name}"
         assert cli_main(["evaluate", "tiny", "--params", str(params), "--model", str(path), "--out-dir", str(out)]) == 0
         results[name] = json.loads((out / "metrics.json").read_text())["methods"]["model"]
-        assert cli_main(["index", "--params", str(params), "--model", str(path), "--out-dir", str(tmp_path / name)]) == 0
+        assert (
+            cli_main(["index", "--params", str(params), "--model", str(path), "--out-dir", str(tmp_path / name)]) == 0
+        )
     assert results["torchgeo"] == results["checkpoint"] and results["torchgeo"]["R@1"] == 100.0
     a, b = load_index(tmp_path / "checkpoint"), load_index(tmp_path / "torchgeo")
     assert a.num_db == b.num_db == 9
-    np.testing.assert_allclose(a.index.reconstruct_n(0, a.index.ntotal), b.index.reconstruct_n(0, b.index.ntotal),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        a.index.reconstruct_n(0, a.index.ntotal), b.index.reconstruct_n(0, b.index.ntotal), atol=1e-6
+    )

@@ -160,8 +160,14 @@ def build_csv(path: Path) -> dict:
     text = buf.getvalue()
     assert '"https://example.org/a,b\nsecond line"' in text and '"1,5"' in text
     path.write_text(text, encoding="utf-8")
-    return {"good": expected_good, "bad": expected_bad, "first_id": first_id, "blank": blank,
-            "n_rows": len(expected_good) + len(expected_bad), "n_lines": line - 1}
+    return {
+        "good": expected_good,
+        "bad": expected_bad,
+        "first_id": first_id,
+        "blank": blank,
+        "n_rows": len(expected_good) + len(expected_bad),
+        "n_lines": line - 1,
+    }
 
 
 @pytest.fixture()
@@ -234,7 +240,8 @@ def test_good_rows_are_footprints(ingested):
         f = {name: fields[i] for name, i in COL.items()}
         corners = [f[f"{c}_{s}"] for c in ("LL", "UL", "UR", "LR") for s in ("LAT", "LON")]
         expected = (
-            "@" + "@".join(f"{float(v):.6f}" for v in corners)
+            "@"
+            + "@".join(f"{float(v):.6f}" for v in corners)
             + f"@{r['query_id']}@{f['YYYYMMDD']}@{float(f['NADIR_LAT']):.1f}@{float(f['NADIR_LON']):.1f}"
             + f"@{int(round(float(f['SQ_KM_AREA'])))}@{f['ORIENTATION']}@.jpg"
         )
@@ -336,8 +343,16 @@ def _params_file(tmp_path: Path, max_rej: float) -> Path:
 
 def test_cli_failure_exit_code_and_one_line(case, tmp_path, capsys):
     path, exp = case
-    args = ["queries", str(path), "--params", str(_params_file(tmp_path, 0.01)),
-            "--out", str(tmp_path / "q.parquet"), "--rejected", str(tmp_path / "rej.csv")]
+    args = [
+        "queries",
+        str(path),
+        "--params",
+        str(_params_file(tmp_path, 0.01)),
+        "--out",
+        str(tmp_path / "q.parquet"),
+        "--rejected",
+        str(tmp_path / "rej.csv"),
+    ]
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("earthloc queries: error:")
@@ -346,8 +361,16 @@ def test_cli_failure_exit_code_and_one_line(case, tmp_path, capsys):
 
 
 def test_cli_missing_file(tmp_path, capsys):
-    args = ["queries", str(tmp_path / "missing.csv"), "--params", str(_params_file(tmp_path, 0.01)),
-            "--out", str(tmp_path / "q.parquet"), "--rejected", str(tmp_path / "rej.csv")]
+    args = [
+        "queries",
+        str(tmp_path / "missing.csv"),
+        "--params",
+        str(_params_file(tmp_path, 0.01)),
+        "--out",
+        str(tmp_path / "q.parquet"),
+        "--rejected",
+        str(tmp_path / "rej.csv"),
+    ]
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file" in err
@@ -355,8 +378,16 @@ def test_cli_missing_file(tmp_path, capsys):
 
 def test_cli_success(case, tmp_path, capsys):
     path, exp = case
-    args = ["queries", str(path), "--params", str(_params_file(tmp_path, 1.0)),
-            "--out", str(tmp_path / "q.parquet"), "--rejected", str(tmp_path / "rej.csv")]
+    args = [
+        "queries",
+        str(path),
+        "--params",
+        str(_params_file(tmp_path, 1.0)),
+        "--out",
+        str(tmp_path / "q.parquet"),
+        "--rejected",
+        str(tmp_path / "rej.csv"),
+    ]
     assert cli.main(args) == 0
     assert len(gpd.read_parquet(tmp_path / "q.parquet")) == len(exp["good"])
 

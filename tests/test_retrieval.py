@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from retrieval_support import TinyNet
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from earthloc import retrieval as R
 from pipeline.errors import InputError
+from retrieval_support import TinyNet
 
 
 # -- upstream test vectors -------------------------------------------------------------------
@@ -243,7 +243,8 @@ def test_cluster_bootstrap_counts_a_pass_once_however_many_frames() -> None:
         assert wide[n]["hi"] - wide[n]["lo"] > 1.5 * (narrow[n]["hi"] - narrow[n]["lo"])
     m = cluster_margin(copies, np.zeros_like(copies), [1, 5], passes)
     assert m[1]["diff"] == pytest.approx(wide[1]["value"]) and (m[1]["lo"], m[1]["hi"]) == pytest.approx(
-        (wide[1]["lo"], wide[1]["hi"]))
+        (wide[1]["lo"], wide[1]["hi"])
+    )
 
 
 def test_cluster_bootstrap_weights_passes_by_their_photos() -> None:

@@ -50,7 +50,10 @@ def test_tile_edges_match_mercantile(xyz):
 
 
 @SETTINGS
-@given(st.integers(0, 22), st.lists(st.tuples(st.integers(0, 2**22 - 1), st.integers(0, 2**22 - 1)), min_size=1, max_size=20))
+@given(
+    st.integers(0, 22),
+    st.lists(st.tuples(st.integers(0, 2**22 - 1), st.integers(0, 2**22 - 1)), min_size=1, max_size=20),
+)
 def test_tile_edges_vectorised(z, xy):
     n = 1 << z
     xs = np.array([x % n for x, _ in xy])

@@ -261,8 +261,8 @@ class WmtsClient:
                 history.append(last.reason)
                 final = last.outcome in ("ok", "not_found", "fatal") or attempt == self.cfg.max_attempts
                 if final:
-                    status: Status = "ok" if last.outcome == "ok" else (
-                        "not_found" if last.outcome == "not_found" else "failed"
+                    status: Status = (
+                        "ok" if last.outcome == "ok" else ("not_found" if last.outcome == "not_found" else "failed")
                     )
                     result = UrlResult(url, status, len(history), last.reason, last.data, tuple(history),
                                        last.refused, last.unreachable)  # fmt: skip

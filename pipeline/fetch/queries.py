@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -200,9 +200,7 @@ class PhotoScope:
         return Path(self.evalsets_dir) / name / "queries.csv"
 
 
-def scoped_queries(
-    photographable: pd.DataFrame, evalset_ids: Collection[str], aoi_mask: Any
-) -> pd.DataFrame:
+def scoped_queries(photographable: pd.DataFrame, evalset_ids: Collection[str], aoi_mask: Any) -> pd.DataFrame:
     """The rows of `photographable` (select_queries' result) that are in an evaluation set
     or whose nadir lies in a named area (`aoi_mask`, aligned with its rows); same order."""
     keep = photographable["query_id"].isin(set(evalset_ids)).to_numpy() | np.asarray(aoi_mask, dtype=bool)
@@ -322,7 +320,10 @@ def _run_lock(root: Path) -> AbstractContextManager[None]:
 def _is_complete(root: Path, row: pd.Series, config_id: str) -> bool:
     path = root / str(row["path"])
     return (
-        row["status"] == "ok" and row["config_id"] == config_id and path.is_file() and sha256_file(path) == row["sha256"]
+        row["status"] == "ok"
+        and row["config_id"] == config_id
+        and path.is_file()
+        and sha256_file(path) == row["sha256"]
     )
 
 
@@ -356,7 +357,11 @@ def fetch_query_photos(
         reused = 0
         for row in queries.to_dict("records"):
             prev = done.get(row["query_id"])
-            if prev is not None and prev["path"] == f"{QUERY_DIR}/{row['filename']}" and _is_complete(root, prev, config_id):
+            if (
+                prev is not None
+                and prev["path"] == f"{QUERY_DIR}/{row['filename']}"
+                and _is_complete(root, prev, config_id)
+            ):
                 reused += 1
             else:
                 _photo_path(root, str(row["filename"]))  # refuse unsafe names before any work
@@ -385,7 +390,7 @@ def fetch_query_photos(
                     "query_id": out.query_id, "filename": row["filename"], "path": rel, "sha256": sha,
                     "bytes": size, "status": out.status, "reason": out.reason, "source": cfg.source,
                     "url": out.url or (row["url"] if cfg.source == "nasa" else ""), "attempts": out.attempts,
-                    "config_id": config_id, "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "config_id": config_id, "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 }
             )  # fmt: skip
             if time.monotonic() - last_save > cfg.checkpoint_s:
@@ -461,7 +466,9 @@ class _NasaTask:
         return download_query(row, self.cfg, self.client_cfg, self.token)
 
 
-def _run_dask(todo: list[dict[str, Any]], cfg: QueryPhotoConfig, task: Callable[[dict[str, Any]], _Outcome]) -> Iterator[_Outcome]:
+def _run_dask(
+    todo: list[dict[str, Any]], cfg: QueryPhotoConfig, task: Callable[[dict[str, Any]], _Outcome]
+) -> Iterator[_Outcome]:
     """Tasks on an existing scheduler or a LocalCluster (processes for rendering, threads for
     downloads), at most `max_in_flight` at once so a big list does not flood the scheduler."""
     from dask.distributed import Client, LocalCluster, as_completed

@@ -51,7 +51,9 @@ class Aoi:
         if self.years is not None and not self.years:
             raise ValueError(f"aoi {self.name}: years must be a non-empty list (or absent for every year)")
         if self.zooms is not None and (not self.zooms or any(not 0 <= z <= 30 for z in self.zooms)):
-            raise ValueError(f"aoi {self.name}: zooms must be a non-empty list of zooms 0..30 (or absent for every zoom)")
+            raise ValueError(
+                f"aoi {self.name}: zooms must be a non-empty list of zooms 0..30 (or absent for every zoom)"
+            )
 
     def fetched_in(self, year: int) -> bool:
         return self.years is None or year in self.years
@@ -96,9 +98,7 @@ def aois_for(aois: Sequence[Aoi] | None, year: int | None = None, zoom: int | No
     """The discs fetched for `year` at `zoom` (None: any); None (the whole world) stays None."""
     if aois is None:
         return None
-    return tuple(
-        a for a in aois if (year is None or a.fetched_in(year)) and (zoom is None or a.fetched_at(zoom))
-    )
+    return tuple(a for a in aois if (year is None or a.fetched_in(year)) and (zoom is None or a.fetched_at(zoom)))
 
 
 def aois_for_year(aois: Sequence[Aoi] | None, year: int) -> tuple[Aoi, ...] | None:

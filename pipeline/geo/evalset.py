@@ -57,7 +57,9 @@ class EvalSetSpec:
         if self.folds < 1 or not self.take_folds or not all(0 <= f < self.folds for f in self.take_folds):
             raise ValueError(f"take_folds {list(self.take_folds)} must be a non-empty subset of 0..{self.folds - 1}")
         if self.zooms is not None and (not self.zooms or any(not 0 <= z <= 30 for z in self.zooms)):
-            raise ValueError(f"zooms {list(self.zooms)} must be a non-empty list of zooms 0..30 (or absent for every zoom)")
+            raise ValueError(
+                f"zooms {list(self.zooms)} must be a non-empty list of zooms 0..30 (or absent for every zoom)"
+            )
 
 
 @dataclass(frozen=True)
@@ -170,8 +172,14 @@ def select_evalset(
         }
     )
     positives = positives.sort_values(["query_index", "db_index"], kind="stable").reset_index(drop=True)
-    return EvalSet(queries=kept, database=database, positives=positives, dropped=dropped, num_within_radius=len(within),
-                   num_other_folds=num_other_folds)
+    return EvalSet(
+        queries=kept,
+        database=database,
+        positives=positives,
+        dropped=dropped,
+        num_within_radius=len(within),
+        num_other_folds=num_other_folds,
+    )
 
 
 def summarize(spec: EvalSetSpec, ev: EvalSet) -> dict[str, object]:

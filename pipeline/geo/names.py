@@ -32,9 +32,7 @@ def _corners(corners: Sequence[float], decimals: int) -> str:
 def db_filename(
     corners: Sequence[float], region_id: str, year: int, center_lat: float, center_lon: float, area_km2: float
 ) -> str:
-    return (
-        f"@{_corners(corners, 5)}@{region_id}@{year}@{center_lat:.5f}@{center_lon:.5f}@{int(round(area_km2))}@0@.jpg"
-    )
+    return f"@{_corners(corners, 5)}@{region_id}@{year}@{center_lat:.5f}@{center_lon:.5f}@{int(round(area_km2))}@0@.jpg"
 
 
 def db_relpath(

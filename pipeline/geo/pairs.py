@@ -171,11 +171,13 @@ def leaked_ids(
     return leaks
 
 
-def summarize(pairs: pd.DataFrame, excluded: pd.DataFrame, counts: Mapping[str, int],
-              min_iou: float) -> dict[str, object]:
+def summarize(
+    pairs: pd.DataFrame, excluded: pd.DataFrame, counts: Mapping[str, int], min_iou: float
+) -> dict[str, object]:
     """DVC metrics: pairs and photos per zoom, regions, excluded photos by reason."""
-    per_zoom = pairs.groupby("zoom").agg(pairs=("query_id", "size"), photos=("query_id", "nunique"),
-                                         regions=("region_id", "nunique"))
+    per_zoom = pairs.groupby("zoom").agg(
+        pairs=("query_id", "size"), photos=("query_id", "nunique"), regions=("region_id", "nunique")
+    )
     return {
         "min_iou": float(min_iou),
         "num_pairs": int(len(pairs)),

@@ -74,16 +74,25 @@ def pass_ids(
     idx = np.flatnonzero(numeric)
     photos = pd.DataFrame({"i": idx, "group": group[idx], "day": day[idx], "frame": num[idx]})
     photos = photos.sort_values(["group", "day", "frame"], kind="stable").reset_index(drop=True)
-    same_day = ((photos["group"].to_numpy()[1:] == photos["group"].to_numpy()[:-1])
-                & (photos["day"].to_numpy()[1:] == photos["day"].to_numpy()[:-1])
-                & (np.diff(photos["frame"].to_numpy()) <= max_frame_gap))
+    same_day = (
+        (photos["group"].to_numpy()[1:] == photos["group"].to_numpy()[:-1])
+        & (photos["day"].to_numpy()[1:] == photos["day"].to_numpy()[:-1])
+        & (np.diff(photos["frame"].to_numpy()) <= max_frame_gap)
+    )
     links = [np.column_stack([photos["i"].to_numpy()[:-1][same_day], photos["i"].to_numpy()[1:][same_day]])]
     by_frame = photos.sort_values("frame", kind="stable")
     for shift in range(1, max_day_gap + 1):
         other = by_frame.assign(day=by_frame["day"] - shift).rename(columns={"i": "j"})
         for direction in ("backward", "forward"):
-            m = pd.merge_asof(by_frame, other, on="frame", by=["group", "day"], direction=direction,
-                              tolerance=max_frame_gap, allow_exact_matches=True)
+            m = pd.merge_asof(
+                by_frame,
+                other,
+                on="frame",
+                by=["group", "day"],
+                direction=direction,
+                tolerance=max_frame_gap,
+                allow_exact_matches=True,
+            )
             m = m.dropna(subset=["j"])
             links.append(np.column_stack([m["i"].to_numpy(np.int64), m["j"].to_numpy(np.int64)]))
     parent = np.arange(n, dtype=np.int64)
@@ -92,8 +101,9 @@ def pass_ids(
     root = np.array([_find(parent, i) for i in range(n)], dtype=np.int64)
 
     # Name each pass after its earliest photo (date, then frame; non-numeric frames last).
-    first = pd.DataFrame({"root": root, "day": day, "num": np.where(numeric, num, np.iinfo(np.int64).max),
-                          "i": np.arange(n)}).sort_values(["root", "day", "num", "i"], kind="stable")
+    first = pd.DataFrame(
+        {"root": root, "day": day, "num": np.where(numeric, num, np.iinfo(np.int64).max), "i": np.arange(n)}
+    ).sort_values(["root", "day", "num", "i"], kind="stable")
     head = first.drop_duplicates("root").set_index("root")["i"]
     h = head.reindex(root).to_numpy(dtype=np.int64)
     dates, frames = date_s.to_numpy(dtype=object), frame_s.to_numpy(dtype=object)

@@ -18,6 +18,7 @@ Drawing them with matplotlib is `pipeline.presentation.maps`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
@@ -117,8 +118,9 @@ def contour_segments(
     z = np.asarray(z, dtype=np.float64)
     mask = ~np.isfinite(z)
     zm = np.ma.array(np.where(mask, 0.0, z), mask=mask) if mask.any() else z
-    gen = contourpy.contour_generator(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), zm,
-                                      line_type=contourpy.LineType.Separate)
+    gen = contourpy.contour_generator(
+        np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), zm, line_type=contourpy.LineType.Separate
+    )
     return [np.asarray(seg, dtype=np.float64) for seg in gen.lines(level) if len(seg) >= 2]
 
 

@@ -194,15 +194,29 @@ def evalset_figure(spec: EvalSetSpec, ev: EvalSet, queries: pd.DataFrame, summar
     # Land and sea, then coastlines.
     xs, ys, frac = _land_background(aeqd, half, 900)
     cmap = LinearSegmentedColormap.from_list("landsea", [LAND_RGB, SEA_RGB]).with_extremes(bad="white")
-    ax.imshow(np.ma.masked_invalid(frac), cmap=cmap, vmin=0.0, vmax=1.0, origin="lower",
-              extent=(xs[0], xs[-1], ys[0], ys[-1]), interpolation="bilinear", zorder=0)
+    ax.imshow(
+        np.ma.masked_invalid(frac),
+        cmap=cmap,
+        vmin=0.0,
+        vmax=1.0,
+        origin="lower",
+        extent=(xs[0], xs[-1], ys[0], ys[-1]),
+        interpolation="bilinear",
+        zorder=0,
+    )
     draw_segments(ax, contour_segments(xs, ys, frac), colors="0.45", linewidths=0.5, zorder=1)
 
     # Graticule, labelled where it meets the bottom and left edges.
     step = 10.0 if radius >= 2000 else 5.0
     meridians, parallels = _graticule(aeqd, step)
-    draw_segments(ax, [m for _, m in meridians] + [p for _, p in parallels],
-                  colors="0.6", linewidths=0.35, linestyles=":", zorder=1.5)
+    draw_segments(
+        ax,
+        [m for _, m in meridians] + [p for _, p in parallels],
+        colors="0.6",
+        linewidths=0.35,
+        linestyles=":",
+        zorder=1.5,
+    )
     xt: list[tuple[float, str]] = []
     for lo, m in meridians:
         xt += [(x, _fmt_lon(lo)) for x in _edge_crossings(m, 1, -half, -half, half)]
@@ -225,8 +239,12 @@ def evalset_figure(spec: EvalSetSpec, ev: EvalSet, queries: pd.DataFrame, summar
     groups = [
         (ev.queries["query_id"].to_numpy(), KEPT_COLOR, 0.05, 0.35),
         (ev.dropped.loc[ev.dropped["reason"] == DROP_NO_POSITIVE, "query_id"].to_numpy(), NO_POS_COLOR, 0.08, 0.55),
-        (ev.dropped.loc[ev.dropped["reason"] == DROP_POSITIVE_OUTSIDE_DB, "query_id"].to_numpy(), OUTSIDE_COLOR,
-         0.08, 0.6),
+        (
+            ev.dropped.loc[ev.dropped["reason"] == DROP_POSITIVE_OUTSIDE_DB, "query_id"].to_numpy(),
+            OUTSIDE_COLOR,
+            0.08,
+            0.6,
+        ),
     ]
     not_drawn = 0
     for z, (ids, color, fa, ea) in enumerate(groups):
@@ -235,9 +253,15 @@ def evalset_figure(spec: EvalSetSpec, ev: EvalSet, queries: pd.DataFrame, summar
         not_drawn += int((~ok).sum())
         rings = exterior_rings(aeqd.geoms(g[ok]))
         if rings:
-            ax.add_collection(PolyCollection(rings, facecolors=matplotlib.colors.to_rgba(color, fa),
-                                             edgecolors=matplotlib.colors.to_rgba(color, ea),
-                                             linewidths=0.3, zorder=3 + z))
+            ax.add_collection(
+                PolyCollection(
+                    rings,
+                    facecolors=matplotlib.colors.to_rgba(color, fa),
+                    edgecolors=matplotlib.colors.to_rgba(color, ea),
+                    linewidths=0.3,
+                    zorder=3 + z,
+                )
+            )
 
     # Nadirs of the dropped queries (their footprints may lie far away: label errors).
     if len(ev.dropped):
@@ -251,26 +275,62 @@ def evalset_figure(spec: EvalSetSpec, ev: EvalSet, queries: pd.DataFrame, summar
         clat, clon = geodesic_circle(spec.lat, spec.lon, r)
         cx, cy = aeqd.fwd(clon, clat)
         ax.plot(cx, cy, color=color, linestyle=ls, linewidth=1.4, zorder=7)
-    ax.plot([0.0], [0.0], marker="*", markersize=16, markerfacecolor="#ffd600", markeredgecolor="k",
-            markeredgewidth=0.8, linestyle="none", zorder=8)
+    ax.plot(
+        [0.0],
+        [0.0],
+        marker="*",
+        markersize=16,
+        markerfacecolor="#ffd600",
+        markeredgecolor="k",
+        markeredgewidth=0.8,
+        linestyle="none",
+        zorder=8,
+    )
 
     s = summary
     mean = s["mean_positives_per_query"]
     handles = [
-        Line2D([], [], marker="*", markersize=12, markerfacecolor="#ffd600", markeredgecolor="k", linestyle="none",
-               label=f"POI ({spec.lat:g}°, {spec.lon:g}°)"),
+        Line2D(
+            [],
+            [],
+            marker="*",
+            markersize=12,
+            markerfacecolor="#ffd600",
+            markeredgecolor="k",
+            linestyle="none",
+            label=f"POI ({spec.lat:g}°, {spec.lon:g}°)",
+        ),
         Line2D([], [], color=Q_RADIUS_COLOR, linestyle="--", label=f"query radius {spec.query_radius_km:g} km (nadir)"),
         Line2D([], [], color=DB_COLOR, label=f"database radius {spec.db_radius_km:g} km (region centre)"),
-        Patch(facecolor=matplotlib.colors.to_rgba(DB_COLOR, 0.2), edgecolor=DB_COLOR,
-              label=f"database regions: {s['num_db']:,}"),
-        Patch(facecolor=matplotlib.colors.to_rgba(KEPT_COLOR, 0.15), edgecolor=KEPT_COLOR,
-              label=f"kept query footprints: {s['num_queries']:,}"),
-        Patch(facecolor=matplotlib.colors.to_rgba(NO_POS_COLOR, 0.2), edgecolor=NO_POS_COLOR,
-              label=f"dropped, no positive: {s['num_dropped_no_positive']:,}"),
-        Patch(facecolor=matplotlib.colors.to_rgba(OUTSIDE_COLOR, 0.2), edgecolor=OUTSIDE_COLOR,
-              label=f"dropped, positive outside database: {s['num_dropped_positive_outside_db']:,}"),
-        Line2D([], [], marker="x", color="0.3", markersize=5, linestyle="none",
-               label="nadir of a dropped query (colour = reason)"),
+        Patch(
+            facecolor=matplotlib.colors.to_rgba(DB_COLOR, 0.2),
+            edgecolor=DB_COLOR,
+            label=f"database regions: {s['num_db']:,}",
+        ),
+        Patch(
+            facecolor=matplotlib.colors.to_rgba(KEPT_COLOR, 0.15),
+            edgecolor=KEPT_COLOR,
+            label=f"kept query footprints: {s['num_queries']:,}",
+        ),
+        Patch(
+            facecolor=matplotlib.colors.to_rgba(NO_POS_COLOR, 0.2),
+            edgecolor=NO_POS_COLOR,
+            label=f"dropped, no positive: {s['num_dropped_no_positive']:,}",
+        ),
+        Patch(
+            facecolor=matplotlib.colors.to_rgba(OUTSIDE_COLOR, 0.2),
+            edgecolor=OUTSIDE_COLOR,
+            label=f"dropped, positive outside database: {s['num_dropped_positive_outside_db']:,}",
+        ),
+        Line2D(
+            [],
+            [],
+            marker="x",
+            color="0.3",
+            markersize=5,
+            linestyle="none",
+            label="nadir of a dropped query (colour = reason)",
+        ),
         Line2D([], [], color="0.45", linewidth=0.8, label="coastline (GLOBE land mask)"),
     ]
     ax.legend(handles=handles, loc="lower left", fontsize=7.5, framealpha=0.92)

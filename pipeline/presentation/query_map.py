@@ -92,9 +92,7 @@ def query_figure(query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFram
     cmap = plt.get_cmap("viridis")
     norm = matplotlib.colors.Normalize(vmin=0.0, vmax=vmax)
 
-    fig, axes = plt.subplots(
-        1, len(zooms), figsize=(5.2 * len(zooms) + 1.2, 5.8), squeeze=False, layout="constrained"
-    )
+    fig, axes = plt.subplots(1, len(zooms), figsize=(5.2 * len(zooms) + 1.2, 5.8), squeeze=False, layout="constrained")
     for ax, z in zip(axes[0], zooms):
         sub = merged[merged["zoom"] == z].sort_values("iou") if z is not None else merged.iloc[:0]
         geoms = [_shift_lon(g, ref_lon) for g in sub["geometry"]]
@@ -117,8 +115,15 @@ def query_figure(query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFram
             ax.scatter(cx, cy, c=sub["iou"], cmap=cmap, norm=norm, s=70, edgecolors="k", linewidths=0.5, zorder=4)
             if len(sub) <= 30:
                 for x, y, v in zip(cx, cy, sub["iou"]):
-                    ax.annotate(f"{v:.2f}", (x, y), xytext=(0, 6), textcoords="offset points", ha="center",
-                                fontsize=6.5, zorder=8)
+                    ax.annotate(
+                        f"{v:.2f}",
+                        (x, y),
+                        xytext=(0, 6),
+                        textcoords="offset points",
+                        ha="center",
+                        fontsize=6.5,
+                        zorder=8,
+                    )
             best = sub.iloc[-1]
             for p in shapely.get_parts(geoms[-1]):
                 x, y = p.exterior.xy
@@ -140,16 +145,16 @@ def query_figure(query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFram
         else:
             ax.annotate(
                 f"nadir ({nadir_lat:.1f}, {wrap_lon(nadir_lon):.1f}) off map",
-                xy=(0.02, 0.02), xycoords="axes fraction", fontsize=8,
+                xy=(0.02, 0.02),
+                xycoords="axes fraction",
+                fontsize=8,
                 bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8},
             )
         draw_coastlines(ax, w, s, e, n, coastline_step_deg(w, e), **COASTLINE_STYLE)
         ax.set_xlim(w, e)
         ax.set_ylim(s, n)
         ax.set_aspect(aspect)
-        ax.xaxis.set_major_formatter(
-            matplotlib.ticker.FuncFormatter(_lon_label)
-        )
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_lon_label))
         ax.set_xlabel("longitude (°)")
         ax.set_ylabel("latitude (°)")
         ax.set_title(title, fontsize=9)

@@ -272,7 +272,9 @@ def load_audit_params(path: Path | None) -> AuditParams:
             source=str(path),
         )
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: queries.densify_deg / intersect.min_intersection_km2 / intersect.year: {exc}") from exc
+        raise ConfigError(
+            f"{path}: queries.densify_deg / intersect.min_intersection_km2 / intersect.year: {exc}"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- one query
@@ -285,7 +287,9 @@ def resolve_query_id(arg: str, queries: gpd.GeoDataFrame) -> str:
         try:
             qid = parse_filename(qid).image_id
         except ValueError as exc:
-            raise InputError(f"{arg!r}: neither a query id (MISSION-ROLL-FRAME) nor an upstream query file name") from exc
+            raise InputError(
+                f"{arg!r}: neither a query id (MISSION-ROLL-FRAME) nor an upstream query file name"
+            ) from exc
     if not SAFE_ID_RE.match(qid):
         raise InputError(f"{arg!r}: not a query id (MISSION-ROLL-FRAME)")
     if not (queries["query_id"] == qid).any():
@@ -323,9 +327,7 @@ def query_geojson(query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFra
     """FeatureCollection: the query footprint first, then every overlapping region."""
     qprops = {"role": "query", **{k: v for k, v in query.items() if k != "geometry"}}
     features = [_feature(query.geometry, qprops)]
-    merged = pairs.merge(
-        regions.drop(columns=["zoom"]), on="region_id", how="left", validate="many_to_one"
-    )
+    merged = pairs.merge(regions.drop(columns=["zoom"]), on="region_id", how="left", validate="many_to_one")
     keep = ["region_id", "zoom", *VALUE_COLUMNS]
     if "db_relpath" in merged:
         keep.append("db_relpath")
@@ -396,8 +398,17 @@ def file_wide_checks(inter: Intersections, queries: gpd.GeoDataFrame, regions: g
     unknown_q = sorted(inter.listed - known_q)
     if unknown_q:
         found.append(
-            pd.DataFrame({"kind": "unknown_query", "query_id": unknown_q, "region_id": "", "field": "query_id",
-                          "file_value": unknown_q, "recomputed_value": "", "detail": "not in the queries file"})
+            pd.DataFrame(
+                {
+                    "kind": "unknown_query",
+                    "query_id": unknown_q,
+                    "region_id": "",
+                    "field": "query_id",
+                    "file_value": unknown_q,
+                    "recomputed_value": "",
+                    "detail": "not in the queries file",
+                }
+            )
         )
     codes, uniq = pd.factorize(pairs["region_id"])
     zoom_of = pd.Series(regions["zoom"].to_numpy(np.float64), index=regions["region_id"].to_numpy())
@@ -405,12 +416,27 @@ def file_wide_checks(inter: Intersections, queries: gpd.GeoDataFrame, regions: g
     grid_zoom = pd.Series(np.append(zoom_of.reindex(uniq).to_numpy(), np.nan)[codes], index=pairs.index)
     unknown_r = pairs[grid_zoom.isna()]
     if len(unknown_r):
-        found.append(_rows("unknown_region", unknown_r, field="region_id", file_value=unknown_r["region_id"],
-                           detail="not in the grid"))
+        found.append(
+            _rows(
+                "unknown_region",
+                unknown_r,
+                field="region_id",
+                file_value=unknown_r["region_id"],
+                detail="not in the grid",
+            )
+        )
     bad_zoom = pairs[grid_zoom.notna() & (pairs["zoom"].astype("float64") != grid_zoom.astype("float64"))]
     if len(bad_zoom):
-        found.append(_rows("value", bad_zoom, field="zoom", file_value=bad_zoom["zoom"],
-                           recomputed_value=grid_zoom[bad_zoom.index], detail="zoom differs from the grid"))
+        found.append(
+            _rows(
+                "value",
+                bad_zoom,
+                field="zoom",
+                file_value=bad_zoom["zoom"],
+                recomputed_value=grid_zoom[bad_zoom.index],
+                detail="zoom differs from the grid",
+            )
+        )
     v = {c: pairs[c].to_numpy(dtype=np.float64) for c in VALUE_COLUMNS}
     slack = 1e-9
     out_of_range = ~np.isfinite(v["intersection_km2"]) | (v["intersection_km2"] <= 0)
@@ -418,18 +444,34 @@ def file_wide_checks(inter: Intersections, queries: gpd.GeoDataFrame, regions: g
         out_of_range |= ~np.isfinite(v[c]) | (v[c] <= 0) | (v[c] > 1 + slack)
     if out_of_range.any():
         bad = pairs[out_of_range]
-        found.append(_rows("out_of_range", bad, detail=bad[VALUE_COLUMNS].apply(
-            lambda r: "km2 must be > 0, ratios in (0, 1]: " + ", ".join(f"{k}={r[k]:.6g}" for k in VALUE_COLUMNS),
-            axis=1)))
+        found.append(
+            _rows(
+                "out_of_range",
+                bad,
+                detail=bad[VALUE_COLUMNS].apply(
+                    lambda r: (
+                        "km2 must be > 0, ratios in (0, 1]: " + ", ".join(f"{k}={r[k]:.6g}" for k in VALUE_COLUMNS)
+                    ),
+                    axis=1,
+                ),
+            )
+        )
     # I/(Aq + Ar - I) with Aq = I/qf and Ar = I/rf: IoU = 1 / (1/qf + 1/rf - 1).
     with np.errstate(divide="ignore", invalid="ignore"):
         implied = 1.0 / (1.0 / v["query_fraction"] + 1.0 / v["region_fraction"] - 1.0)
     inconsistent = ~out_of_range & _differs(implied, v["iou"])
     if inconsistent.any():
         bad = pairs[inconsistent]
-        found.append(_rows("inconsistent", bad, field="iou", file_value=bad["iou"],
-                           recomputed_value=pd.Series(implied[inconsistent]),
-                           detail="iou disagrees with query_fraction and region_fraction"))
+        found.append(
+            _rows(
+                "inconsistent",
+                bad,
+                field="iou",
+                file_value=bad["iou"],
+                recomputed_value=pd.Series(implied[inconsistent]),
+                detail="iou disagrees with query_fraction and region_fraction",
+            )
+        )
     return found
 
 
@@ -475,23 +517,40 @@ def check(
     if len(missing):
         absent = ~missing["query_id"].isin(inter.listed)
         detail = missing.apply(
-            lambda r: f"overlap of {r['intersection_km2_true']:,.3f} km² (iou {r['iou_true']:.6f}) not in the file", axis=1
+            lambda r: f"overlap of {r['intersection_km2_true']:,.3f} km² (iou {r['iou_true']:.6f}) not in the file",
+            axis=1,
         ) + np.where(absent, "; the query is not in the file at all", "")
-        found.append(_rows("missing", missing, field="pair", recomputed_value=missing["intersection_km2_true"],
-                           detail=detail))
+        found.append(
+            _rows("missing", missing, field="pair", recomputed_value=missing["intersection_km2_true"], detail=detail)
+        )
     extra = m[(m["_merge"] == "left_only") & (m["intersection_km2_file"] > near_threshold)]
     if len(extra):
-        found.append(_rows("extra", extra, field="pair", file_value=extra["intersection_km2_file"],
-                           detail=f"in the file, but the footprints do not overlap by more than "
-                                  f"{params.min_intersection_km2:g} km²"))
+        found.append(
+            _rows(
+                "extra",
+                extra,
+                field="pair",
+                file_value=extra["intersection_km2_file"],
+                detail=f"in the file, but the footprints do not overlap by more than "
+                f"{params.min_intersection_km2:g} km²",
+            )
+        )
     both = m[m["_merge"] == "both"]
     for c in VALUE_COLUMNS:
         a, b = both[f"{c}_file"].to_numpy(np.float64), both[f"{c}_true"].to_numpy(np.float64)
         bad = _differs(a, b)
         if bad.any():
             d = both[bad]
-            found.append(_rows("value", d, field=c, file_value=d[f"{c}_file"], recomputed_value=d[f"{c}_true"],
-                               detail=(d[f"{c}_file"] - d[f"{c}_true"]).map(lambda x: f"difference {x:+.6g}")))
+            found.append(
+                _rows(
+                    "value",
+                    d,
+                    field=c,
+                    file_value=d[f"{c}_file"],
+                    recomputed_value=d[f"{c}_true"],
+                    detail=(d[f"{c}_file"] - d[f"{c}_true"]).map(lambda x: f"difference {x:+.6g}"),
+                )
+            )
     if inter.source == "pt":
         found.extend(_pt_name_checks(inter, sel, regions, params, mine))
     table = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=DISAGREEMENT_COLUMNS)
@@ -509,9 +568,19 @@ def _pt_name_checks(
         bad = [(q, k, expected[q]) for q, k in inter.keys.items() if q in expected and k != expected[q]]
         if bad:
             q, k, e = zip(*bad)
-            found.append(pd.DataFrame({"kind": "name", "query_id": q, "region_id": "", "field": "key",
-                                       "file_value": k, "recomputed_value": e,
-                                       "detail": "key differs from the query's file name"}))
+            found.append(
+                pd.DataFrame(
+                    {
+                        "kind": "name",
+                        "query_id": q,
+                        "region_id": "",
+                        "field": "key",
+                        "file_value": k,
+                        "recomputed_value": e,
+                        "detail": "key differs from the query's file name",
+                    }
+                )
+            )
     corner_cols = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
     need = ["region_id", "zoom", *corner_cols, "center_lat", "center_lon", "area_km2"]
     if not all(c in regions for c in need):
@@ -523,15 +592,27 @@ def _pt_name_checks(
     expected = {
         rid: db_relpath(c, rid, int(z), params.year, float(la), float(lo), float(a))
         for rid, z, c, la, lo, a in zip(
-            used["region_id"], used["zoom"], used[corner_cols].to_numpy().tolist(), used["center_lat"],
-            used["center_lon"], used["area_km2"],
+            used["region_id"],
+            used["zoom"],
+            used[corner_cols].to_numpy().tolist(),
+            used["center_lat"],
+            used["center_lon"],
+            used["area_km2"],
         )
     }
     r["expected"] = r["region_id"].map(expected)
     bad = r[r["db_relpath"] != r["expected"]]
     if len(bad):
-        found.append(_rows("name", bad, field="db_relpath", file_value=bad["db_relpath"],
-                           recomputed_value=bad["expected"], detail="db path differs from the region's upstream path"))
+        found.append(
+            _rows(
+                "name",
+                bad,
+                field="db_relpath",
+                file_value=bad["db_relpath"],
+                recomputed_value=bad["expected"],
+                detail="db path differs from the region's upstream path",
+            )
+        )
     return found
 
 
@@ -577,8 +658,10 @@ def print_summary(inter: Intersections) -> None:
 def _read_inputs(args: argparse.Namespace) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     queries = read_geoparquet(args.queries)
     regions = read_geoparquet(args.grid)
-    for path, gdf, cols in ((args.queries, queries, ["query_id", "nadir_lat", "nadir_lon"]),
-                            (args.grid, regions, ["region_id", "zoom"])):
+    for path, gdf, cols in (
+        (args.queries, queries, ["query_id", "nadir_lat", "nadir_lon"]),
+        (args.grid, regions, ["region_id", "zoom"]),
+    ):
         missing = [c for c in cols if c not in gdf.columns]
         if missing:
             raise InputError(f"{path}: missing columns {missing}")

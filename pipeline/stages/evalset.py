@@ -78,8 +78,10 @@ def load_spec(params: dict[str, Any], name: str) -> tuple[EvalSetSpec, int]:
         raise ConfigError(f"params evalset.sets.{name}: missing {', '.join(missing)}")
     unknown = sorted(set(map(str, entry)) - SPEC_KEYS)
     if unknown:
-        raise ConfigError(f"params evalset.sets.{name}: unknown key(s) {', '.join(unknown)}; "
-                          f"valid keys: {', '.join(sorted(SPEC_KEYS))}")
+        raise ConfigError(
+            f"params evalset.sets.{name}: unknown key(s) {', '.join(unknown)}; "
+            f"valid keys: {', '.join(sorted(SPEC_KEYS))}"
+        )
     try:
         spec = EvalSetSpec(
             name=name,
@@ -118,8 +120,9 @@ def with_pass_ids(queries: pd.DataFrame, max_frame_gap: int, max_day_gap: int, s
     """`queries` plus a `pass_id` column, computed on the whole table (a pass is defined by
     its neighbouring frames, so it must see them all). One-line InputError on bad dates."""
     try:
-        ids = pass_ids(queries["mission"], queries["roll"], queries["frame"], queries["date"],
-                       max_frame_gap, max_day_gap)
+        ids = pass_ids(
+            queries["mission"], queries["roll"], queries["frame"], queries["date"], max_frame_gap, max_day_gap
+        )
     except ValueError as exc:
         raise InputError(f"{source}: {exc}") from exc
     return queries.assign(pass_id=ids)
@@ -241,22 +244,36 @@ def write_outputs(out_dir: Path, ev: EvalSet, year: int, summary: dict[str, Any]
 
 
 def run(
-    spec: EvalSetSpec, year: int, grid: Path, queries: Path, intersections: Path, out_dir: Path, draw_map: bool = True,
+    spec: EvalSetSpec,
+    year: int,
+    grid: Path,
+    queries: Path,
+    intersections: Path,
+    out_dir: Path,
+    draw_map: bool = True,
     pass_rule: tuple[int, int] = (DEFAULT_MAX_FRAME_GAP, DEFAULT_MAX_DAY_GAP),
 ) -> dict[str, Any]:
     regions, qs, pairs = read_inputs(grid, queries, intersections)
     qs = with_pass_ids(qs, *pass_rule, source=queries)
     ev = select_evalset(spec, qs, regions, pairs)
     summary: dict[str, Any] = summarize(spec, ev)
-    summary.update({"year": year, "pass_max_frame_gap": pass_rule[0], "pass_max_day_gap": pass_rule[1],
-                    "inputs": {"grid": str(grid), "queries": str(queries),
-                               "intersections": str(intersections)}})
+    summary.update(
+        {
+            "year": year,
+            "pass_max_frame_gap": pass_rule[0],
+            "pass_max_day_gap": pass_rule[1],
+            "inputs": {"grid": str(grid), "queries": str(queries), "intersections": str(intersections)},
+        }
+    )
     out_dir = Path(out_dir)
     write_outputs(out_dir, ev, year, summary)
     if draw_map:
         table = pd.DataFrame(
-            {"geometry": qs.geometry.to_numpy(), "nadir_lat": qs["nadir_lat"].to_numpy(),
-             "nadir_lon": qs["nadir_lon"].to_numpy()},
+            {
+                "geometry": qs.geometry.to_numpy(),
+                "nadir_lat": qs["nadir_lat"].to_numpy(),
+                "nadir_lon": qs["nadir_lon"].to_numpy(),
+            },
             index=qs["query_id"].to_numpy(),
         )
         render_map(out_dir / "map.png", spec, ev, table, summary)
@@ -277,6 +294,13 @@ def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     spec, year = load_spec(params, args.name)
     out_dir = Path(args.out_dir) if args.out_dir is not None else Path("data/evalsets") / args.name
-    summary = run(spec, year, Path(args.grid), Path(args.queries), Path(args.intersections), out_dir,
-                  pass_rule=load_pass_rule(params))
+    summary = run(
+        spec,
+        year,
+        Path(args.grid),
+        Path(args.queries),
+        Path(args.intersections),
+        out_dir,
+        pass_rule=load_pass_rule(params),
+    )
     print(summary_line(summary, out_dir))

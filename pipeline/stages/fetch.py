@@ -28,7 +28,13 @@ import pandas as pd
 from pipeline.errors import ConfigError, FetchError, InputError
 from pipeline.fetch.client import EOX_KVP, EOX_LAYER, EOX_RESTFUL, ClientConfig
 from pipeline.fetch.estimate import (
-    EOX_SIZES, SYNTHETIC_SIZES, MeanSizes, ShardEstimate, estimate_shard, format_table, human_bytes,
+    EOX_SIZES,
+    SYNTHETIC_SIZES,
+    MeanSizes,
+    ShardEstimate,
+    estimate_shard,
+    format_table,
+    human_bytes,
 )  # fmt: skip
 from pipeline.fetch.run import DESCRIBED, RunConfig, fetch_regions, planned_paths
 from pipeline.fetch.store import REGION_COLUMNS, TILE_COLUMNS, TileStore, read_manifest, shard_name
@@ -331,8 +337,9 @@ def plan(params: FetchParams, grid: Path, root: Path, shards: list[tuple[int, in
     regions = read_grid(grid)
     for title, aois in scopes:
         # The same selection as the shard itself (the years and zooms of each area).
-        rows = [estimate_shard_fetch(store, params, y, z, regions_in(regions, z, aois, y), sid, sizes)
-                for y, z in shards]
+        rows = [
+            estimate_shard_fetch(store, params, y, z, regions_in(regions, z, aois, y), sid, sizes) for y, z in shards
+        ]
         out += ["", *format_table(title, rows)]
     return out
 
@@ -424,7 +431,9 @@ def main(args: argparse.Namespace) -> None:
         print("\n".join(plan(params, Path(args.grid), Path(args.root), shards)))
         return
     for year, zoom in shards:
-        summary_path = args.summary if args.summary is not None else Path("data/fetch") / f"{shard_name(year, zoom)}.json"
+        summary_path = (
+            args.summary if args.summary is not None else Path("data/fetch") / f"{shard_name(year, zoom)}.json"
+        )
         run_shard(params, year, zoom, Path(args.grid), Path(args.root), summary_path, args.scheduler)
 
 
@@ -491,8 +500,10 @@ def apply_scope(
             raise InputError(f"{path}: not a query table with a query_id column ({exc})") from exc
         unknown_ids = ids[~ids.isin(queries["query_id"])]
         if len(unknown_ids):
-            raise InputError(f"{path}: {len(unknown_ids)} queries not in the query table (e.g. {unknown_ids.iloc[0]}); "
-                             "was the set built from the same queries?")
+            raise InputError(
+                f"{path}: {len(unknown_ids)} queries not in the query table (e.g. {unknown_ids.iloc[0]}); "
+                "was the set built from the same queries?"
+            )
         evalset_ids.update(ids)
     areas = tuple(by_name[n] for n in scope.aois)
     in_area = in_aois(photographable["nadir_lat"].to_numpy(), photographable["nadir_lon"].to_numpy(), areas)

@@ -85,8 +85,25 @@ def build_grid(params: GridParams) -> gpd.GeoDataFrame:
         gdf = gdf[shapely.intersects(gdf.geometry.values, bbox_geometry(params.bbox))].reset_index(drop=True)
     gdf = gdf.sort_values(["zoom", "row", "col"], kind="stable").reset_index(drop=True)
     return gdf[
-        ["region_id", "zoom", "row", "col", "ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon",
-         "lr_lat", "lr_lon", "center_lat", "center_lon", "area_km2", "land_fraction", "geometry"]
+        [
+            "region_id",
+            "zoom",
+            "row",
+            "col",
+            "ll_lat",
+            "ll_lon",
+            "ul_lat",
+            "ul_lon",
+            "ur_lat",
+            "ur_lon",
+            "lr_lat",
+            "lr_lon",
+            "center_lat",
+            "center_lon",
+            "area_km2",
+            "land_fraction",
+            "geometry",
+        ]
     ]
 
 

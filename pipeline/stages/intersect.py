@@ -34,8 +34,8 @@ import numpy.typing as npt
 import pandas as pd
 import shapely
 
-from pipeline.errors import ConfigError, InputError
 from pipeline.dask_cluster import dask_client
+from pipeline.errors import ConfigError, InputError
 from pipeline.geo.area import DEFAULT_DENSIFY_DEG, M2_PER_KM2, to_equal_area
 from pipeline.geo.names import db_relpath
 from pipeline.geo.overlap import overlap_pairs
@@ -112,9 +112,7 @@ def _partition_overlaps(
     return pairs
 
 
-def intersect_queries(
-    queries: Any, regions: Any, params: IntersectParams
-) -> pd.DataFrame:
+def intersect_queries(queries: Any, regions: Any, params: IntersectParams) -> pd.DataFrame:
     """Overlap table (query_index, region_index, areas...) computed on dask workers."""
     q_ea = to_equal_area(queries.geometry.values, params.densify_deg)
     r_ea = to_equal_area(regions.geometry.values)
@@ -128,7 +126,9 @@ def intersect_queries(
     # Partitions of nearby queries (Hilbert order of their bounding boxes): each
     # partition then meets few distinct regions, which is what the clipping loop costs.
     if len(q_ea):
-        order = np.asarray(gpd.GeoSeries(q_ea).hilbert_distance(total_bounds=_EA_WORLD), dtype=np.int64).argsort(kind="stable")
+        order = np.asarray(gpd.GeoSeries(q_ea).hilbert_distance(total_bounds=_EA_WORLD), dtype=np.int64).argsort(
+            kind="stable"
+        )
     else:
         order = np.arange(0, dtype=np.int64)
     bounds = np.linspace(0, len(q_ea), n_parts + 1).astype(int)
@@ -182,7 +182,11 @@ def region_relpaths(regions: Any, year: int) -> dict[str, str]:
     return {
         rid: db_relpath(c.tolist(), rid, int(z), year, float(la), float(lo), float(a))
         for rid, z, c, la, lo, a in zip(
-            regions["region_id"], regions["zoom"], corners, regions["center_lat"], regions["center_lon"],
+            regions["region_id"],
+            regions["zoom"],
+            corners,
+            regions["center_lat"],
+            regions["center_lon"],
             regions["area_km2"],
         )
     }
@@ -201,8 +205,12 @@ def upstream_dict(table: pd.DataFrame, queries: Any, regions: Any, year: int) ->
     codes = cat.codes
     rows = list(
         zip(
-            path_objs[codes].tolist(), rid_objs[codes].tolist(), table["intersection_km2"].tolist(),
-            table["iou"].tolist(), table["query_fraction"].tolist(), table["region_fraction"].tolist(),
+            path_objs[codes].tolist(),
+            rid_objs[codes].tolist(),
+            table["intersection_km2"].tolist(),
+            table["iou"].tolist(),
+            table["query_fraction"].tolist(),
+            table["region_fraction"].tolist(),
         )
     )
     qids = table["query_id"].to_numpy()

@@ -71,24 +71,32 @@ def build(
     q["num_positives"] = q["query_id"].map(n_pos).fillna(0).astype(np.int64)
     q["num_outside_db"] = q["query_id"].map(n_out).fillna(0).astype(np.int64)
     drop = (q["num_positives"] == 0) | (q["num_outside_db"] > 0)
-    dropped = pd.DataFrame({
-        "query_id": q.loc[drop, "query_id"].to_numpy(),
-        "reason": np.where(q.loc[drop, "num_positives"] == 0, "no_positive", "positive_outside_db"),
-        "num_positives": q.loc[drop, "num_positives"].to_numpy(),
-        "num_outside_db": q.loc[drop, "num_outside_db"].to_numpy(),
-    })
+    dropped = pd.DataFrame(
+        {
+            "query_id": q.loc[drop, "query_id"].to_numpy(),
+            "reason": np.where(q.loc[drop, "num_positives"] == 0, "no_positive", "positive_outside_db"),
+            "num_positives": q.loc[drop, "num_positives"].to_numpy(),
+            "num_outside_db": q.loc[drop, "num_outside_db"].to_numpy(),
+        }
+    )
     kept = q.loc[~drop].drop(columns=["num_outside_db"]).reset_index(drop=True)
     kept.insert(0, "query_index", np.arange(len(kept), dtype=np.int64))
     qidx = pd.Series(kept["query_index"].to_numpy(), index=kept["query_id"].to_numpy())
     pos = inter.loc[inter["query_id"].isin(qidx.index)]
-    positives = pd.DataFrame({
-        "query_index": pos["query_id"].map(qidx).to_numpy(np.int64),
-        "query_id": pos["query_id"].to_numpy(),
-        "db_index": pos["region_id"].map(db_index).to_numpy(np.int64),
-        "region_id": pos["region_id"].to_numpy(),
-        "iou": pos["iou"].to_numpy(),
-        "intersection_km2": pos["intersection_km2"].to_numpy(),
-    }).sort_values(["query_index", "db_index"], kind="stable").reset_index(drop=True)
+    positives = (
+        pd.DataFrame(
+            {
+                "query_index": pos["query_id"].map(qidx).to_numpy(np.int64),
+                "query_id": pos["query_id"].to_numpy(),
+                "db_index": pos["region_id"].map(db_index).to_numpy(np.int64),
+                "region_id": pos["region_id"].to_numpy(),
+                "iou": pos["iou"].to_numpy(),
+                "intersection_km2": pos["intersection_km2"].to_numpy(),
+            }
+        )
+        .sort_values(["query_index", "db_index"], kind="stable")
+        .reset_index(drop=True)
+    )
     return kept, positives, dropped
 
 
@@ -106,22 +114,29 @@ def run(spec: LostInSpaceSpec, evalsets_dir: Path, intersections: Path, grid: Pa
         g = g.loc[g["zoom"].isin(spec.zooms)]
     at_zooms = set(g["region_id"])
     g = g.loc[g["region_id"].isin(ok)].sort_values("region_id").reset_index(drop=True)
-    database = pd.DataFrame({
-        "db_index": np.arange(len(g), dtype=np.int64),
-        "region_id": g["region_id"].to_numpy(),
-        "zoom": g["zoom"].to_numpy(),
-        "path": region_paths(g, spec.year).to_numpy(),
-        "center_lat": g["center_lat"].to_numpy(),
-        "center_lon": g["center_lon"].to_numpy(),
-    })
+    database = pd.DataFrame(
+        {
+            "db_index": np.arange(len(g), dtype=np.int64),
+            "region_id": g["region_id"].to_numpy(),
+            "zoom": g["zoom"].to_numpy(),
+            "path": region_paths(g, spec.year).to_numpy(),
+            "center_lat": g["center_lat"].to_numpy(),
+            "center_lon": g["center_lon"].to_numpy(),
+        }
+    )
     inter = _read_parquet(Path(intersections), ["query_id", "region_id", "iou", "intersection_km2"])
     if spec.zooms is not None:
         inter = inter.loc[inter["region_id"].isin(at_zooms)]
     kept, positives, dropped = build(queries, inter, database)
     summary = {
-        "name": spec.name, "source": spec.source, "year": spec.year, "setting": "lost_in_space",
+        "name": spec.name,
+        "source": spec.source,
+        "year": spec.year,
+        "setting": "lost_in_space",
         "zooms": None if spec.zooms is None else list(spec.zooms),
-        "num_source_queries": int(len(queries)), "num_queries": int(len(kept)), "num_db": int(len(database)),
+        "num_source_queries": int(len(queries)),
+        "num_queries": int(len(kept)),
+        "num_db": int(len(database)),
         "num_db_per_zoom": {str(int(z)): int(n) for z, n in database["zoom"].value_counts().sort_index().items()},
         "num_dropped_no_positive": int((dropped["reason"] == "no_positive").sum()),
         "num_dropped_positive_outside_db": int((dropped["reason"] == "positive_outside_db").sum()),
@@ -141,5 +156,7 @@ def main(args: argparse.Namespace) -> None:
     spec = LostInSpaceSpec.from_params(load_params(args.params), args.name)
     out = Path(args.out_dir) if args.out_dir is not None else Path(args.evalsets) / spec.name
     s = run(spec, Path(args.evalsets), Path(args.intersections), Path(args.grid), Path(args.tiles), out)
-    print(f"lost_in_space {s['name']}: {s['num_queries']} of {s['num_source_queries']} queries of {s['source']} "
-          f"against all {s['num_db']} fetched {s['year']} regions (no nadir prior) -> {out}")
+    print(
+        f"lost_in_space {s['name']}: {s['num_queries']} of {s['num_source_queries']} queries of {s['source']} "
+        f"against all {s['num_db']} fetched {s['year']} regions (no nadir prior) -> {out}"
+    )

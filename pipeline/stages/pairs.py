@@ -25,7 +25,6 @@ import pandas as pd
 
 from pipeline.errors import ConfigError, InputError, IntegrityError
 from pipeline.geo.names import db_relpath
-from pipeline.geo.passes import DEFAULT_MAX_DAY_GAP, DEFAULT_MAX_FRAME_GAP
 from pipeline.geo.pairs import (
     NEUTRAL_COLUMNS,
     PAIR_COLUMNS,
@@ -36,6 +35,7 @@ from pipeline.geo.pairs import (
     select_pairs,
     summarize,
 )
+from pipeline.geo.passes import DEFAULT_MAX_DAY_GAP, DEFAULT_MAX_FRAME_GAP
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import load_params, section
 from pipeline.stages.evalset import load_pass_rule, with_pass_ids
@@ -163,7 +163,12 @@ def region_paths(grid: pd.DataFrame, year: int) -> pd.Series:
     paths = [
         db_relpath(tuple(c), rid, int(z), year, float(la), float(lo), float(a))
         for c, rid, z, la, lo, a in zip(
-            corners, grid["region_id"], grid["zoom"], grid["center_lat"], grid["center_lon"], grid["area_km2"],
+            corners,
+            grid["region_id"],
+            grid["zoom"],
+            grid["center_lat"],
+            grid["center_lon"],
+            grid["area_km2"],
             strict=True,
         )
     ]
@@ -184,8 +189,9 @@ def run(
     out_dir: Path,
 ) -> dict[str, Any]:
     inter = _read_parquet(Path(intersections), ["query_id", "region_id", "zoom", "iou", "intersection_km2"])
-    qs = _read_parquet(Path(queries), ["query_id", "mission", "roll", "frame", "date", "filename", "nadir_lat",
-                                       "nadir_lon"])
+    qs = _read_parquet(
+        Path(queries), ["query_id", "mission", "roll", "frame", "date", "filename", "nadir_lat", "nadir_lon"]
+    )
     qs = with_pass_ids(qs, *p.pass_rule, source=queries)
     members = read_members(Path(evalsets_dir), p.exclude_sets)
     excluded = excluded_photos(qs, members, p.areas, p.margin_km)
@@ -213,16 +219,24 @@ def run(
     )[PAIR_COLUMNS]
 
     summary: dict[str, Any] = summarize(pairs, excluded, res.counts, p.min_iou)
-    summary.update({
-        "year": p.year,
-        "exclude_sets": list(p.exclude_sets),
-        "exclude_margin_km": p.margin_km,
-        "region_filter": (p.regions if regions_ok is not None or p.regions == "all"
-                          else "fetched requested, no tile manifests: not restricted"),
-        "photo_filter": (p.photos if photos_ok is not None or p.photos == "all"
-                         else "fetched requested, no query manifest: not restricted"),
-        "num_neutral_pairs": int(len(res.neutral)),
-    })
+    summary.update(
+        {
+            "year": p.year,
+            "exclude_sets": list(p.exclude_sets),
+            "exclude_margin_km": p.margin_km,
+            "region_filter": (
+                p.regions
+                if regions_ok is not None or p.regions == "all"
+                else "fetched requested, no tile manifests: not restricted"
+            ),
+            "photo_filter": (
+                p.photos
+                if photos_ok is not None or p.photos == "all"
+                else "fetched requested, no query manifest: not restricted"
+            ),
+            "num_neutral_pairs": int(len(res.neutral)),
+        }
+    )
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "pairs.parquet") as tmp:
         pairs.to_parquet(tmp, index=False)

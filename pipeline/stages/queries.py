@@ -121,8 +121,17 @@ def escape_controls(text: str) -> str:
     """`text` with control, format and separator characters written as escapes (\\x00,
     \\u2028, ...) and backslashes doubled: one printable line, whatever the input held."""
     return "".join(
-        "\\\\" if ch == "\\" else ch if not _unprintable(ch) else
-        (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+        "\\\\"
+        if ch == "\\"
+        else ch
+        if not _unprintable(ch)
+        else (
+            f"\\x{ord(ch):02x}"
+            if ord(ch) < 0x100
+            else f"\\u{ord(ch):04x}"
+            if ord(ch) < 0x10000
+            else f"\\U{ord(ch):08x}"
+        )
         for ch in text
     )
 
@@ -218,7 +227,7 @@ def url_problem(url: str) -> str:
     if any(ch.isspace() or _unprintable(ch) for ch in url):
         return "URL holds whitespace or control characters"
     if any(ch in _NOT_IN_URLS for ch in url):
-        return "URL holds characters a URL never holds unescaped (<>\"{}|\\^`)"
+        return 'URL holds characters a URL never holds unescaped (<>"{}|\\^`)'
     try:
         parts = urlsplit(url)
         host, _ = parts.hostname, parts.port
@@ -243,22 +252,31 @@ def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, 
         problem = raw["_problem"].to_numpy(dtype=object)
         for reason in pd.unique(problem[problem != ""]):
             rej.add(problem == reason, str(reason), raw["_problem_detail"].to_numpy(dtype=object))
-    rej.add((raw["_width"] != raw["_expected_width"]).to_numpy(), "wrong_field_count",
-            "record has " + raw["_width"].astype(str).to_numpy(dtype=object) + " fields, header has "
-            + raw["_expected_width"].astype(str).to_numpy(dtype=object))
+    rej.add(
+        (raw["_width"] != raw["_expected_width"]).to_numpy(),
+        "wrong_field_count",
+        "record has "
+        + raw["_width"].astype(str).to_numpy(dtype=object)
+        + " fields, header has "
+        + raw["_expected_width"].astype(str).to_numpy(dtype=object),
+    )
     for col in REQUIRED_COLUMNS:
         rej.add((text[col] == "").to_numpy(), "missing_field", f"{col} is empty")
     values: dict[str, np.ndarray] = {}
     for col in NUMERIC_COLUMNS:
         num = pd.to_numeric(text[col], errors="coerce").to_numpy(dtype=np.float64)
-        rej.add(~np.isfinite(num), "non_numeric_field", col + " is not a finite number: " + text[col].to_numpy(dtype=object))
+        rej.add(
+            ~np.isfinite(num), "non_numeric_field", col + " is not a finite number: " + text[col].to_numpy(dtype=object)
+        )
         values[col] = num
 
     lats = np.stack([values[c] for c in CORNER_COLUMNS[0::2]], axis=1)
     lons = np.stack([values[c] for c in CORNER_COLUMNS[1::2]], axis=1)
     with np.errstate(invalid="ignore"):
         rej.add((np.abs(lats) > 90).any(axis=1), "coordinate_out_of_range", "a corner latitude is outside [-90, 90]")
-        rej.add((np.abs(lons) > 180).any(axis=1), "coordinate_out_of_range", "a corner longitude is outside [-180, 180]")
+        rej.add(
+            (np.abs(lons) > 180).any(axis=1), "coordinate_out_of_range", "a corner longitude is outside [-180, 180]"
+        )
         rej.add(np.abs(values["NADIR_LAT"]) > 90, "coordinate_out_of_range", "nadir latitude outside [-90, 90]")
         rej.add(np.abs(values["NADIR_LON"]) > 180, "coordinate_out_of_range", "nadir longitude outside [-180, 180]")
         rej.add(values["SQ_KM_AREA"] <= 0, "non_positive_area", "SQ_KM_AREA <= 0")
@@ -267,11 +285,17 @@ def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, 
     for col in ID_COLUMNS:
         part_ok = text[col].str.fullmatch(r"[A-Za-z0-9]+").to_numpy(dtype=bool)
         safe &= part_ok
-    rej.add(~safe, "unsafe_id", "id has characters outside [A-Za-z0-9-]: " + pd.Series(query_id).map(repr).to_numpy(dtype=object))
+    rej.add(
+        ~safe,
+        "unsafe_id",
+        "id has characters outside [A-Za-z0-9-]: " + pd.Series(query_id).map(repr).to_numpy(dtype=object),
+    )
     # Exactly eight digits: pandas would read "2021011" as 2021-01-01.
     dates = pd.to_datetime(text["YYYYMMDD"].where(text["YYYYMMDD"].str.fullmatch(r"[0-9]{8}")),
                            format="%Y%m%d", errors="coerce")  # fmt: skip
-    rej.add(dates.isna().to_numpy(), "bad_date", "YYYYMMDD is not a valid date: " + text["YYYYMMDD"].to_numpy(dtype=object))
+    rej.add(
+        dates.isna().to_numpy(), "bad_date", "YYYYMMDD is not a valid date: " + text["YYYYMMDD"].to_numpy(dtype=object)
+    )
 
     url_problems = {u: url_problem(u) for u in pd.unique(text["URL"])}
     url_reason = text["URL"].map(url_problems).to_numpy(dtype=object)
@@ -307,14 +331,26 @@ def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, 
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.abs(geodesic - values["SQ_KM_AREA"]) / values["SQ_KM_AREA"]
     far = rej.ok & (rel > params.max_area_rel_diff)
-    rej.add(far, "area_mismatch",
-            np.array([f"geodesic area {g:.0f} km2 vs NASA {a:.0f} km2 ({r:.1%})" for g, a, r in
-                      zip(geodesic, values["SQ_KM_AREA"], rel)], dtype=object))
+    rej.add(
+        far,
+        "area_mismatch",
+        np.array(
+            [
+                f"geodesic area {g:.0f} km2 vs NASA {a:.0f} km2 ({r:.1%})"
+                for g, a, r in zip(geodesic, values["SQ_KM_AREA"], rel)
+            ],
+            dtype=object,
+        ),
+    )
 
     ok = rej.ok
     rejected = pd.DataFrame(
-        {"line": raw["_line"].to_numpy()[~ok], "query_id": query_id[~ok],
-         "reason": rej.reason[~ok], "detail": rej.detail[~ok]}
+        {
+            "line": raw["_line"].to_numpy()[~ok],
+            "query_id": query_id[~ok],
+            "reason": rej.reason[~ok],
+            "detail": rej.detail[~ok],
+        }
     )
     idx = np.flatnonzero(ok)
     corners = np.stack([values[c][idx] for c in CORNER_COLUMNS], axis=1)
@@ -344,8 +380,15 @@ def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, 
         "filename",
         [
             query_filename(c.tolist(), q, d, la, lo, a, o)
-            for c, q, d, la, lo, a, o in zip(corners, table["query_id"], table["date"], table["nadir_lat"],
-                                              table["nadir_lon"], table["nasa_area_km2"], table["orientation_raw"])
+            for c, q, d, la, lo, a, o in zip(
+                corners,
+                table["query_id"],
+                table["date"],
+                table["nadir_lat"],
+                table["nadir_lon"],
+                table["nasa_area_km2"],
+                table["orientation_raw"],
+            )
         ],
     )
     gdf = gpd.GeoDataFrame(table, geometry=footprints[idx], crs="EPSG:4326")

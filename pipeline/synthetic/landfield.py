@@ -80,7 +80,9 @@ def _catmull_rom(t: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     )
 
 
-def _taps(coord_cells: npt.NDArray[np.floating], n: int, wrap: bool) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+def _taps(
+    coord_cells: npt.NDArray[np.floating], n: int, wrap: bool
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
     """Padded-grid indices (4, ...) and Catmull-Rom weights (4, ...) of positions in cell units
     (cell centres at integers)."""
     base = np.floor(coord_cells)

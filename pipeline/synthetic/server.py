@@ -294,10 +294,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "SyntheticEOX/1.0"
     protocol_version = "HTTP/1.1"  # keep-alive, as a pooled HTTP client expects
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self._serve(send_body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._serve(send_body=False)
 
     def _serve(self, send_body: bool) -> None:
@@ -370,7 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
         if send_body:
             self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (signature of the base)
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet: the fetch stage keeps the record; counts are on the server object."""
 
 
@@ -496,7 +496,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Synthetic EOX-style WMTS on 127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--render-processes", type=int, default=0, help="worker processes rendering tiles (0: in the HTTP threads)")
+    parser.add_argument(
+        "--render-processes", type=int, default=0, help="worker processes rendering tiles (0: in the HTTP threads)"
+    )
     args = parser.parse_args()
     with SyntheticTileServer(seed=args.seed, port=args.port, render_processes=args.render_processes) as srv:
         print(f"{srv.base_url}/wmts/1.0.0/WMTSCapabilities.xml", flush=True)
