@@ -43,7 +43,7 @@ ParamsLoader.add_implicit_resolver(
 
 def parse_yaml(text: str) -> Any:
     """YAML text -> Python values, floats read as YAML 1.2 (and DVC) read them."""
-    return yaml.load(text, Loader=ParamsLoader)
+    return yaml.load(text, Loader=ParamsLoader)  # safe: ParamsLoader is a SafeLoader subclass
 
 
 def load_params(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:

@@ -251,7 +251,7 @@ def test_eox_source_carries_its_licence_and_attribution(tmp_path) -> None:
     db = json.loads((Path(p.out_dir) / "database.json").read_text())
     assert db["license"] == "CC-BY-NC-SA-4.0"
     assert "Copernicus Sentinel" in db["attribution"] and "modified" in db["attribution"]
-    assert any(l["rel"] == "license" for l in db["links"])
+    assert any(link["rel"] == "license" for link in db["links"])
     assert {pr["name"] for pr in db["providers"]} >= {"EOX IT Services GmbH"}
     assert not (Path(p.out_dir) / "model.json").exists()
 

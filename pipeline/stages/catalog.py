@@ -509,7 +509,8 @@ def evalset_collection(
         )
         if (set_dir / f).is_file()
     }
-    links = _root_links(f"evalset-{name}.json") + [
+    links = [
+        *_root_links(f"evalset-{name}.json"),
         {"rel": "derived_from", "href": "./queries.json", "type": "application/json", "title": "query photos"},
         {"rel": "derived_from", "href": "./database.json", "type": "application/json", "title": "database regions"},
     ]

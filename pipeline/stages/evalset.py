@@ -282,11 +282,12 @@ def run(
 
 def summary_line(s: dict[str, Any], out_dir: Path) -> str:
     mean = s["mean_positives_per_query"]
+    mean_text = f"{mean:.1f}" if mean is not None else "n/a"
     return (
         f"evalset {s['name']}: {s['num_queries']} queries kept of {s['num_within_radius']} within "
         f"{s['query_radius_km']:g} km (dropped {s['num_dropped_no_positive']} no_positive, "
         f"{s['num_dropped_positive_outside_db']} positive_outside_db), {s['num_db']} database regions within "
-        f"{s['db_radius_km']:g} km, {'%.1f' % mean if mean is not None else 'n/a'} positives/query -> {out_dir}"
+        f"{s['db_radius_km']:g} km, {mean_text} positives/query -> {out_dir}"
     )
 
 
