@@ -84,6 +84,11 @@ class ThumbnailDescriptor(nn.Module):
     """(B, 3, H, W) ImageNet-normalised images -> (B, size²) descriptors: grey, area-averaged
     to size x size, standardised per image, L2-normalised. No parameters: nothing learned."""
 
+    # Buffers registered in __init__, declared here so they are typed as tensors.
+    mean: torch.Tensor
+    std: torch.Tensor
+    grey: torch.Tensor
+
     def __init__(self, size: int = 16) -> None:
         super().__init__()
         if size < 2:

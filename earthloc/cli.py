@@ -106,7 +106,7 @@ def cmd_lost_in_space(args: argparse.Namespace) -> None:
     lost_in_space.main(args)
 
 
-def cmd_audit(args: argparse.Namespace) -> None:
+def cmd_audit(args: argparse.Namespace) -> int:
     from pipeline.stages import audit
 
     return audit.main(args)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -502,9 +502,10 @@ def run_set(
             runs.append(scores[name_u])
         spread = seed_spread(runs, seeds, p.recall_ns)
         if len(runs) > 1:
+            # Scores from _from_result always carry both hit tables.
             extra_hits["untrained_mean"] = (
-                np.mean([r.hits for r in runs], axis=0),
-                np.mean([r.hits_collapsed for r in runs], axis=0),
+                np.mean([cast(np.ndarray, r.hits) for r in runs], axis=0),
+                np.mean([cast(np.ndarray, r.hits_collapsed) for r in runs], axis=0),
             )
         timings["untrained_s"] = round(time.monotonic() - t0, 1)
     if "thumbnail" in p.baselines:

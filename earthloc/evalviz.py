@@ -10,11 +10,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.io import atomic_path
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+    from PIL import ImageFont as PILImageFont
 
 GREEN = (46, 160, 67)
 RED = (207, 34, 46)
@@ -42,19 +47,19 @@ def pick_queries(num_queries: int, count: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, num_queries - 1, count).round()})
 
 
-def _font(size: int):  # type: ignore[no-untyped-def]
+def _font(size: int) -> PILImageFont.FreeTypeFont:
     import matplotlib
     from matplotlib import font_manager
     from PIL import ImageFont
 
     try:
-        path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=True)
+        path = str(font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=True))
     except Exception:  # findfont can raise on a broken font cache; the bundled file is always there
         path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
     return ImageFont.truetype(path, size)
 
 
-def _thumb(path: Path, cell: int, angle: int = 0):  # type: ignore[no-untyped-def]
+def _thumb(path: Path, cell: int, angle: int = 0) -> PILImage.Image:
     from PIL import Image
 
     with Image.open(path) as im:

@@ -304,10 +304,16 @@ def restricted_search(
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
         pass
+    # Fields assigned after construction: faiss's stubs type the attributes but not the
+    # keyword constructor (both keep `sel` alive the same way).
+    params: faiss.SearchParameters
     if ivf is not None:
-        params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)
+        ivf_params = faiss.SearchParametersIVF()
+        ivf_params.nprobe = ivf.nprobe
+        params = ivf_params
     else:
-        params = faiss.SearchParameters(sel=sel)
+        params = faiss.SearchParameters()
+    params.sel = sel
     try:
         return index.search(q, k, params=params)
     except RuntimeError:
@@ -483,8 +489,8 @@ def main_localize(args: argparse.Namespace) -> None:
         top=top,
         nadir=nadir,
         radius_km=args.radius_km or p.radius_km,
-    )  # type: ignore[arg-type]
-    print(format_matches(matches, nadir, args.radius_km or p.radius_km))  # type: ignore[arg-type]
+    )
+    print(format_matches(matches, nadir, args.radius_km or p.radius_km))
     if args.out:
-        write_json(args.out, to_geojson(matches, str(args.image), nadir))  # type: ignore[arg-type]
+        write_json(args.out, to_geojson(matches, str(args.image), nadir))
         print(f"GeoJSON -> {args.out}")

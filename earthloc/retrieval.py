@@ -522,7 +522,7 @@ def paired_margin(
 
 def cluster_bootstrap_means(
     values: npt.ArrayLike, clusters: npt.ArrayLike | None, *, n_boot: int = 2000, seed: int = 0
-) -> FloatArray:
+) -> npt.NDArray[np.float64]:
     """(n_boot, J) bootstrap replicates of the column means of `values` (Q, J), resampling
     whole clusters with replacement (None: every row its own cluster).
 

@@ -86,7 +86,7 @@ def query_figure(query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFram
 
     merged = pairs.merge(regions[["region_id", "geometry"]], on="region_id", how="left")
     merged = merged[merged["geometry"].notna()]
-    zooms = sorted(int(z) for z in merged["zoom"].dropna().unique()) or [None]
+    zooms: list[int | None] = [*sorted(int(z) for z in merged["zoom"].dropna().unique())] or [None]
     vmax = float(merged["iou"].max()) if len(merged) else 1.0
     vmax = vmax if vmax > 0 else 1.0
     cmap = plt.get_cmap("viridis")

@@ -262,8 +262,9 @@ def load_audit_params(path: Path | None) -> AuditParams:
     if not path.exists():
         return AuditParams(source="defaults, no params file")
     p = load_params(path)
-    q = p.get("queries") if isinstance(p.get("queries"), dict) else {}
-    i = p.get("intersect") if isinstance(p.get("intersect"), dict) else {}
+    q_section, i_section = p.get("queries"), p.get("intersect")
+    q: dict[str, Any] = q_section if isinstance(q_section, dict) else {}
+    i: dict[str, Any] = i_section if isinstance(i_section, dict) else {}
     try:
         return AuditParams(
             densify_deg=float(q.get("densify_deg", DEFAULT_DENSIFY_DEG)),

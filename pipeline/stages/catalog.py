@@ -444,6 +444,11 @@ def queries_collection(items: Sequence[Mapping[str, Any]], photo_source: str) ->
             else "The photo assets are NASA's photos, resized."
         )
     )
+    # Extension fields (names with a colon) reach _collection's **extra as a mapping.
+    counts: dict[str, Any] = {
+        "earthloc:num_queries": len(items),
+        "earthloc:num_photos": sum(1 for it in items if it["assets"]),
+    }
     providers = [
         {
             "name": "NASA Johnson Space Center, Earth Science and Remote Sensing Unit",
@@ -470,7 +475,7 @@ def queries_collection(items: Sequence[Mapping[str, Any]], photo_source: str) ->
             }
         },
         attribution=_NASA_CREDIT + ("; photos rendered synthetically by earthloc-pipeline" if synthetic else ""),
-        **{"earthloc:num_queries": len(items), "earthloc:num_photos": sum(1 for it in items if it["assets"])},
+        **counts,
     )
 
 
@@ -692,7 +697,11 @@ def _validator(kind: str) -> Any:
         from referencing import Registry, Resource
         from referencing.jsonschema import DRAFT7
 
-        registry = Registry(retrieve=lambda uri: Resource.from_contents(_schema(uri), default_specification=DRAFT7))
+        # `retrieve` is the attrs alias of Registry's private field; mypy's dataclass_transform
+        # support does not apply attrs aliases, so it sees no such parameter.
+        registry = Registry(  # type: ignore[call-arg]
+            retrieve=lambda uri: Resource.from_contents(_schema(uri), default_specification=DRAFT7)
+        )
         registry = registry.with_resources(
             (uri, Resource.from_contents(_schema(uri), default_specification=DRAFT7)) for uri in SCHEMA_FILES
         )
@@ -773,7 +782,7 @@ def _relhref(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
 
 
-def write_items_parquet(items: Sequence[Mapping[str, Any]], dest: Path) -> None:
+def write_items_parquet(items: Sequence[dict[str, Any]], dest: Path) -> None:
     """stac-geoparquet, written atomically. An empty list still gives a readable file."""
     from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
 

@@ -133,8 +133,9 @@ def intersect_queries(queries: Any, regions: Any, params: IntersectParams) -> pd
         order = np.arange(0, dtype=np.int64)
     bounds = np.linspace(0, len(q_ea), n_parts + 1).astype(int)
     address = params.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    local = {"n_workers": params.n_workers, "threads_per_worker": params.threads_per_worker, "processes": True}
-    with dask_client(address, **local) as client:
+    with dask_client(
+        address, n_workers=params.n_workers, threads_per_worker=params.threads_per_worker, processes=True
+    ) as client:
         # One scattered object each (a list would scatter every element separately).
         region_future = client.scatter(region_wkb, broadcast=True, hash=False)
         area_future = client.scatter(r_area, broadcast=True, hash=False)
