@@ -27,6 +27,7 @@ from pipeline.geo.evalset import (
     summarize,
 )
 from pipeline.geo.names import db_relpath
+from pipeline.presentation import evalset_map
 from pipeline.stages import evalset as stage
 
 # ---------------------------------------------------------------------------
@@ -423,9 +424,9 @@ def test_stage_writes_outputs(
     assert 10_000 < len(png) < 1_500_000
     # the map shows both radii and a marker for each kind of dropped query
     rgb = load_rgb(out / "map.png")
-    for colour in (stage.DB_COLOR, stage.Q_RADIUS_COLOR):
+    for colour in (evalset_map.DB_COLOR, evalset_map.Q_RADIUS_COLOR):
         assert colour_pixels(rgb, colour) > 200, colour
-    for colour in (stage.NO_POS_COLOR, stage.OUTSIDE_COLOR):
+    for colour in (evalset_map.NO_POS_COLOR, evalset_map.OUTSIDE_COLOR):
         assert colour_pixels(rgb, colour, tol=40) > 5, colour
     assert not list(out.glob(".*.tmp"))  # no leftover temporary files
 

@@ -85,7 +85,11 @@ def distributions_of(imports: dict[str, str]) -> dict[str, tuple[str, str]]:
     for module, where in imports.items():
         dists = by_module.get(module)
         assert dists, f"{where} imports {module!r}, which no installed distribution provides"
-        out[module] = (canonical(dists[0]), where)
+        # Several distributions may install into one import name (plugins of a namespace,
+        # e.g. pystac's extension packages): the module is declared when its own is.
+        names = [canonical(d) for d in dists]
+        own = [n for n in names if n == canonical(module)]
+        out[module] = ((own or names)[0], where)
     return out
 
 
