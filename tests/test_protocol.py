@@ -107,7 +107,7 @@ def test_shards_select_the_areas_of_their_year(tmp_path: Path) -> None:
     from pipeline.stages import fetch, grid
 
     out = tmp_path / "regions.parquet"
-    grid.run(out, grid.GridParams.from_section({"zooms": [10], "bbox": [-98.0, 27.0, -92.0, 33.0]}))
+    grid.run(grid.GridParams.from_section({"zooms": [10], "bbox": [-98.0, 27.0, -92.0, 33.0]}), grid.GridPaths(out))
     aois = (Aoi("db", 30.0, -95.0, 250.0, (2021,)), Aoi("train", 30.0, -95.0, 100.0))
     r2021 = fetch.select_regions(out, 10, aois, 2021)
     r2018 = fetch.select_regions(out, 10, aois, 2018)
@@ -121,7 +121,7 @@ def test_shards_select_the_areas_of_their_zoom(tmp_path: Path, capsys: pytest.Ca
     from pipeline.stages import fetch, grid
 
     out = tmp_path / "regions.parquet"
-    grid.run(out, grid.GridParams.from_section({"zooms": [10, 11], "bbox": [-98.0, 27.0, -92.0, 33.0]}))
+    grid.run(grid.GridParams.from_section({"zooms": [10, 11], "bbox": [-98.0, 27.0, -92.0, 33.0]}), grid.GridPaths(out))
     aois = (Aoi("db", 30.0, -95.0, 250.0, (2021,), (10,)), Aoi("train", 30.0, -95.0, 100.0))
     z10, z11 = fetch.select_regions(out, 10, aois, 2021), fetch.select_regions(out, 11, aois, 2021)
     assert set(z10["zoom"]) == {10} and set(z11["zoom"]) == {11}
