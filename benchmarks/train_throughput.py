@@ -11,8 +11,9 @@ the train stage runs it. Without --tiles the regions are generated: random-textu
 --image-px pixels (the tile store's 1024 by default), written to a temporary folder, so the
 benchmark runs anywhere. With --tiles (and --grid) it reads the real store.
 
-Printed: iterations/s, images/s (region views + photos per second), the share of wall time
-spent waiting for the loader, and peak memory: the accelerator's peak allocation on CUDA,
+Printed: iterations/s, images/s (region views per second), the share of wall time spent
+waiting for the loader, CPU seconds per step (on a shared machine wall time depends on the
+neighbours, CPU time much less), and peak memory: the accelerator's peak allocation on CUDA,
 the process's peak resident set on CPU (loader processes not included). The first
 --warmup iterations are run but not counted (allocator and kernel warm-up). Figures from
 other machines differ; docs/training.md records the ones measured.
@@ -130,14 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         it = iter(dl)
-        waited = stepped = 0.0
+        waited = stepped = cpu = 0.0
         measured = 0
         t_start = None
         deadline = None
         for i, plan in enumerate(plans):
             t0 = time.perf_counter()
             batch = next(it)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             out = train_step(tools, plan, batch.images)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 t_start, deadline = t0, t0 + 60.0 * args.minutes
             waited += t1 - t0
             stepped += t2 - t1
+            cpu += time.process_time() - c1
             measured += 1
             if t2 >= deadline or measured >= budget:
                 break
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(
             f"train_throughput: {measured} iterations in {wall:.1f} s: {measured / wall:.3f} iterations/s, "
-            f"{measured * views / wall:.1f} images/s, loader wait {100 * waited / wall:.1f} % of wall time, {peak}",
+            f"{measured * views / wall:.1f} images/s, loader wait {100 * waited / wall:.1f} % of wall time, {peak}; "
+            f"{cpu / measured:.1f} CPU-s per step (main process, all its threads: the cost on a shared machine)",
             flush=True,
         )  # fmt: skip
     return 0
