@@ -1,27 +1,30 @@
-"""The train stage: EarthLoc's training loop (paper Sec. 4-5, upstream §4-§8), resumable and DDP-ready.
+"""The train stage: one training loop for every objective (paper Sec. 4-5), resumable and DDP-ready.
 
-One iteration: B regions drawn from one cluster (`earthloc.batches`), their four year images
-decoded in DataLoader workers (`earthloc.data`), year-wise augmentation on the device
-(`earthloc.augment`), the model, the neutral-aware multi-similarity loss over all B*4 views
-with the neutral matrix of true footprint overlap, one Adam step.
+One iteration: B regions drawn from one cluster (`earthloc.batches`, or by an objective),
+plus any photos an objective draws with one positive region each; the regions' four year
+images decoded in DataLoader workers (`earthloc.data`), year-wise augmentation on the
+device (`earthloc.augment`), one forward pass of views and photos, the weighted sum of the
+objectives' losses on the global batch (`earthloc.objectives`), one Adam step. The loop
+owns data, segments (runs of iterations between re-clusterings and objective refreshes,
+whose batch schedule is known up front so loader workers decode ahead), DDP, checkpoints,
+validation (the initial network included), the best model and dvclive; an objective owns
+only its loss and what it draws (docs/training.md).
 
-Reproducibility and resume. Every random draw is a pure function of (seed, iteration):
-the batch's regions (`batch_regions`), the augmentation parameters (a torch.Generator
-seeded from (seed, iteration)), and the random clusters. So the data order does not live
-in any iterator; a checkpoint (model, optimizer, cluster assignment, iteration, best
-metric, early-stopping counter, dvclive step, and the python/numpy/torch RNG states for
-anything else) is enough for a killed run to end with the same weights as an
-uninterrupted one. Checkpoints go to `<checkpoints>/last.pt` atomically (DVC `persist`);
-a checkpoint made with different params (fingerprint) is not resumed. Changing only
+Reproducibility and resume. Every random draw is a pure function of (seed, stream,
+iteration) (`earthloc.seeds`), so the data order does not live in any iterator; a
+checkpoint (model, optimizer, cluster assignment, objective states, iteration, best metric,
+early-stopping counter, validation history, dvclive step, and the python/numpy/torch RNG
+states for anything else) is enough for a killed run to end with the same weights as an
+uninterrupted one. Checkpoints go to `<checkpoints>/last.pt` atomically (DVC `persist`); a
+checkpoint made with different params (fingerprint) is not resumed. Changing only
 `train.iterations` (or worker counts) resumes, so a run can be extended.
 
 DistributedDataParallel (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK): gloo on CPU, nccl on
 CUDA. Every rank computes the same global batch (pure function), loads and embeds its
-contiguous share of the B regions, and the descriptors are all-gathered with autograd
-(`torch.distributed.nn.functional.all_gather`), so the loss, its labels (region position
-in the global batch) and the neutral matrix are the global ones on every rank: the loss
-equals the single-process loss. The gather's backward sums the B-wide gradient from all
-ranks (W x) and DDP averages over W, which gives exactly the single-process gradient.
+contiguous share of the batch's regions and photos, and the descriptors are all-gathered
+with autograd, so every objective's loss, its labels (region position in the global batch)
+and the neutral matrix are the global ones on every rank: the loss equals the
+single-process loss, and the gradient too (`earthloc.distributed.gather_with_grad`).
 BatchNorm layers that use batch statistics see only the rank's share; on CUDA they are
 converted to SyncBatchNorm (`train.sync_batchnorm`), on CPU torch has no SyncBatchNorm,
 so CPU DDP matches single-process exactly only when no BN layer uses batch statistics
