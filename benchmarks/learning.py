@@ -14,8 +14,9 @@ evaluate stage writes into metrics.json (`margins`), whichever resampling it use
 
 A recipe passes on a seed when every margin over `untrained` and over the non-learned
 descriptor baselines (names given by --must-beat) has its lower bound above zero at R@1 and
-R@10 (collapsed counts when metrics.json has them). The workspace (models/, data/eval/) is
-not touched; each run writes under --work.
+R@10 (collapsed counts when metrics.json has margins for them). The workspace (models/,
+data/eval/) is not touched; each run writes under --work, and a run finished there
+(`learning.json`) is reused, so an interrupted benchmark continues where it stopped.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.io import write_json
 from pipeline.params import load_params, parse_yaml
 
 RECIPES: dict[str, dict[str, bool]] = {
@@ -59,6 +61,9 @@ def run_one(params: dict[str, Any], recipe: str, seed: int, eval_set: str, work:
     from earthloc.train import Configs, TrainPaths, train
 
     d = work / f"{recipe}_seed{seed}"
+    done = d / "learning.json"
+    if done.is_file():  # a finished run of an earlier invocation with the same --work
+        return dict(json.loads(done.read_text()))
     p = json.loads(json.dumps(params))
     p["train"]["seed"] = seed
     p.setdefault("astroloc", {})["losses"] = dict(RECIPES[recipe])
@@ -69,32 +74,41 @@ def run_one(params: dict[str, Any], recipe: str, seed: int, eval_set: str, work:
     metrics = run_set(eval_set, EvaluateParams.from_section(dict(p["evaluate"])), d / "model.pt", d / "eval")
     metrics["_run"] = {"train_s": round(t1 - t0, 1), "evaluate_s": round(time.monotonic() - t1, 1),
                        "best_iteration": summary.best_iteration}  # fmt: skip
+    write_json(done, metrics)
     return metrics
 
 
-def margin_cells(m: dict[str, Any], baseline: str) -> list[str]:
+def uses_collapsed(m: dict[str, Any]) -> bool:
+    """Collapsed counts when metrics.json has margins for them, so recalls and margins count alike."""
+    return any("collapsed" in by_n for by_n in (m.get("margins") or {}).values())
+
+
+def margin(m: dict[str, Any], baseline: str, n: int) -> dict[str, float] | None:
     by_n = (m.get("margins") or {}).get(f"model-{baseline}") or {}
+    return (by_n.get("collapsed") or {}).get(f"R@{n}") if uses_collapsed(m) else by_n.get(f"R@{n}")
+
+
+def margin_cells(m: dict[str, Any], baseline: str) -> list[str]:
     cells = []
     for n in SHOWN:
-        v = (by_n.get("collapsed") or {}).get(f"R@{n}") or by_n.get(f"R@{n}")
+        v = margin(m, baseline, n)
         cells.append("-" if not v else f"{v['diff']:+.1f} [{v['lo']:+.1f}, {v['hi']:+.1f}]")
     return cells
 
 
 def passes(m: dict[str, Any], must_beat: list[str]) -> bool:
+    """Every margin over the named baselines above zero, lower bound included, at R@1 and R@10."""
     for baseline in must_beat:
-        by_n = (m.get("margins") or {}).get(f"model-{baseline}")
-        if not by_n:
-            return False
         for n in SHOWN:
-            v = (by_n.get("collapsed") or {}).get(f"R@{n}") or by_n.get(f"R@{n}")
+            v = margin(m, baseline, n)
             if not v or not v["lo"] > 0:
                 return False
     return True
 
 
-def recall(method: dict[str, Any], n: int) -> str:
-    v = (method.get("collapsed") or {}).get(f"R@{n}", method.get(f"R@{n}"))
+def recall(m: dict[str, Any], method: str, n: int) -> str:
+    scores = m["methods"][method]
+    v = (scores.get("collapsed") or {}).get(f"R@{n}") if uses_collapsed(m) else scores.get(f"R@{n}")
     return "-" if v is None else f"{v:.1f}"
 
 
@@ -128,20 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     for b in baselines:
         head += [f"R@1 - {b}", f"R@10 - {b}"]
     head.append("pass")
-    counting = "collapsed" if "collapsed" in results[0][2]["methods"]["model"] else "uncollapsed"
+    counting = "collapsed" if uses_collapsed(results[0][2]) else "uncollapsed"
     print(f"\nlearning on {args.set!r} ({counting} recall; margins with the evaluate stage's intervals), "
           f"overrides {args.overrides or 'none'}, {time.monotonic() - t0:.0f} s, work {work}\n")  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for recipe, seed, m in results:
-        model = m["methods"]["model"]
-        cells = [recipe, str(seed), recall(model, 1), recall(model, 10), str(m["_run"]["best_iteration"])]
+        cells = [recipe, str(seed), recall(m, "model", 1), recall(m, "model", 10), str(m["_run"]["best_iteration"])]
         for b in baselines:
             cells += margin_cells(m, b)
         cells.append("yes" if passes(m, args.must_beat) else "no")
         print("| " + " | ".join(cells) + " |")
     print("\nbaselines (first run's; untrained differs per seed):")
     for b in baselines:
-        print(f"- {b}: " + " / ".join(f"R@{n} {recall(results[0][2]['methods'][b], n)}" for n in SHOWN))
+        print(f"- {b}: " + " / ".join(f"R@{n} {recall(results[0][2], b, n)}" for n in SHOWN))
     return 0
 
 
