@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 
+from earthloc.seeds import STREAM_BATCH, STREAM_RANDOM_CLUSTERS
 from pipeline.errors import ConfigError
 
 IntArray = npt.NDArray[np.int64]
@@ -39,10 +40,6 @@ BoolArray = npt.NDArray[np.bool_]
 ClusterChoice = Literal["uniform", "size"]
 SmallClusterPolicy = Literal["replace", "merge"]
 
-# Distinct streams of np.random.default_rng([seed, stream, ...]) so the batch draw and
-# the random clusters never share random numbers with each other (or with augmentation).
-STREAM_RANDOM_CLUSTERS = 1
-STREAM_BATCH = 2
 
 
 # -- neutral pairs ---------------------------------------------------------------------------

@@ -1,27 +1,30 @@
-"""The train stage: EarthLoc's training loop (paper Sec. 4-5, docs/upstream.md §4-§8), resumable and DDP-ready.
+"""The train stage: one training loop for every objective (paper Sec. 4-5), resumable and DDP-ready.
 
-One iteration: B regions drawn from one cluster (`earthloc.batches`), their four year images
-decoded in DataLoader workers (`earthloc.data`), year-wise augmentation on the device
-(`earthloc.augment`), the model, the neutral-aware multi-similarity loss over all B*4 views
-with the neutral matrix of true footprint overlap, one Adam step.
+One iteration: B regions drawn from one cluster (`earthloc.batches`, or by an objective),
+plus any photos an objective draws with one positive region each; the regions' four year
+images decoded in DataLoader workers (`earthloc.data`), year-wise augmentation on the
+device (`earthloc.augment`), one forward pass of views and photos, the weighted sum of the
+objectives' losses on the global batch (`earthloc.objectives`), one Adam step. The loop
+owns data, segments (runs of iterations between re-clusterings and objective refreshes,
+whose batch schedule is known up front so loader workers decode ahead), DDP, checkpoints,
+validation (the initial network included), the best model and dvclive; an objective owns
+only its loss and what it draws (docs/training.md).
 
-Reproducibility and resume. Every random draw is a pure function of (seed, iteration):
-the batch's regions (`batch_regions`), the augmentation parameters (a torch.Generator
-seeded from (seed, iteration)), and the random clusters. So the data order does not live
-in any iterator; a checkpoint (model, optimizer, cluster assignment, iteration, best
-metric, early-stopping counter, dvclive step, and the python/numpy/torch RNG states for
-anything else) is enough for a killed run to end with the same weights as an
-uninterrupted one. Checkpoints go to `<checkpoints>/last.pt` atomically (DVC `persist`);
-a checkpoint made with different params (fingerprint) is not resumed. Changing only
+Reproducibility and resume. Every random draw is a pure function of (seed, stream,
+iteration) (`earthloc.seeds`), so the data order does not live in any iterator; a
+checkpoint (model, optimizer, cluster assignment, objective states, iteration, best metric,
+early-stopping counter, validation history, dvclive step, and the python/numpy/torch RNG
+states for anything else) is enough for a killed run to end with the same weights as an
+uninterrupted one. Checkpoints go to `<checkpoints>/last.pt` atomically (DVC `persist`); a
+checkpoint made with different params (fingerprint) is not resumed. Changing only
 `train.iterations` (or worker counts) resumes, so a run can be extended.
 
 DistributedDataParallel (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK): gloo on CPU, nccl on
 CUDA. Every rank computes the same global batch (pure function), loads and embeds its
-contiguous share of the B regions, and the descriptors are all-gathered with autograd
-(`torch.distributed.nn.functional.all_gather`), so the loss, its labels (region position
-in the global batch) and the neutral matrix are the global ones on every rank: the loss
-equals the single-process loss. The gather's backward sums the B-wide gradient from all
-ranks (W x) and DDP averages over W, which gives exactly the single-process gradient.
+contiguous share of the batch's regions and photos, and the descriptors are all-gathered
+with autograd, so every objective's loss, its labels (region position in the global batch)
+and the neutral matrix are the global ones on every rank: the loss equals the
+single-process loss, and the gradient too (`earthloc.distributed.gather_with_grad`).
 BatchNorm layers that use batch statistics see only the rank's share; on CUDA they are
 converted to SyncBatchNorm (`train.sync_batchnorm`), on CPU torch has no SyncBatchNorm,
 so CPU DDP matches single-process exactly only when no BN layer uses batch statistics
@@ -35,8 +38,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,23 +45,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
-import torch.distributed as dist
 
+from earthloc.astroloc import AstroLocConfig
 from earthloc.augment import AugmentConfig, YearwiseAugment, normalize, to_float
-from earthloc.batches import ClusterAssignment, batch_regions, kmeans_clusters, neutral_pairs, random_clusters, rank_share
+from earthloc.batches import ClusterAssignment, NeutralPairs, batch_regions, kmeans_clusters, neutral_pairs, random_clusters, rank_share
 from earthloc.data import YEARS, RegionYearsDataset, TrainingRegions, loader, one_line, training_regions
-from earthloc.loss import LossConfig, LossOutput, NeutralAwareMSLoss
+from earthloc.distributed import Dist, barrier, broadcast_flag, gather_with_grad, init_distributed
+from earthloc.embedding import EmbedContext, embed_year
+from earthloc.loss import LossConfig
 from earthloc.model import ModelConfig, build_model, save_checkpoint, unwrap
+from earthloc.objectives import Objective, StepBatch, build_objectives
+from earthloc.seeds import STREAM_AUGMENT, STREAM_KMEANS, STREAM_LOADER, derived_seed, rng_state, seed_everything, set_rng_state
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json
 from pipeline.params import build_config
 
 log = logging.getLogger(__name__)
 
-STREAM_AUGMENT = 3  # seed stream of the augmentation generator (batches.py uses 1 and 2)
 CHECKPOINT_NAME = "last.pt"
 BEST_NAME = "best.pt"
+SUMMARY_NAME = "summary.json"
+CLUSTERING_YEAR = 2021  # the year whose descriptors the k-means groups
 # Keys that change how fast or how far a run goes, not what a given iteration computes:
 # a checkpoint stays resumable when only these change.
 OPERATIONAL_KEYS = frozenset(
@@ -145,6 +152,7 @@ class Configs:
     model: ModelConfig
     augment: AugmentConfig
     loss: LossConfig
+    astroloc: AstroLocConfig = field(default_factory=AstroLocConfig)  # which objectives, their weights
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Configs:
@@ -157,7 +165,7 @@ class Configs:
         model = ModelConfig.from_section(sec("model"))
         return cls(
             TrainConfig.from_section(sec("train")), model, AugmentConfig.from_section(sec("augment"), model.image_size),
-            LossConfig.from_section(sec("loss")),
+            LossConfig.from_section(sec("loss")), AstroLocConfig.from_section(sec("astroloc")),
         )  # fmt: skip
 
     def fingerprint(self, region_ids: Sequence[str]) -> str:
@@ -165,7 +173,7 @@ class Configs:
         train = {k: v for k, v in asdict(self.train).items() if k not in OPERATIONAL_KEYS}
         blob = json.dumps(
             {"train": train, "model": self.model.to_dict(), "augment": asdict(self.augment), "loss": asdict(self.loss),
-             "regions": hashlib.sha256("\n".join(region_ids).encode()).hexdigest()},
+             "astroloc": asdict(self.astroloc), "regions": hashlib.sha256("\n".join(region_ids).encode()).hexdigest()},
             sort_keys=True, default=list,
         )  # fmt: skip
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -198,88 +206,14 @@ class TrainSummary:
     n_neutral_pairs: int
     world_size: int
     final_loss: float | None
-
-
-# -- seeds and RNG state -------------------------------------------------------------------------
-def derived_seed(seed: int, stream: int, iteration: int) -> int:
-    return int(np.random.SeedSequence([seed, stream, iteration]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch RNG states in types torch.load(weights_only=True) accepts."""
-    np_state = np.random.get_state(legacy=False)
-    state: dict[str, Any] = {
-        "python": json.dumps(random.getstate()),
-        "numpy": {"bit_generator": np_state["bit_generator"], "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
-        "torch": torch.get_rng_state(),
-    }  # fmt: skip
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    py = json.loads(state["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(
-        {"bit_generator": n["bit_generator"], "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-         "has_gauss": n["has_gauss"], "gauss": n["gauss"]}
-    )  # fmt: skip
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# -- distributed ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_kind: str) -> Dist:
-    """Join the process group torchrun (or a test) describes in the environment; no-op alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", rank=rank, world_size=world)
-    return Dist(rank, world, local)
-
-
-def _device(cfg: TrainConfig, d: Dist) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device is cuda but no CUDA device is available")
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
-    return torch.device("cpu")
+    objectives: tuple[str, ...] = ("earthloc_ms",)
+    final_components: dict[str, float] = field(default_factory=dict)  # each objective's last loss (unweighted)
+    details: dict[str, Any] = field(default_factory=dict)  # each objective's summary (photos, cluster weights)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
 def save_train_checkpoint(path: Path, model: torch.nn.Module, cfg: ModelConfig, optimizer: torch.optim.Optimizer,
-                          state: TrainState, fingerprint: str) -> None:  # fmt: skip
+                          state: TrainState, fingerprint: str, objectives: Sequence[Objective] = ()) -> None:  # fmt: skip
     save_checkpoint(
         path, model, cfg,
         optimizer=optimizer.state_dict(),
@@ -288,14 +222,14 @@ def save_train_checkpoint(path: Path, model: torch.nn.Module, cfg: ModelConfig, 
                   "source": state.clusters.source, "iteration": state.clusters.iteration},
         best_r5=state.best_r5, best_iteration=state.best_iteration, bad_validations=state.bad_validations,
         live_step=state.live_step, stopped_early=state.stopped_early, history=state.history,
-        rng=rng_state(), fingerprint=fingerprint,
+        rng=rng_state(), fingerprint=fingerprint, objectives={o.name: o.state_dict() for o in objectives},
     )  # fmt: skip
     write_json(path.with_suffix(".json"), {"iteration": state.iteration, "fingerprint": fingerprint})
 
 
 def load_train_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str,
-                          device: torch.device) -> TrainState | None:  # fmt: skip
-    """Restore model, optimizer and RNG states from `path`; None when absent or made with other params."""
+                          device: torch.device, objectives: Sequence[Objective] = ()) -> TrainState | None:  # fmt: skip
+    """Restore model, optimizer, objective and RNG states from `path`; None when absent or made with other params."""
     if not path.is_file():
         return None
     try:
@@ -308,6 +242,9 @@ def load_train_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.o
     unwrap(model).load_state_dict(payload["state_dict"], strict=True)
     optimizer.load_state_dict(payload["optimizer"])
     set_rng_state(payload["rng"])
+    saved = payload.get("objectives", {})
+    for o in objectives:
+        o.load_state_dict(saved.get(o.name, {}))
     c = payload["clusters"]
     clusters = ClusterAssignment(c["labels"].cpu().numpy().astype(np.int64), int(c["n_clusters"]), str(c["source"]), int(c["iteration"]))
     return TrainState(
@@ -319,56 +256,22 @@ def load_train_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.o
 
 
 # -- clustering ----------------------------------------------------------------------------------
-@torch.no_grad()
-def embed_year(model: torch.nn.Module, regions: TrainingRegions, year: int, *, image_size: int, batch_size: int,
-               num_workers: int, device: torch.device, d: Dist, seed: int) -> np.ndarray:  # fmt: skip
-    """(N, D) float32 descriptors of every training region's `year` image (eval mode, no TTA).
+def recluster(model: torch.nn.Module, regions: TrainingRegions, cfg: TrainConfig, ctx: EmbedContext,
+              iteration: int) -> ClusterAssignment:  # fmt: skip
+    """k-means of the current 2021 descriptors: rank 0 clusters, every rank gets its assignment."""
+    import torch.distributed as dist
 
-    Under DDP each rank embeds a contiguous share and the shares are all-gathered."""
-    net = unwrap(model)
-    was_training = net.training
-    net.eval()
-    ds = RegionYearsDataset(regions, image_size, years=[year])
-    shares = np.array_split(np.arange(len(regions)), d.world_size)
-    mine = shares[d.rank]
-    batches = [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
-    out = []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    try:
-        for batch in loader(ds, batches, num_workers=num_workers, seed=seed):
-            x = normalize(to_float(batch.images[:, 0].to(device, non_blocking=True)))
-            with autocast:
-                out.append(net(x).float())
-    except InputError as exc:
-        raise InputError(one_line(exc)) from exc
-    finally:
-        net.train(was_training)
-    dim = unwrap(model).cfg.descriptor_dim
-    local = torch.cat(out) if out else torch.zeros(0, dim, device=device)
-    if d.enabled:
-        longest = max(len(s) for s in shares)
-        padded = torch.zeros(longest, dim, device=device)
-        padded[: len(local)] = local
-        gathered = [torch.zeros_like(padded) for _ in range(d.world_size)]
-        dist.all_gather(gathered, padded)
-        local = torch.cat([g[: len(s)] for g, s in zip(gathered, shares)])
-    return local.cpu().numpy().astype(np.float32)
-
-
-def recluster(model: torch.nn.Module, regions: TrainingRegions, cfg: TrainConfig, mcfg: ModelConfig, iteration: int,
-              device: torch.device, d: Dist) -> ClusterAssignment:  # fmt: skip
-    desc = embed_year(model, regions, 2021, image_size=mcfg.image_size, batch_size=cfg.embed_batch_size,
-                      num_workers=cfg.num_workers, device=device, d=d, seed=cfg.seed)  # fmt: skip
+    desc = embed_year(model, regions, CLUSTERING_YEAR, ctx)
     labels = torch.zeros(len(regions), dtype=torch.int64)
     n_clusters = torch.zeros(1, dtype=torch.int64)
-    if d.is_main:
+    if ctx.dist.is_main:
         ca = kmeans_clusters(
-            desc, cfg.n_clusters, seed=derived_seed(cfg.seed, 4, iteration) % 2**31, niter=cfg.kmeans_niter,
+            desc, cfg.n_clusters, seed=derived_seed(cfg.seed, STREAM_KMEANS, iteration) % 2**31, niter=cfg.kmeans_niter,
             max_points_per_centroid=cfg.kmeans_max_points_per_centroid,
             min_cluster_size=cfg.regions_per_batch if cfg.small_cluster == "merge" else 0, iteration=iteration,
         )  # fmt: skip
         labels, n_clusters = torch.from_numpy(ca.labels), torch.tensor([ca.n_clusters])
-    if d.enabled:  # one assignment for all ranks: rank 0's
+    if ctx.dist.enabled:  # one assignment for all ranks: rank 0's
         dist.broadcast(labels, 0)
         dist.broadcast(n_clusters, 0)
     return ClusterAssignment(labels.numpy().astype(np.int64), int(n_clusters[0]), "kmeans", iteration)
@@ -392,8 +295,12 @@ def validate(model: torch.nn.Module, cfg: TrainConfig, mcfg: ModelConfig, tiles_
 
 
 # -- dvclive ---------------------------------------------------------------------------------------
-def _truncate_live(live_dir: Path, step: int) -> None:
-    """Drop dvclive rows logged after the checkpoint we resume from (a killed run logged them)."""
+def _truncate_live(live_dir: Path, step: int, n_validations: int) -> None:
+    """Drop dvclive rows a killed run logged after the checkpoint we resume from.
+
+    Training rows are kept below the checkpoint's step; validation rows are counted instead
+    (the checkpoint's history says how many validations it holds), since a validation is
+    logged at the step of the weights it describes, which can be the checkpoint's own step."""
     plots = live_dir / "plots" / "metrics"
     if not plots.is_dir():
         return
@@ -405,51 +312,134 @@ def _truncate_live(live_dir: Path, step: int) -> None:
         col = header.split("\t").index("step") if "step" in header.split("\t") else None
         if col is None:
             continue
-        keep = [r for r in rows if int(r.split("\t")[col]) < step]
+        if tsv.relative_to(plots).parts[0] == "val":
+            keep = rows[:n_validations]
+        else:
+            keep = [r for r in rows if int(r.split("\t")[col]) < step]
         with atomic_path(tsv) as tmp:
             tmp.write_text("\n".join([header, *keep]) + "\n", encoding="utf-8")
 
 
-def _open_live(live_dir: Path, resume_step: int | None) -> Any:
+def _open_live(live_dir: Path, resume_step: int | None, n_validations: int = 0) -> Any:
     from dvclive import Live
 
     if resume_step is None:
         live = Live(dir=str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None)
     else:
-        _truncate_live(live_dir, resume_step)
+        _truncate_live(live_dir, resume_step, n_validations)
         live = Live(dir=str(live_dir), resume=True, save_dvc_exp=False, dvcyaml=None)
         live.step = resume_step
     return live
 
 
 # -- the loop --------------------------------------------------------------------------------------
-def train_step(net: torch.nn.Module, augment: YearwiseAugment, loss_fn: NeutralAwareMSLoss,
-               optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, neutral: torch.Tensor,
-               generator: torch.Generator, *, distributed: bool = False) -> LossOutput:  # fmt: skip
-    """One optimiser step on a (r, Y, 3, H, W) uint8 batch (this rank's share of the global batch).
+@dataclass(frozen=True)
+class BatchPlan:
+    """What iteration `iteration` trains on, pure in (seed, iteration, clusters, objective state)."""
 
-    `labels` (B*Y,) and `neutral` (B, B) are the global batch's; under DDP the descriptors of
-    all ranks are gathered (with autograd) before the loss, so every rank computes the global loss."""
-    views = augment(images, generator)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
-        emb = net(views)
-    if distributed:
-        from torch.distributed.nn.functional import all_gather
-
-        emb = torch.cat(all_gather(emb), dim=0)
-    out = loss_fn(emb, labels, neutral)
-    optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    optimizer.step()
-    return out
+    iteration: int
+    regions: npt.NDArray[np.int64]  # (R,) the B drawn regions, then one positive region per photo
+    photos: npt.NDArray[np.int64]  # (P,)
 
 
-def _sync_flag(flag: bool, d: Dist) -> bool:
-    if not d.enabled:
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.broadcast(t, 0)
-    return bool(t.item())
+@dataclass(frozen=True)
+class StepTools:
+    """The fixed parts of an optimiser step: the network (DDP-wrapped or not), what it optimises, how views are made."""
+
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    augment: YearwiseAugment
+    objectives: tuple[Objective, ...]
+    neutral: NeutralPairs
+    n_years: int
+    seed: int
+    device: torch.device
+    dist: Dist
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    components: dict[str, float]  # each objective's loss, unweighted
+    metrics: dict[str, float]  # each objective's extra figures
+
+
+def plan_batch(objectives: Sequence[Objective], clusters: ClusterAssignment, cfg: TrainConfig, iteration: int) -> BatchPlan:
+    """The regions (drawn from one cluster, or by an objective) and photos of `iteration`."""
+    regions: npt.NDArray[np.int64] | None = None
+    for o in objectives:
+        regions = o.draw_regions(seed=cfg.seed, iteration=iteration, batch_size=cfg.regions_per_batch)
+        if regions is not None:
+            break
+    if regions is None:
+        regions = batch_regions(clusters, seed=cfg.seed, iteration=iteration, batch_size=cfg.regions_per_batch,
+                                cluster_choice=cfg.cluster_choice)  # type: ignore[arg-type]  # fmt: skip
+    photos = np.zeros(0, dtype=np.int64)
+    for o in objectives:
+        drawn = o.draw_photos(seed=cfg.seed, iteration=iteration)
+        if drawn is not None:
+            photos, extra = drawn
+            regions = np.concatenate([regions, extra])
+    return BatchPlan(iteration, regions, photos)
+
+
+def train_step(tools: StepTools, plan: BatchPlan, images: torch.Tensor) -> StepResult:
+    """One optimiser step on this rank's share of the plan's regions ((r, Y, 3, H, W) uint8) and photos.
+
+    One forward pass embeds this rank's region views and photos together (BatchNorm sees them
+    as one batch); under DDP the descriptors of all ranks are gathered with autograd, so every
+    objective computes the loss of the global batch on every rank."""
+    d, device = tools.dist, tools.device
+    gen = torch.Generator().manual_seed(derived_seed(tools.seed, STREAM_AUGMENT, plan.iteration))
+    views = tools.augment(images.to(device, non_blocking=True), gen)
+    photo_share = plan.photos[rank_share(plan.photos, d.rank, d.world_size)]
+    photo_owner = next((o for o in tools.objectives if o.draws_photos), None)
+    x = views
+    if len(photo_share) and photo_owner is not None:
+        x = torch.cat([views, normalize(to_float(photo_owner.photo_images(photo_share).to(device)))])
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        emb = tools.net(x)
+    region_emb, photo_emb = gather_with_grad(emb[: len(views)], d), emb[len(views) :]
+    if len(plan.photos):
+        photo_emb = gather_with_grad(photo_emb, d)
+    batch = StepBatch(
+        iteration=plan.iteration, regions=plan.regions, photos=plan.photos, region_emb=region_emb, photo_emb=photo_emb,
+        labels=torch.arange(len(plan.regions), device=device).repeat_interleave(tools.n_years),
+        neutral=torch.from_numpy(tools.neutral.matrix(plan.regions)).to(device),
+    )  # fmt: skip
+    total: torch.Tensor | None = None
+    components: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    for o in tools.objectives:
+        out = o.loss(batch)
+        term = out.loss if o.weight == 1.0 else o.weight * out.loss
+        total = term if total is None else total + term
+        components[o.name] = float(out.loss.detach())
+        metrics.update(out.metrics)
+    assert total is not None
+    tools.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    tools.optimizer.step()
+    return StepResult(float(total.detach()), components, metrics)
+
+
+def _device(cfg: TrainConfig, d: Dist) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is cuda but no CUDA device is available")
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
+    return torch.device("cpu")
+
+
+def _check_world(configs: Configs, d: Dist) -> None:
+    """Every rank must hold the same number of regions and photos: the all-gather needs equal shapes."""
+    cfg, acfg = configs.train, configs.astroloc
+    n_photos = acfg.photos_per_batch if acfg.losses.photo_pairs else 0
+    if cfg.regions_per_batch % d.world_size:
+        raise ConfigError(f"train.regions_per_batch {cfg.regions_per_batch} must be a multiple of WORLD_SIZE {d.world_size}")
+    if n_photos % d.world_size:
+        raise ConfigError(f"astroloc.photos_per_batch {n_photos} must be a multiple of WORLD_SIZE {d.world_size}")
 
 
 def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
@@ -460,8 +450,7 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
     wants_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     d = init_distributed("cuda" if wants_cuda else "cpu")
     device = _device(cfg, d)
-    if cfg.regions_per_batch % d.world_size:
-        raise ConfigError(f"train.regions_per_batch {cfg.regions_per_batch} must be a multiple of WORLD_SIZE {d.world_size}")
+    _check_world(configs, d)
     if cfg.val_every and not Path(cfg.val_set).is_dir():
         raise InputError(f"{cfg.val_set}: validation set not found (build it with the evalset stage, or set train.val_every: 0)")
     t0 = time.monotonic()
@@ -469,6 +458,7 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
 
     regions = training_regions(paths.tiles_root, paths.regions, cfg.years)
     neutral = neutral_pairs(regions.footprints)
+    objectives = tuple(build_objectives(configs.astroloc, configs.loss, regions, paths.tiles_root, mcfg.image_size))
     fingerprint = configs.fingerprint(regions.region_ids.tolist())
     n_years = len(cfg.years)
 
@@ -476,21 +466,23 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
     # draws from torch's generator): the checkpoints record init_seed, and the evaluate stage's
     # untrained baseline rebuilds exactly this network (tests/test_train.py checks it).
     model = build_model(mcfg).to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     ckpt_path = paths.checkpoints / CHECKPOINT_NAME
-    state = load_train_checkpoint(ckpt_path, model, optimizer, fingerprint, device)
+    state = load_train_checkpoint(ckpt_path, model, optimizer, fingerprint, device, objectives)
     resumed_from = state.iteration if state is not None else None
     if state is None:
         state = TrainState(0, random_clusters(len(regions), cfg.n_clusters, cfg.seed))
         if d.is_main:  # a best model of an earlier run with other params must not be taken for this run's
             (paths.checkpoints / BEST_NAME).unlink(missing_ok=True)
+    n_photos = sum(o.summary().get("n_photos", 0) for o in objectives)
     if d.is_main:
         print(
-            f"train: {len(regions)} regions x {n_years} years, {neutral.n_pairs} neutral pairs, world size {d.world_size}, "
-            f"device {device}, " + (f"resuming at iteration {resumed_from}" if resumed_from is not None else "starting afresh"),
+            f"train: {len(regions)} regions x {n_years} years, {neutral.n_pairs} neutral pairs, "
+            f"objectives {[o.name for o in objectives]}" + (f", {n_photos} training photos" if n_photos else "")
+            + f", world size {d.world_size}, device {device}, "
+            + (f"resuming at iteration {resumed_from}" if resumed_from is not None else "starting afresh"),
             flush=True,
-        )
+        )  # fmt: skip
 
     net: torch.nn.Module = model
     if d.enabled:
@@ -499,59 +491,61 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     net.train()
     augment = YearwiseAugment(configs.augment)
-    loss_fn = NeutralAwareMSLoss.from_config(configs.loss)
     dataset = RegionYearsDataset(regions, cfg.load_size)
-    live = _open_live(paths.live_dir, state.live_step if resumed_from is not None else None) if d.is_main else None
-    labels = torch.arange(cfg.regions_per_batch, device=device).repeat_interleave(n_years)
+    live = _open_live(paths.live_dir, state.live_step if resumed_from is not None else None,
+                      len(state.history)) if d.is_main else None  # fmt: skip
+    ctx = EmbedContext(mcfg.image_size, cfg.embed_batch_size, cfg.num_workers, cfg.seed, device, d)
     done_before = state.iteration
-    last_loss: float | None = None
+    last: StepResult | None = None
+
+    if cfg.val_every and state.iteration == 0 and not state.history:
+        # The initial network is a candidate: selection can return it when training does not help.
+        _validate_step(net, cfg, mcfg, paths, device, d, state, live)
 
     while state.iteration < cfg.iterations and not state.stopped_early:
         it0 = state.iteration
         if cfg.recluster_every and it0 > 0 and it0 % cfg.recluster_every == 0 and state.clusters.iteration != it0:
-            state.clusters = recluster(net, regions, cfg, mcfg, it0, device, d)
+            state.clusters = recluster(net, regions, cfg, ctx, it0)
             if d.is_main:
                 sizes = state.clusters.sizes()
                 print(f"train: iteration {it0}: reclustered into {state.clusters.n_clusters} clusters "
                       f"(sizes {sizes.min()}-{sizes.max()})", flush=True)  # fmt: skip
+        for o in objectives:
+            if o.refresh_every and it0 % o.refresh_every == 0:
+                msg = o.refresh(net, regions, ctx, it0)
+                if msg and d.is_main:
+                    print(f"train: {o.name}: {msg}", flush=True)
+        # A segment runs up to the next re-clustering or refresh, so its whole batch schedule
+        # is known up front and the DataLoader's workers can decode ahead.
         seg_end = cfg.iterations
-        if cfg.recluster_every:
-            seg_end = min(seg_end, (it0 // cfg.recluster_every + 1) * cfg.recluster_every)
-        schedule = [
-            batch_regions(state.clusters, seed=cfg.seed, iteration=i, batch_size=cfg.regions_per_batch,
-                          cluster_choice=cfg.cluster_choice)  # type: ignore[arg-type]
-            for i in range(it0, seg_end)
-        ]  # fmt: skip
-        share = rank_share(schedule[0], d.rank, d.world_size)
-        dl = loader(dataset, [b[share].tolist() for b in schedule], num_workers=cfg.num_workers,
-                    seed=derived_seed(cfg.seed, 5, it0) % 2**63, prefetch_factor=cfg.prefetch_factor)  # fmt: skip
+        for every in (cfg.recluster_every, *(o.refresh_every for o in objectives)):
+            if every:
+                seg_end = min(seg_end, (it0 // every + 1) * every)
+        schedule = [plan_batch(objectives, state.clusters, cfg, i) for i in range(it0, seg_end)]
+        share = rank_share(schedule[0].regions, d.rank, d.world_size)
+        dl = loader(dataset, [p.regions[share].tolist() for p in schedule], num_workers=cfg.num_workers,
+                    seed=derived_seed(cfg.seed, STREAM_LOADER, it0) % 2**63, prefetch_factor=cfg.prefetch_factor)  # fmt: skip
+        tools = StepTools(net, optimizer, augment, objectives, neutral, n_years, cfg.seed, device, d)
         try:
-            for global_batch, batch in zip(schedule, dl):
+            for plan, batch in zip(schedule, dl):
                 i = state.iteration
-                gen = torch.Generator().manual_seed(derived_seed(cfg.seed, STREAM_AUGMENT, i))
-                neutral_m = torch.from_numpy(neutral.matrix(global_batch)).to(device)
-                out = train_step(net, augment.at_iteration(i), loss_fn, optimizer,
-                                 batch.images.to(device, non_blocking=True), labels, neutral_m, gen,
-                                 distributed=d.enabled)  # fmt: skip
+                last = train_step(tools, plan, batch.images)
                 state.iteration = i + 1
-                last_loss = float(out.loss.detach())
-                if live is not None and (i % cfg.log_every == 0 or state.iteration == cfg.iterations):
-                    live.log_metric("train/loss", last_loss)
-                    live.log_metric("train/mined_pos", out.n_pos)
-                    live.log_metric("train/mined_neg", out.n_neg)
-                    live.log_metric("train/batch_acc", out.batch_acc)
+                logged = i % cfg.log_every == 0 or state.iteration == cfg.iterations
+                if live is not None and logged:
+                    live.log_metric("train/loss", last.loss)
+                    for name, value in {**last.metrics, **last.components}.items():
+                        live.log_metric(f"train/{name}", value)
                     live.log_metric("train/lr", optimizer.param_groups[0]["lr"])
                     live.log_metric("train/iteration", state.iteration)
-                if cfg.val_every and (state.iteration % cfg.val_every == 0 or state.iteration == cfg.iterations):
-                    _validate_step(net, cfg, mcfg, paths, device, d, state, live)
-                if live is not None and (i % cfg.log_every == 0 or state.iteration == cfg.iterations):
                     live.next_step()
                     state.live_step = live.step
+                if cfg.val_every and (state.iteration % cfg.val_every == 0 or state.iteration == cfg.iterations):
+                    _validate_step(net, cfg, mcfg, paths, device, d, state, live)
                 if state.iteration % cfg.checkpoint_every == 0 or state.iteration == cfg.iterations or state.stopped_early:
                     if d.is_main:
-                        save_train_checkpoint(ckpt_path, net, mcfg, optimizer, state, fingerprint)
-                    if d.enabled:
-                        dist.barrier()
+                        save_train_checkpoint(ckpt_path, net, mcfg, optimizer, state, fingerprint, objectives)
+                    barrier(d)
                 if state.stopped_early:
                     break
         except InputError as exc:  # re-raised from a loader worker with a traceback in the message
@@ -560,28 +554,36 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
             del dl
 
     if d.is_main:
-        _write_model(net, mcfg, paths, state, cfg)
+        _write_model(net, mcfg, paths, state, cfg, objectives)
         if live is not None:
             live.end()
-    if d.enabled:
-        dist.barrier()
+    barrier(d)
     seconds = time.monotonic() - t0
     n_done = state.iteration - done_before
+    details: dict[str, Any] = {}
+    for o in objectives:
+        details.update(o.summary())
     summary = TrainSummary(
         iterations_done=state.iteration, resumed_from=resumed_from,
         best_r5=state.best_r5 if state.best_iteration >= 0 else None, best_iteration=state.best_iteration,
         stopped_early=state.stopped_early, seconds=round(seconds, 2),
         seconds_per_iteration=round(seconds / n_done, 3) if n_done else 0.0, n_regions=len(regions),
-        n_neutral_pairs=neutral.n_pairs, world_size=d.world_size, final_loss=last_loss,
+        n_neutral_pairs=neutral.n_pairs, world_size=d.world_size, final_loss=last.loss if last else None,
+        objectives=tuple(o.name for o in objectives), final_components=dict(last.components) if last else {},
+        details=details,
     )  # fmt: skip
     if d.is_main:
+        write_json(paths.checkpoints / SUMMARY_NAME, asdict(summary))
         print(f"train: {summary}", flush=True)
     return summary
 
 
 def _validate_step(net: torch.nn.Module, cfg: TrainConfig, mcfg: ModelConfig, paths: TrainPaths, device: torch.device,
                    d: Dist, state: TrainState, live: Any) -> None:  # fmt: skip
-    """Rank 0 validates, keeps the best model by R@5 and decides early stopping; all ranks learn the decision."""
+    """Rank 0 validates, keeps the best model by R@5 and decides early stopping; all ranks learn the decision.
+
+    dvclive logs the result at the step of the weights it describes: step 0 for the initial
+    network, and after the step of the iteration that produced the weights."""
     stop = False
     if d.is_main:
         rec = validate(net, cfg, mcfg, paths.tiles_root, device)
@@ -595,32 +597,29 @@ def _validate_step(net: torch.nn.Module, cfg: TrainConfig, mcfg: ModelConfig, pa
             state.best_r5, state.best_iteration, state.bad_validations = r5, state.iteration, 0
             save_checkpoint(paths.checkpoints / BEST_NAME, net, mcfg, iteration=state.iteration,
                             val_recalls={str(k): v for k, v in rec.items()}, init_seed=cfg.seed)  # fmt: skip
-        else:
+        elif state.iteration > 0:  # the initial network's result is the bar, not a failed attempt
             state.bad_validations += 1
         stop = bool(cfg.patience) and state.bad_validations >= cfg.patience
         print(f"train: iteration {state.iteration}: val R@1/5/10/20 = "
               + "/".join(f"{rec.get(k, float('nan')):.1f}" for k in (1, 5, 10, 20))
               + f" (best R@5 {state.best_r5:.1f} at {state.best_iteration})", flush=True)  # fmt: skip
-    state.stopped_early = _sync_flag(stop, d)
+    state.stopped_early = broadcast_flag(stop, d)
 
 
-def _write_model(net: torch.nn.Module, mcfg: ModelConfig, paths: TrainPaths, state: TrainState, cfg: TrainConfig) -> None:
+def _write_model(net: torch.nn.Module, mcfg: ModelConfig, paths: TrainPaths, state: TrainState, cfg: TrainConfig,
+                 objectives: Sequence[Objective]) -> None:  # fmt: skip
     """The stage output: the best validated model, or the last weights when there is no validation."""
     best = paths.checkpoints / BEST_NAME
+    paths.model_out.parent.mkdir(parents=True, exist_ok=True)
     if cfg.val_every and best.is_file():
-        paths.model_out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(paths.model_out) as tmp:
             tmp.write_bytes(best.read_bytes())
     else:
-        save_checkpoint(paths.model_out, net, mcfg, iteration=state.iteration, init_seed=cfg.seed)
+        save_checkpoint(paths.model_out, net, mcfg, iteration=state.iteration, init_seed=cfg.seed,
+                        objectives=[o.name for o in objectives])  # fmt: skip
 
 
 def run(params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> TrainSummary:
-    """Entry point of `earthloc train`."""
+    """Entry point of `earthloc train`: every objective of params `astroloc.losses` in one loop."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from earthloc import astroloc_train
-
-    if astroloc_train.uses_astroloc_loop(params):  # AstroLoc losses on (params astroloc): photos join the batches
-        return astroloc_train.run(params, paths)  # type: ignore[return-value]
-    summary = train(Configs.from_params(params), paths)
-    return summary
+    return train(Configs.from_params(params), paths)

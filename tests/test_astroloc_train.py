@@ -1,6 +1,6 @@
-"""AstroLoc training on the tiny store of the training tests (tests/train_fixtures.py) plus
-simulated photos: both configurations (EarthLoc and AstroLoc) and each AstroLoc loss alone
-train a few iterations from the same code; photo batches and relevance weights behave."""
+"""AstroLoc's objectives in the training loop, on the tiny store of the training tests
+(tests/train_fixtures.py) plus simulated photos: EarthLoc, AstroLoc and each AstroLoc loss
+alone train a few iterations from the same loop; photo batches and relevance weights behave."""
 
 from __future__ import annotations
 
@@ -11,50 +11,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
-from train_fixtures import make_store, region_image, tiny_params
+from train_fixtures import add_photos, astroloc_section, make_store, region_image, tiny_params
 
-from earthloc.astroloc import AstroLocConfig
-from earthloc.astroloc_train import north_up_turns, photo_pool, plan_photos, train_astroloc, uses_astroloc_loop
 from earthloc.data import training_regions
 from earthloc.model import load_model
-from earthloc.train import Configs, TrainPaths
-from pipeline.errors import InputError
+from earthloc.objectives.photos import PhotoDataset, north_up_turns, photo_pool, plan_photos
+from earthloc.train import Configs, TrainPaths, train
+from pipeline.errors import ConfigError, InputError
 
 N_PHOTOS = 10
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The training store, plus photos: photo k looks like region k's 2019 image (turned by
-    k quarter turns, and its name says so), positive = region k, neutral = region k + 1."""
-    root = tmp_path_factory.mktemp("astro")
-    s = make_store(root)
-    regions = training_regions(s["tiles"], s["grid"])
-    rows, neutral = [], []
-    for k in range(N_PHOTOS):
-        name = f"@0@0@0@0@0@0@0@0@P-{k}@20200101@0.0@0.0@100@{90.0 * k:.1f}@.jpg"
-        # Region k's image, turned clockwise by k quarter turns (north = 90k degrees clockwise from up).
-        img = np.rot90(region_image(k, 1, 64), -k, axes=(0, 1))
-        Image.fromarray(np.ascontiguousarray(img)).save(s["tiles"] / "queries" / name, quality=90)
-        rid = str(regions.region_ids[k])
-        rows.append({"query_id": f"P-{k}", "filename": name, "region_id": rid, "zoom": int(regions.zooms[k]),
-                     "iou": 0.5, "intersection_km2": 1.0, "path": "unused"})
-        neutral.append({"query_id": f"P-{k}", "region_id": str(regions.region_ids[k + 1]), "zoom": 9, "iou": 0.05})
-    pairs_dir = root / "pairs"
-    pairs_dir.mkdir()
-    pd.DataFrame(rows).to_parquet(pairs_dir / "pairs.parquet", index=False)
-    pd.DataFrame(neutral).to_parquet(pairs_dir / "neutral.parquet", index=False)
-    s["pairs"], s["neutral"] = pairs_dir / "pairs.parquet", pairs_dir / "neutral.parquet"
-    return s
+    return add_photos(make_store(tmp_path_factory.mktemp("astro")), N_PHOTOS)
 
 
 def astro_params(store: dict[str, Path], losses: dict[str, bool], **train: Any) -> dict[str, Any]:
     params = tiny_params(store["val"], **{"iterations": 3, "val_every": 3, "recluster_every": 2, **train})
-    params["astroloc"] = {
-        "losses": losses, "photos_per_batch": 3, "pairs": str(store["pairs"]), "neutral": str(store["neutral"]),
-        "clusters": {"n_clusters": 3, "niter": 5, "refresh_every": 2, "smoothing": 1.0},
-    }
+    params["astroloc"] = astroloc_section(store, losses)
     return params
 
 
@@ -78,8 +53,6 @@ def test_photo_pool_and_plan(store: dict[str, Path]) -> None:
     for p, r in zip(photos, extra, strict=True):  # the appended region is a positive of its photo
         assert r in pool.positive_index[p]
     # The dataset turns each photo back north-up: photo k equals region k's 2019 image again.
-    from earthloc.astroloc_train import PhotoDataset
-
     x = PhotoDataset(pool, 64)[k].numpy().transpose(1, 2, 0).astype(float)
     assert np.abs(x - region_image(3, 1, 64)).mean() < 12  # JPEG noise only
     # Missing pairs file: a one-line error naming the stage.
@@ -99,23 +72,24 @@ CONFIGS = {
 def test_configs_train_a_few_iterations(tmp_path: Path, store: dict[str, Path], name: str) -> None:
     params = astro_params(store, CONFIGS[name])
     p = paths_in(tmp_path, store)
-    s = train_astroloc(Configs.from_params(params), AstroLocConfig.from_section(params["astroloc"]), p)
+    s = train(Configs.from_params(params), p)
     assert s.iterations_done == 3 and s.final_loss is not None and np.isfinite(s.final_loss)
-    assert set(s.final_components) == {k for k, v in CONFIGS[name].items() if v}
-    assert s.best_r5 is not None  # validated at iteration 3
+    assert set(s.final_components) == set(s.objectives) == {k for k, v in CONFIGS[name].items() if v}
+    assert s.best_r5 is not None  # validated at iterations 0 and 3
     model, cfg = load_model(p.model_out)
     with torch.no_grad():
         assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 32)
     if CONFIGS[name]["weighted_clusters"]:
-        assert s.cluster_weights is not None and sum(s.cluster_photo_counts) == N_PHOTOS
-        assert np.mean(s.cluster_weights) == pytest.approx(1.0, abs=1e-3)
-    assert uses_astroloc_loop(params) == (name != "earthloc")
+        assert sum(s.details["cluster_photo_counts"]) == N_PHOTOS
+        assert np.mean(s.details["cluster_weights"]) == pytest.approx(1.0, abs=1e-3)
+    if CONFIGS[name]["photo_pairs"]:
+        assert s.details["n_photos"] == N_PHOTOS
 
 
 def test_weighted_sampling_runs(tmp_path: Path, store: dict[str, Path]) -> None:
     params = astro_params(store, CONFIGS["weighted_clusters"], val_every=0)
     params["astroloc"]["clusters"]["use"] = "both"
-    s = train_astroloc(Configs.from_params(params), AstroLocConfig.from_section(params["astroloc"]), paths_in(tmp_path, store))
+    s = train(Configs.from_params(params), paths_in(tmp_path, store))
     assert s.iterations_done == 3 and s.best_r5 is None
 
 
@@ -125,11 +99,22 @@ def test_no_photos_is_a_clear_error(tmp_path: Path, store: dict[str, Path]) -> N
     params = astro_params(store, CONFIGS["astroloc"])
     params["astroloc"]["pairs"] = str(empty)
     with pytest.raises(InputError, match="no training photo"):
-        train_astroloc(Configs.from_params(params), AstroLocConfig.from_section(params["astroloc"]), paths_in(tmp_path, store))
+        train(Configs.from_params(params), paths_in(tmp_path, store))
 
 
-def test_earthloc_train_dispatches_astroloc(tmp_path: Path, store: dict[str, Path]) -> None:
-    """`earthloc train` runs the AstroLoc loop when a photo loss is on (the DVC train stage's command)."""
+def test_photos_per_batch_must_split_over_ranks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: dict[str, Path]) -> None:
+    import earthloc.train as T
+    from earthloc.distributed import Dist
+
+    params = astro_params(store, CONFIGS["astroloc"])  # 4 regions, 3 photos per batch
+    with pytest.raises(ConfigError, match="photos_per_batch 3 must be a multiple of WORLD_SIZE 2"):
+        T._check_world(Configs.from_params(params), Dist(0, 2, 0))
+
+
+def test_earthloc_train_runs_astroloc(tmp_path: Path, store: dict[str, Path]) -> None:
+    """`earthloc train` (the DVC train stage's command) trains AstroLoc's objectives when params switch them on."""
+    import json
+
     import yaml
 
     from earthloc.cli import main
@@ -140,18 +125,16 @@ def test_earthloc_train_dispatches_astroloc(tmp_path: Path, store: dict[str, Pat
     rc = main(["train", "--params", str(tmp_path / "params.yaml"), "--tiles", str(p.tiles_root), "--grid", str(p.regions),
                "--out", str(p.model_out), "--checkpoints", str(p.checkpoints), "--live-dir", str(p.live_dir)])  # fmt: skip
     assert rc == 0 and p.model_out.is_file()
-    summary = (p.checkpoints / "astroloc_summary.json").read_text()
-    assert '"photo_pairs": true' in summary
+    summary = json.loads((p.checkpoints / "summary.json").read_text())
+    assert summary["objectives"] == ["weighted_clusters", "photo_pairs"]
 
 
-def test_astroloc_run_leaves_the_earthloc_checkpoints_alone(tmp_path: Path, store: dict[str, Path]) -> None:
-    """The EarthLoc loop resumes from best.pt/last.pt in the same (persisted) folder: an
-    AstroLoc run in between must not replace them."""
+def test_a_checkpoint_of_other_objectives_is_not_resumed(tmp_path: Path, store: dict[str, Path]) -> None:
+    """EarthLoc and AstroLoc runs share the persisted checkpoint folder: the fingerprint tells them apart."""
     p = paths_in(tmp_path, store)
-    p.checkpoints.mkdir(parents=True)
-    for name in ("best.pt", "last.pt"):
-        (p.checkpoints / name).write_bytes(b"earthloc")
-    params = astro_params(store, CONFIGS["astroloc"], iterations=1, val_every=1)
-    train_astroloc(Configs.from_params(params), AstroLocConfig.from_section(params["astroloc"]), p)
-    assert (p.checkpoints / "best.pt").read_bytes() == b"earthloc" == (p.checkpoints / "last.pt").read_bytes()
-    assert (p.checkpoints / "astroloc_best.pt").is_file()
+    first = train(Configs.from_params(astro_params(store, CONFIGS["earthloc"], iterations=2, val_every=0)), p)
+    assert first.resumed_from is None
+    other = train(Configs.from_params(astro_params(store, CONFIGS["astroloc"], iterations=2, val_every=0)), p)
+    assert other.resumed_from is None and other.iterations_done == 2
+    again = train(Configs.from_params(astro_params(store, CONFIGS["astroloc"], iterations=3, val_every=0)), p)
+    assert again.resumed_from == 2 and again.iterations_done == 3

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from train_fixtures import make_store, region_image, tiny_params
+from train_fixtures import add_photos, astroloc_section, make_store, region_image, tiny_params
 
 from earthloc.batches import batch_regions, random_clusters
 from earthloc.data import RegionYearsDataset, load_rgb, loader, one_line, training_regions
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_store(tmp_path_factory.mktemp("store"))
+    return add_photos(make_store(tmp_path_factory.mktemp("store")))
 
 
 def paths_in(base: Path, store: dict[str, Path]) -> TrainPaths:
@@ -145,8 +145,11 @@ def test_train_stage_end_to_end(tmp_path: Path, store: dict[str, Path]) -> None:
     loss = read_tsv(p.live_dir, "train/loss")
     assert loss["step"].tolist() == list(range(6)) and np.isfinite(loss["loss"]).all()
     for name in ("train/mined_pos", "train/mined_neg", "train/batch_acc", "train/lr", "val/R@1", "val/R@5", "val/R@10", "val/R@20"):
-        assert len(read_tsv(p.live_dir, name)) >= (6 if name.startswith("train") else 2), name
-    assert read_tsv(p.live_dir, "val/R@5")["step"].tolist() == [2, 5]
+        assert len(read_tsv(p.live_dir, name)) >= (6 if name.startswith("train") else 3), name
+    # the initial network is validated (step 0) and a candidate; later validations sit at
+    # the step of the weights they describe (after 3 and 6 updates)
+    assert read_tsv(p.live_dir, "val/R@5")["step"].tolist() == [0, 3, 6]
+    assert [h["iteration"] for h in last["history"]] == [0.0, 3.0, 6.0]
     # same params again: the finished run is resumed (nothing to do) and the model rewritten
     again = train(Configs.from_params(params), p)
     assert again.resumed_from == 6 and again.iterations_done == 6
@@ -213,9 +216,22 @@ KILL_DRIVER = textwrap.dedent(
 )
 
 
-def test_resume_after_kill_gives_the_same_weights(tmp_path: Path, store: dict[str, Path]) -> None:
+# Every objective gets the loop's resume: EarthLoc's region loss, and AstroLoc's photo pairs
+# with relevance-weighted cluster sampling (whose weights, refreshed every 3 iterations, the
+# checkpoint must carry: the kill lands between two refreshes).
+RESUME_OBJECTIVES = {
+    "earthloc": None,
+    "astroloc": {"earthloc_ms": False, "photo_pairs": True, "weighted_clusters": True},
+}
+
+
+@pytest.mark.parametrize("objective", list(RESUME_OBJECTIVES))
+def test_resume_after_kill_gives_the_same_weights(tmp_path: Path, store: dict[str, Path], objective: str) -> None:
     n = 8
     params = tiny_params(store["val"], iterations=n, checkpoint_every=2, recluster_every=3, val_every=4)
+    losses = RESUME_OBJECTIVES[objective]
+    if losses is not None:
+        params["astroloc"] = astroloc_section(store, losses, refresh_every=3, use="both")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     def run(base: Path, kill_at: int = 0) -> subprocess.CompletedProcess[str]:
@@ -244,6 +260,31 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path: Path, store: dict[st
     la, lb = read_tsv(tmp_path / "whole" / "live", "train/loss"), read_tsv(tmp_path / "killed" / "live", "train/loss")
     assert lb["step"].tolist() == list(range(n))
     assert la["loss"].tolist() == lb["loss"].tolist()
+    va, vb = read_tsv(tmp_path / "whole" / "live", "val/R@5"), read_tsv(tmp_path / "killed" / "live", "val/R@5")
+    assert va.to_dict("list") == vb.to_dict("list") and vb["step"].tolist() == [0, 4, 8]
+    if losses is not None:
+        oa, ob = a["objectives"]["weighted_clusters"], b["objectives"]["weighted_clusters"]
+        assert oa["refreshed_at"] == ob["refreshed_at"] == 6 and torch.equal(oa["weights"], ob["weights"])
+
+
+def test_selection_can_return_the_initial_network(tmp_path: Path, store: dict[str, Path],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """When validation gets worse with training, the stage's model is the network it started from."""
+    import earthloc.train as T
+
+    scores = iter([40.0, 30.0, 20.0])  # R@5 of the initial network, then after 2 and 4 updates
+    monkeypatch.setattr(T, "validate", lambda *a, **k: {1: 0.0, 5: next(scores), 10: 0.0, 20: 0.0})
+    p = paths_in(tmp_path, store)
+    s = train(Configs.from_params(tiny_params(store["val"], iterations=4, val_every=2, recluster_every=0)), p)
+    assert s.best_iteration == 0 and s.best_r5 == 40.0
+    torch.manual_seed(0)
+    from earthloc.model import ModelConfig, build_model
+
+    initial = build_model(ModelConfig.from_section(tiny_params(None)["model"])).state_dict()
+    assert_same_state(state_of(p.model_out)["state_dict"], initial)
+    assert state_of(p.checkpoints / "best.pt")["iteration"] == 0
+    assert [h["iteration"] for h in state_of(p.checkpoints / "last.pt")["history"]] == [0.0, 2.0, 4.0]
+    assert read_tsv(p.live_dir, "val/R@5")["R@5"].tolist() == [40.0, 30.0, 20.0]
 
 
 def free_port() -> int:

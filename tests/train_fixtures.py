@@ -113,3 +113,36 @@ def tiny_params(val_set: Path | None, **train: Any) -> dict[str, Any]:
         "loss": {},
         "train": t,
     }
+
+
+def add_photos(store: dict[str, Path], n_photos: int = 10) -> dict[str, Path]:
+    """Simulated astronaut photos and their pairs tables beside a `make_store` store.
+
+    Photo k looks like region k's 2019 image turned clockwise by k quarter turns (its name
+    says so); its positive is region k, its neutral region k + 1."""
+    from earthloc.data import training_regions
+
+    root = store["grid"].parent.parent
+    regions = training_regions(store["tiles"], store["grid"])
+    rows, neutral = [], []
+    for k in range(n_photos):
+        name = f"@0@0@0@0@0@0@0@0@P-{k}@20200101@0.0@0.0@100@{90.0 * k:.1f}@.jpg"
+        img = np.rot90(region_image(k, 1, 64), -k, axes=(0, 1))
+        Image.fromarray(np.ascontiguousarray(img)).save(store["tiles"] / "queries" / name, quality=90)
+        rid = str(regions.region_ids[k])
+        rows.append({"query_id": f"P-{k}", "filename": name, "region_id": rid, "zoom": int(regions.zooms[k]),
+                     "iou": 0.5, "intersection_km2": 1.0, "path": "unused"})  # fmt: skip
+        neutral.append({"query_id": f"P-{k}", "region_id": str(regions.region_ids[k + 1]), "zoom": 9, "iou": 0.05})
+    pairs_dir = root / "pairs"
+    pairs_dir.mkdir(exist_ok=True)
+    pd.DataFrame(rows).to_parquet(pairs_dir / "pairs.parquet", index=False)
+    pd.DataFrame(neutral).to_parquet(pairs_dir / "neutral.parquet", index=False)
+    return {**store, "pairs": pairs_dir / "pairs.parquet", "neutral": pairs_dir / "neutral.parquet"}
+
+
+def astroloc_section(store: dict[str, Path], losses: dict[str, bool], **clusters: Any) -> dict[str, Any]:
+    """A params `astroloc` section for the tiny store: 3 photos per batch, 3 clusters refreshed every 2 iterations."""
+    return {
+        "losses": losses, "photos_per_batch": 3, "pairs": str(store["pairs"]), "neutral": str(store["neutral"]),
+        "clusters": {"n_clusters": 3, "niter": 5, "refresh_every": 2, "smoothing": 1.0, **clusters},
+    }  # fmt: skip
