@@ -68,8 +68,10 @@ def main() -> None:
                                      photos, tmp_path / "audit.html", cfg)  # fmt: skip
         dt = time.perf_counter() - t0
         size = page.stat().st_size
-    print(f"set {args.set_dir.name}: {len(q)} queries, {len(pd.read_csv(args.set_dir / 'database.csv'))} database "
-          f"regions, top-{cfg.top_k}, {min(args.thumbs, len(q))} thumbnails ({cfg.thumb_px} px)")
+    print(
+        f"set {args.set_dir.name}: {len(q)} queries, {len(pd.read_csv(args.set_dir / 'database.csv'))} database "
+        f"regions, top-{cfg.top_k}, {min(args.thumbs, len(q))} thumbnails ({cfg.thumb_px} px)"
+    )
     print(f"audit page built in {dt:.1f} s, {size / 1e6:.2f} MB")
 
 

@@ -45,8 +45,10 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     embed(model, paths, image_size=cfg.image_size, batch_size=16, num_workers=0, rotations=rotations)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    print(f"{len(paths)} images of {args.shard.name} x {len(rotations)} rotations, {cfg.backbone} at {cfg.image_size} px: "
-          f"{1e3 * wall / len(paths):.0f} ms wall, {1e3 * cpu / len(paths):.0f} ms CPU per database image (1 thread)")
+    print(
+        f"{len(paths)} images of {args.shard.name} x {len(rotations)} rotations, {cfg.backbone} at {cfg.image_size} px: "
+        f"{1e3 * wall / len(paths):.0f} ms wall, {1e3 * cpu / len(paths):.0f} ms CPU per database image (1 thread)"
+    )
 
 
 if __name__ == "__main__":

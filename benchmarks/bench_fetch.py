@@ -56,7 +56,9 @@ def main() -> None:
     ap.add_argument("--zoom", type=int, default=11)
     ap.add_argument("--years", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=2)
-    ap.add_argument("--spacings", type=float, nargs="+", default=[0.0, 0.005, 0.02], help="seconds between request starts")
+    ap.add_argument(
+        "--spacings", type=float, nargs="+", default=[0.0, 0.005, 0.02], help="seconds between request starts"
+    )
     ap.add_argument("--grid", type=Path, default=ROOT / "data/grid/regions.parquet")
     args = ap.parse_args()
 

@@ -115,7 +115,9 @@ def bench_large(n_queries: int, n_regions: int) -> None:
     t0 = time.perf_counter()
     regions = generated_regions(n_regions)
     queries = generated_queries(n_queries)
-    print(f"[large] generated {len(queries):,} queries and {len(regions):,} regions in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"[large] generated {len(queries):,} queries and {len(regions):,} regions in {time.perf_counter() - t0:.1f} s"
+    )
     ip = IntersectParams(n_workers=2, threads_per_worker=1, partitions=32)
     t0 = time.perf_counter()
     pairs = intersect_queries(queries, regions, ip)

@@ -77,8 +77,10 @@ def main() -> None:
         for batch in loader(ds, batches, num_workers=args.workers, seed=0):
             n += batch.images.shape[0] * batch.images.shape[1]
         wall = time.monotonic() - t0
-        print(f"  DataLoader, {args.workers} workers, size {size}, B={b} regions x 4 years: {n / wall:.1f} img/s wall "
-              f"({n} images in {wall:.1f} s, incl. worker start-up; {os.cpu_count()} cores shared)")
+        print(
+            f"  DataLoader, {args.workers} workers, size {size}, B={b} regions x 4 years: {n / wall:.1f} img/s wall "
+            f"({n} images in {wall:.1f} s, incl. worker start-up; {os.cpu_count()} cores shared)"
+        )
 
 
 if __name__ == "__main__":

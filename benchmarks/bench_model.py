@@ -56,8 +56,12 @@ def bench(cfg: ModelConfig, regions: int, years: int, iters: int, load_size: int
             aug_times.append(t1 - t0)
             step_times.append(t2 - t1)
     total, trainable = parameter_counts(model)
-    return {"params": total, "trainable": trainable, "augment_s": statistics.median(aug_times),
-            "step_s": statistics.median(step_times)}
+    return {
+        "params": total,
+        "trainable": trainable,
+        "augment_s": statistics.median(aug_times),
+        "step_s": statistics.median(step_times),
+    }
 
 
 def main() -> None:
@@ -67,7 +71,9 @@ def main() -> None:
     ap.add_argument("--years", type=int, default=4)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--load-size", type=int, default=None, help="input side before augmentation (default: small 160, paper 800)")
+    ap.add_argument(
+        "--load-size", type=int, default=None, help="input side before augmentation (default: small 160, paper 800)"
+    )
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--backbone", default=None)
     ap.add_argument("--image-size", type=int, default=None)
@@ -75,21 +81,28 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.regions} regions x {args.years} years, "
-          f"load average {load} on {os.cpu_count()} CPUs")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.regions} regions x {args.years} years, "
+        f"load average {load} on {os.cpu_count()} CPUs"
+    )
     for name in args.configs:
         if name == "paper":
             cfg, load = ModelConfig(), args.load_size or 800
         else:
             cfg = ModelConfig.from_section(section(load_params(args.params), "model"))
-            overrides = {k: v for k, v in (("backbone", args.backbone), ("image_size", args.image_size),
-                                            ("descriptor_dim", args.dim)) if v is not None}
+            overrides = {
+                k: v
+                for k, v in (("backbone", args.backbone), ("image_size", args.image_size), ("descriptor_dim", args.dim))
+                if v is not None
+            }
             cfg, load = replace(cfg, **overrides), args.load_size or 160
         r = bench(cfg, args.regions, args.years, args.iters, load)
-        print(f"{name:5s} {cfg.backbone} {cfg.image_size}px {cfg.descriptor_dim}-D "
-              f"({r['params']:,} params, {r['trainable']:,} trainable), input {load}px: "
-              f"fwd+loss+bwd+step {r['step_s']:.3f} s/it, augmentation {r['augment_s']:.3f} s/it, "
-              f"{args.regions * args.years / r['step_s']:.1f} img/s")
+        print(
+            f"{name:5s} {cfg.backbone} {cfg.image_size}px {cfg.descriptor_dim}-D "
+            f"({r['params']:,} params, {r['trainable']:,} trainable), input {load}px: "
+            f"fwd+loss+bwd+step {r['step_s']:.3f} s/it, augmentation {r['augment_s']:.3f} s/it, "
+            f"{args.regions * args.years / r['step_s']:.1f} img/s"
+        )
 
 
 if __name__ == "__main__":

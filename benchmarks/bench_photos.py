@@ -40,7 +40,13 @@ def main() -> None:
     args = parser.parse_args()
     q = pd.read_parquet(args.queries).sort_values("query_id")
     lat, lon = np.radians(q["nadir_lat"]), np.radians(q["nadir_lon"])
-    d = 6371.0 * np.arccos(np.clip(np.sin(lat) * np.sin(np.radians(30)) + np.cos(lat) * np.cos(np.radians(30)) * np.cos(lon - np.radians(-95)), -1, 1))
+    d = 6371.0 * np.arccos(
+        np.clip(
+            np.sin(lat) * np.sin(np.radians(30)) + np.cos(lat) * np.cos(np.radians(30)) * np.cos(lon - np.radians(-95)),
+            -1,
+            1,
+        )
+    )
     rows = q[d < 500].head(args.n)
     render_photo([float(v) for v in rows.iloc[0][CORNER_COLUMNS]], 2021, 0, 64)  # warm caches
     cpus, walls, areas = [], [], []
@@ -54,8 +60,10 @@ def main() -> None:
         cpus.append(time.process_time() - c0)
         walls.append(time.perf_counter() - w0)
         areas.append(float(r["nasa_area_km2"]))
-    print(f"render_photo {args.size}px, render_px {args.render_px or 'default'}, {len(cpus)} Texas queries "
-          f"({min(areas):.0f}-{max(areas):.0f} km2), one core")
+    print(
+        f"render_photo {args.size}px, render_px {args.render_px or 'default'}, {len(cpus)} Texas queries "
+        f"({min(areas):.0f}-{max(areas):.0f} km2), one core"
+    )
     for name, xs in (("cpu s/photo", cpus), ("wall s/photo", walls)):
         print(f"{name:>13}: median {statistics.median(xs):.2f}  mean {statistics.mean(xs):.2f}  max {max(xs):.2f}")
 

@@ -92,9 +92,13 @@ def bench_query_side(threads: int) -> None:
         Image.fromarray(img).resize((1024, 1024), Image.Resampling.BILINEAR).save(Path(tmp) / "q.jpg", quality=75)
         t = timed(lambda: R.load_image(Path(tmp) / "q.jpg", 320), 5)
         print(f"   - decode + resize one 1024x1024 JPEG to 320 px (draft mode): {t * 1000:.1f} ms")
-    for name, cfg in (("paper model (ResNet-50 + MixVPR, 4096-D, 320 px)", ModelConfig()),
-                      ("project default (ResNet-18 + MixVPR, 512-D, 128 px)",
-                       ModelConfig(backbone="resnet18", image_size=128, descriptor_dim=512))):
+    for name, cfg in (
+        ("paper model (ResNet-50 + MixVPR, 4096-D, 320 px)", ModelConfig()),
+        (
+            "project default (ResNet-18 + MixVPR, 512-D, 128 px)",
+            ModelConfig(backbone="resnet18", image_size=128, descriptor_dim=512),
+        ),
+    ):
         torch.manual_seed(0)
         model = build_model(cfg).eval()
         x = torch.randn(1, 3, cfg.image_size, cfg.image_size)
@@ -102,8 +106,10 @@ def bench_query_side(threads: int) -> None:
             model(x)
             t = timed(lambda: model(x), 5)  # noqa: B023
             tb = timed(lambda: model(x.repeat(16, 1, 1, 1)), 2) / 16  # noqa: B023
-        print(f"   - {name}: one query {t:.3f} s, per image in a batch of 16 {tb:.3f} s "
-              f"(a DB image costs 4 of these with 4x90 TTA)")
+        print(
+            f"   - {name}: one query {t:.3f} s, per image in a batch of 16 {tb:.3f} s "
+            f"(a DB image costs 4 of these with 4x90 TTA)"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -112,8 +118,9 @@ def bench_query_side(threads: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-def clustered_proxy(n_regions: int, dim: int, n_queries: int, seed: int = 2, query_noise: float = 1.6,
-                    spread: float = 0.6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def clustered_proxy(
+    n_regions: int, dim: int, n_queries: int, seed: int = 2, query_noise: float = 1.6, spread: float = 0.6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(4, N, D) database, (M, D) queries, (M,) source image of each query.
 
     Cluster centres are random; each cluster has its own low-rank spread (so distances
@@ -145,8 +152,10 @@ def bench_options(n_regions: int, dim: int, kinds: list[str], n_queries: int = 5
     t0 = time.perf_counter()
     db, q, src = clustered_proxy(n_regions, dim, n_queries)
     total = db.shape[0] * db.shape[1]
-    print(f"\n1. index options on a clustered proxy of {n_regions:,} regions x 4 rotations = {total:,} vectors of "
-          f"{dim}-D ({time.perf_counter() - t0:.0f} s to generate), k=100, {n_queries} queries")
+    print(
+        f"\n1. index options on a clustered proxy of {n_regions:,} regions x 4 rotations = {total:,} vectors of "
+        f"{dim}-D ({time.perf_counter() - t0:.0f} s to generate), k=100, {n_queries} queries"
+    )
     exact = R.collapse_rotations(R.search(db, q, 400), 100)
     pos = [np.array([s]) for s in src]
     half = db.shape[1] // 2
@@ -163,10 +172,12 @@ def bench_options(n_regions: int, dim: int, kinds: list[str], n_queries: int = 5
         per = (b2 - b1) / (n2 - n1)
         fixed = b1 - per * n1
         # The adds above broke rotation-major order; map ids back through the add order.
-        order = np.concatenate([np.arange(half) + r * db.shape[1] for r in range(db.shape[0])]
-                               + [np.arange(half, db.shape[1]) + r * db.shape[1] for r in range(db.shape[0])])
-        one = timed(lambda: index.search(q[:1], 100), 5)  # noqa: B023
-        batch = timed(lambda: index.search(q[:64], 100), 2) / 64  # noqa: B023
+        order = np.concatenate(
+            [np.arange(half) + r * db.shape[1] for r in range(db.shape[0])]
+            + [np.arange(half, db.shape[1]) + r * db.shape[1] for r in range(db.shape[0])]
+        )
+        one = timed(lambda ix=index: ix.search(q[:1], 100), 5)
+        batch = timed(lambda ix=index: ix.search(q[:64], 100), 2) / 64
         s, i = index.search(q, 400)
         raw = np.where(i >= 0, order[np.maximum(i, 0)], -1)
         dbi, ang = R.map_raw_ids(raw, db.shape[1])
@@ -175,19 +186,25 @@ def bench_options(n_regions: int, dim: int, kinds: list[str], n_queries: int = 5
         in10 = np.mean([exact.db_index[j, 0] in col.db_index[j, :10] for j in range(len(q))])
         overlap = np.mean([len(set(col.db_index[j]) & set(exact.db_index[j])) / 100 for j in range(len(q))])
         rc = R.recalls(col.db_index, pos, (1, 10))
-        rows.append(f"| {kind} | {build:.0f} | {one:.3f} | {batch:.4f} | {per:,.0f} | {fixed / 1e6:,.1f} | "
-                    f"{b2 / 1e9:.2f} | {(fixed + per * world) / 1e9:,.2f} | {(fixed + per * paper) / 1e9:,.2f} | "
-                    f"{100 * keep1:.1f} | {100 * in10:.1f} | {100 * overlap:.1f} | {rc[1]:.1f} / {rc[10]:.1f} |")
+        rows.append(
+            f"| {kind} | {build:.0f} | {one:.3f} | {batch:.4f} | {per:,.0f} | {fixed / 1e6:,.1f} | "
+            f"{b2 / 1e9:.2f} | {(fixed + per * world) / 1e9:,.2f} | {(fixed + per * paper) / 1e9:,.2f} | "
+            f"{100 * keep1:.1f} | {100 * in10:.1f} | {100 * overlap:.1f} | {rc[1]:.1f} / {rc[10]:.1f} |"
+        )
         print(rows[-1], flush=True)
         del index
     rc = R.recalls(exact.db_index, pos, (1, 10))
-    print("\n| index | build s | 1 query s | per query, batch of 64, s | bytes/vector | fixed MB | this DB GB | "
-          "world GB (727k vectors) | paper-size GB (700k) | exact top-1 kept % | exact top-1 in top-10 % | "
-          "top-100 overlap % | source R@1 / R@10 |")
+    print(
+        "\n| index | build s | 1 query s | per query, batch of 64, s | bytes/vector | fixed MB | this DB GB | "
+        "world GB (727k vectors) | paper-size GB (700k) | exact top-1 kept % | exact top-1 in top-10 % | "
+        "top-100 overlap % | source R@1 / R@10 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"(exact search: source image R@1 / R@10 = {rc[1]:.1f} / {rc[10]:.1f}; a 1-query search is what one "
-          f"`earthloc localize` call pays, the batch figure what the evaluate stage pays per query)")
+    print(
+        f"(exact search: source image R@1 / R@10 = {rc[1]:.1f} / {rc[10]:.1f}; a 1-query search is what one "
+        f"`earthloc localize` call pays, the batch figure what the evaluate stage pays per query)"
+    )
 
 
 def main() -> None:
@@ -211,6 +228,7 @@ def main() -> None:
         bench_options(args.texas, args.dim, args.kinds, args.queries)
     if not args.skip_query:
         bench_query_side(args.threads)
+
 
 if __name__ == "__main__":
     main()

@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from pipeline.fetch.client import ClientConfig  # noqa: E402
-from pipeline.fetch.run import RunConfig, fetch_regions  # noqa: E402
 from pipeline.fetch.plan import request_counts  # noqa: E402
+from pipeline.fetch.run import RunConfig, fetch_regions  # noqa: E402
 from pipeline.synthetic.server import SyntheticTileServer, layer_name  # noqa: E402
 
 ZOOM = 11
@@ -66,7 +66,9 @@ def http_rate(processes: int, n: int, concurrency: int, offset: int) -> tuple[fl
         base = f"{srv.base_url}/wmts/1.0.0/{layer_name(YEAR)}/default/g"
         # Warm-up outside the timing: worker start-up and the world's lazily built fields.
         with ThreadPoolExecutor(max(processes, 1)) as pool:
-            list(pool.map(lambda x: urllib.request.urlopen(f"{base}/{ZOOM}/0/{x}.jpg").read(), range(max(processes, 1))))
+            list(
+                pool.map(lambda x: urllib.request.urlopen(f"{base}/{ZOOM}/0/{x}.jpg").read(), range(max(processes, 1)))
+            )
 
         def get(key: tuple[int, int, int]) -> bytes:
             z, y, x = key

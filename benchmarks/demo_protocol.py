@@ -64,8 +64,13 @@ def main() -> None:
     ap.add_argument("--query-radii", type=float, nargs="+", default=[300.0, 400.0])
     ap.add_argument("--db-radii", type=float, nargs="+", default=[400.0, 800.0, 1200.0, 1500.0, 1600.0, 1700.0])
     ap.add_argument("--db-aoi", default="texas_demo", help="the fetch.aois entry that is the evaluation database")
-    ap.add_argument("--zooms", type=int, nargs="+", default=None,
-                    help="a what-if: these zooms for both sets and the database disc (default: the params')")
+    ap.add_argument(
+        "--zooms",
+        type=int,
+        nargs="+",
+        default=None,
+        help="a what-if: these zooms for both sets and the database disc (default: the params')",
+    )
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -77,8 +82,10 @@ def main() -> None:
 
     regions = pd.read_parquet(args.data / "grid/regions.parquet",
                               columns=["region_id", "zoom", "row", "col", "center_lat", "center_lon"])  # fmt: skip
-    queries = pd.read_parquet(args.data / "queries/queries.parquet",
-                              columns=["query_id", "nadir_lat", "nadir_lon", "mission", "roll", "frame", "date"])
+    queries = pd.read_parquet(
+        args.data / "queries/queries.parquet",
+        columns=["query_id", "nadir_lat", "nadir_lon", "mission", "roll", "frame", "date"],
+    )
     queries = with_pass_ids(queries, *load_pass_rule(params), source=args.data / "queries/queries.parquet")
     pairs = pd.read_parquet(args.data / "intersections/intersections_2021.parquet", columns=["query_id", "region_id"])
     zooms = None if args.zooms is None else tuple(sorted(set(args.zooms)))
@@ -103,7 +110,9 @@ def main() -> None:
             images, tiles, ids_2021 = fetch_plan(regions, dataclasses.replace(fetch, aois=aois))
             photographable = select_queries(queries, pairs, ids_2021)
             evalset_ids = set(test.queries["query_id"]) | set(val.queries["query_id"])
-            in_area = in_aois(photographable["nadir_lat"].to_numpy(), photographable["nadir_lon"].to_numpy(), photo_aois)
+            in_area = in_aois(
+                photographable["nadir_lat"].to_numpy(), photographable["nadir_lon"].to_numpy(), photo_aois
+            )
             photos = len(evalset_ids | set(photographable.loc[in_area, "query_id"]))
             print(f"| {rq:.0f} | {rdb:.0f} | {len(test.queries)} | {len(test.dropped)} | {n_db} | {np.mean(npos):.1f} "
                   f"| {r10u:.1f} % | {r10c:.1f} % | {len(val.queries)} | {images} | {tiles} | {photos} |", flush=True)  # fmt: skip

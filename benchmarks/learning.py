@@ -118,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     ap.add_argument("--set", default="demo", help="evaluation set (data/evalsets/<set>)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--must-beat", nargs="+", default=["untrained"],
-                    help="baselines whose margin must stay above zero (add the non-learned descriptor's name)")
+    ap.add_argument(
+        "--must-beat",
+        nargs="+",
+        default=["untrained"],
+        help="baselines whose margin must stay above zero (add the non-learned descriptor's name)",
+    )
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     ap.add_argument("-S", dest="overrides", action="append", default=[], metavar="section.key=value")
     args = ap.parse_args(argv)

@@ -55,7 +55,9 @@ class GeneratedRegions(Dataset[RegionItem]):
         noise = rng.integers(-24, 25, (image_px, image_px, 3), dtype=np.int16)
         self.paths: list[list[Path]] = []
         for r in range(n_regions):
-            base = np.kron(rng.integers(0, 256, (16, 16, 3), dtype=np.int16), np.ones((-(-image_px // 16),) * 2 + (1,), np.int16))
+            base = np.kron(
+                rng.integers(0, 256, (16, 16, 3), dtype=np.int16), np.ones((-(-image_px // 16),) * 2 + (1,), np.int16)
+            )
             base = base[:image_px, :image_px]
             row = []
             for y in range(n_years):
@@ -82,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-iterations", type=int, default=None, help="stop after this many measured iterations")
     ap.add_argument("--warmup", type=int, default=1, help="iterations run first and not counted")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    ap.add_argument("--regions-per-batch", type=int, default=None, help="override train.regions_per_batch (say so when quoting)")
+    ap.add_argument(
+        "--regions-per-batch", type=int, default=None, help="override train.regions_per_batch (say so when quoting)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: train.threads)")
     ap.add_argument("--tiles", type=Path, default=None, help="a tile store; default: generated images")
     ap.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
@@ -114,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             dataset = GeneratedRegions(Path(tmp), n_regions, n_years, args.image_px, cfg.load_size, cfg.seed)
             neutral = NeutralPairs(n_regions, np.arange(n_regions, dtype=np.int64) * (n_regions + 1))  # no overlaps
-            source = f"{n_regions} generated regions of {args.image_px}-px JPEGs ({time.monotonic() - t0:.0f} s to write)"
+            source = (
+                f"{n_regions} generated regions of {args.image_px}-px JPEGs ({time.monotonic() - t0:.0f} s to write)"
+            )
         model = build_model(mcfg).to(device).train()
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
         objective = RegionMS(configs.loss)

@@ -37,8 +37,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from earthloc import retrieval as R  # noqa: E402
-from earthloc.evaluate import untrained_model  # noqa: E402
 from earthloc.data import training_regions  # noqa: E402
+from earthloc.evaluate import untrained_model  # noqa: E402
 from earthloc.model import ModelConfig, load_checkpoint  # noqa: E402
 from pipeline.fetch.queries import CORNER_COLUMNS  # noqa: E402
 from pipeline.synthetic.photos import NO_EFFECTS, PhotoEffects, photo_seed, render_photo  # noqa: E402
@@ -56,7 +56,9 @@ def embed(model: torch.nn.Module, images: torch.Tensor, rotations: tuple[int, ..
     ])  # fmt: skip
 
 
-def render_variants(ev: R.EvalSetFiles, queries: pd.DataFrame, work: Path, seed: int, world_seed: int) -> dict[str, list[Path]]:
+def render_variants(
+    ev: R.EvalSetFiles, queries: pd.DataFrame, work: Path, seed: int, world_seed: int
+) -> dict[str, list[Path]]:
     rows = queries.set_index("query_id").loc[ev.queries["query_id"]]
     out: dict[str, list[Path]] = {}
     for name, fx in VARIANTS.items():
@@ -122,7 +124,9 @@ def main() -> None:
     queries = pd.read_parquet("data/queries/queries.parquet")
     variants = render_variants(ev, queries, work, args.photo_seed, args.world_seed)
     db_desc = {name: embed(net, db, ROTATIONS) for name, net in nets.items()}
-    print(f"\n2. demo photos ({len(ev.queries)}) re-rendered at 256 px; R@1 / R@5 / R@10 (uncollapsed), photos in {work}")
+    print(
+        f"\n2. demo photos ({len(ev.queries)}) re-rendered at 256 px; R@1 / R@5 / R@10 (uncollapsed), photos in {work}"
+    )
     print("| photos | " + " | ".join(nets) + " |\n|---|" + "---|" * len(nets))
     top1: dict[str, np.ndarray] = {}
     for vname, paths in variants.items():

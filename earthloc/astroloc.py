@@ -172,8 +172,9 @@ class PhotoPairOutput(NamedTuple):
     n_neutral: int
 
 
-def _ms_rows(sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, alpha: float, beta: float,
-             base: float) -> torch.Tensor:
+def _ms_rows(
+    sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, alpha: float, beta: float, base: float
+) -> torch.Tensor:
     """Per-row multi-similarity terms over boolean candidate masks (rows = anchors).
 
     log(1 + sum exp(x)) is computed as logsumexp over [0, x...] for stability; an empty
@@ -194,8 +195,9 @@ class PhotoPairLoss(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    def forward(self, photo_emb: torch.Tensor, region_emb: torch.Tensor, positive: torch.Tensor,
-                neutral: torch.Tensor) -> PhotoPairOutput:
+    def forward(
+        self, photo_emb: torch.Tensor, region_emb: torch.Tensor, positive: torch.Tensor, neutral: torch.Tensor
+    ) -> PhotoPairOutput:
         p, n = photo_emb.shape[0], region_emb.shape[0]
         if positive.shape != (p, n) or neutral.shape != (p, n):
             raise ValueError(f"masks must be ({p}, {n}), got {tuple(positive.shape)} and {tuple(neutral.shape)}")
@@ -215,9 +217,13 @@ class PhotoPairLoss(nn.Module):
         return PhotoPairOutput(loss, int(pos.sum()), int(neg.sum()), int(neu.sum()))
 
 
-def photo_region_masks(photo_ids: list[str], region_ids: list[str], labels: npt.ArrayLike,
-                       positives: Mapping[str, set[str]], neutrals: Mapping[str, set[str]]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def photo_region_masks(
+    photo_ids: list[str],
+    region_ids: list[str],
+    labels: npt.ArrayLike,
+    positives: Mapping[str, set[str]],
+    neutrals: Mapping[str, set[str]],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, neutral) (P, N) masks for P photos against N region images.
 
     `region_ids[r]` names batch region r; `labels[j]` is the batch region of image j;
@@ -275,8 +281,9 @@ def nearest_centroid(x: npt.NDArray[np.float32], centroids: npt.NDArray[np.float
     return idx[:, 0].astype(np.int64)
 
 
-def cluster_weights(region_desc: npt.NDArray[np.float32], photo_desc: npt.NDArray[np.float32],
-                    cfg: ClusterConfig) -> ClusterWeights:
+def cluster_weights(
+    region_desc: npt.NDArray[np.float32], photo_desc: npt.NDArray[np.float32], cfg: ClusterConfig
+) -> ClusterWeights:
     """k-means (faiss, seeded) on the region descriptors, photo counts per centroid, weights.
 
     K is capped at the number of regions (faiss needs at least K points)."""
@@ -287,13 +294,23 @@ def cluster_weights(region_desc: npt.NDArray[np.float32], photo_desc: npt.NDArra
     k = int(min(cfg.n_clusters, len(region_desc)))
     if k < 1:
         raise ValueError("cluster_weights: no region descriptors")
-    km = faiss.Kmeans(region_desc.shape[1], k, niter=cfg.niter, seed=cfg.seed, verbose=False,
-                      max_points_per_centroid=cfg.max_points_per_centroid, min_points_per_centroid=1)
+    km = faiss.Kmeans(
+        region_desc.shape[1],
+        k,
+        niter=cfg.niter,
+        seed=cfg.seed,
+        verbose=False,
+        max_points_per_centroid=cfg.max_points_per_centroid,
+        min_points_per_centroid=1,
+    )
     km.train(region_desc)
     centroids = np.asarray(km.centroids, dtype=np.float32)
     region_cluster = nearest_centroid(region_desc, centroids)
-    counts = (np.bincount(nearest_centroid(photo_desc, centroids), minlength=k) if len(photo_desc)
-              else np.zeros(k, dtype=np.int64))
+    counts = (
+        np.bincount(nearest_centroid(photo_desc, centroids), minlength=k)
+        if len(photo_desc)
+        else np.zeros(k, dtype=np.int64)
+    )
     return ClusterWeights(centroids, region_cluster, counts.astype(np.int64), relevance_weights(counts, cfg.smoothing))
 
 
@@ -310,8 +327,9 @@ class WeightedClusterMSLoss(nn.Module):
         c = base.cfg
         self.per_row = MultiSimilarityLoss(alpha=c.alpha, beta=c.beta, base=c.base, reducer=DoNothingReducer())
 
-    def forward(self, emb: torch.Tensor, labels: torch.Tensor, neutral: torch.Tensor,
-                label_weights: torch.Tensor) -> LossOutput:
+    def forward(
+        self, emb: torch.Tensor, labels: torch.Tensor, neutral: torch.Tensor, label_weights: torch.Tensor
+    ) -> LossOutput:
         labels = labels.to(device=emb.device, dtype=torch.long)
         if label_weights.shape != (neutral.shape[0],):
             raise ValueError(f"label_weights must be ({neutral.shape[0]},), got {tuple(label_weights.shape)}")
@@ -333,7 +351,17 @@ class WeightedClusterMSLoss(nn.Module):
 
 
 __all__ = [
-    "AstroLocConfig", "ClusterConfig", "ClusterWeights", "LossSwitches", "PhotoLossConfig", "PhotoPairLoss",
-    "PhotoPairOutput", "WeightedClusterMSLoss", "cluster_sampling_probs", "cluster_weights", "nearest_centroid",
-    "photo_region_masks", "relevance_weights",
+    "AstroLocConfig",
+    "ClusterConfig",
+    "ClusterWeights",
+    "LossSwitches",
+    "PhotoLossConfig",
+    "PhotoPairLoss",
+    "PhotoPairOutput",
+    "WeightedClusterMSLoss",
+    "cluster_sampling_probs",
+    "cluster_weights",
+    "nearest_centroid",
+    "photo_region_masks",
+    "relevance_weights",
 ]

@@ -127,8 +127,9 @@ def inscribed_box(endpoints: Sequence[Point]) -> Box:
 def centre_square(box: Box) -> Box:
     """The centred square of side min(h, w) in `box` (offsets rounded as torchvision's center_crop)."""
     side = min(box.height, box.width)
-    return Box(box.top + int(round((box.height - side) / 2.0)), box.left + int(round((box.width - side) / 2.0)),
-               side, side)
+    return Box(
+        box.top + int(round((box.height - side) / 2.0)), box.left + int(round((box.width - side) / 2.0)), side, side
+    )
 
 
 def perspective_crop_box(endpoints: Sequence[Point]) -> Box:
@@ -169,8 +170,15 @@ def sample_year_params(cfg: AugmentConfig, height: int, width: int, g: torch.Gen
     order = tuple(int(i) for i in torch.randperm(4, generator=g, device=g.device).tolist())
     # Drawn last and only when on, so the draws above stay upstream's stream.
     sigma = _uniform(0.0, cfg.blur_sigma, g) if cfg.blur_sigma > 0 else 0.0
-    return YearParams(angle, crop, endpoints, perspective_crop_box(endpoints),
-                      (factors[0], factors[1], factors[2], factors[3]), order, sigma)
+    return YearParams(
+        angle,
+        crop,
+        endpoints,
+        perspective_crop_box(endpoints),
+        (factors[0], factors[1], factors[2], factors[3]),
+        order,
+        sigma,
+    )
 
 
 _COLOUR_FNS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)

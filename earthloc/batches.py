@@ -41,7 +41,6 @@ ClusterChoice = Literal["uniform", "size"]
 SmallClusterPolicy = Literal["replace", "merge"]
 
 
-
 # -- neutral pairs ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NeutralPairs:
@@ -109,7 +108,12 @@ class ClusterAssignment:
         return np.bincount(self.labels, minlength=self.n_clusters).astype(np.int64)
 
     def to_state(self) -> dict[str, object]:
-        return {"labels": self.labels.tolist(), "n_clusters": self.n_clusters, "source": self.source, "iteration": self.iteration}
+        return {
+            "labels": self.labels.tolist(),
+            "n_clusters": self.n_clusters,
+            "source": self.source,
+            "iteration": self.iteration,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, object]) -> ClusterAssignment:
@@ -155,6 +159,8 @@ def kmeans_clusters(
     _, nearest = km.index.search(x, 1)
     labels = nearest[:, 0].astype(np.int64)
     centroids = km.centroids
+    if centroids is None:  # faiss sets them in train(); None would be a faiss bug
+        raise RuntimeError("faiss k-means returned no centroids")
     if min_cluster_size > 0:
         sizes = np.bincount(labels, minlength=k)
         big = np.flatnonzero(sizes >= min_cluster_size)

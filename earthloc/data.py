@@ -20,7 +20,7 @@ with an `InputError` naming the file.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -71,7 +71,9 @@ def _read_manifests(tiles_root: Path, years: Sequence[int]) -> pd.DataFrame:
                 raise InputError(f"{path}: unreadable manifest ({exc})") from exc
             frames.append(df)
     if not frames:
-        raise InputError(f"{tiles_root / 'manifests'}: no manifests for years {list(years)} (run the fetch stage first)")
+        raise InputError(
+            f"{tiles_root / 'manifests'}: no manifests for years {list(years)} (run the fetch stage first)"
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -133,7 +135,7 @@ def load_rgb(path: str | Path, size: int, *, draft: bool = True) -> npt.NDArray[
 
 class RegionItem(NamedTuple):
     images: torch.Tensor  # (Y, 3, S, S) uint8
-    index: int  # training-region index
+    index: int  # type: ignore[assignment]  # training-region index; the field shadows tuple.index on purpose
 
 
 class RegionBatch(NamedTuple):
@@ -144,7 +146,9 @@ class RegionBatch(NamedTuple):
 class RegionYearsDataset(Dataset[RegionItem]):
     """Item i = the Y year images of training region i (years in `regions.years` order)."""
 
-    def __init__(self, regions: TrainingRegions, size: int, *, years: Sequence[int] | None = None, draft: bool = True) -> None:
+    def __init__(
+        self, regions: TrainingRegions, size: int, *, years: Sequence[int] | None = None, draft: bool = True
+    ) -> None:
         self.regions = regions
         self.size = size
         self.draft = draft
@@ -171,7 +175,7 @@ class FixedBatches(Sampler[list[int]]):
     def __init__(self, batches: Sequence[Sequence[int]]) -> None:
         self.batches = [list(map(int, b)) for b in batches]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
 
     def __len__(self) -> int:
@@ -216,4 +220,4 @@ def one_line(exc: BaseException) -> str:
         return type(exc).__name__
     last = lines[-1]
     prefix = "pipeline.errors.InputError: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+    return last[len(prefix) :] if last.startswith(prefix) else last

@@ -7,6 +7,7 @@ under DDP each rank embeds a contiguous share and the shares are all-gathered.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from earthloc.augment import normalize, to_float
 from earthloc.data import RegionYearsDataset, TrainingRegions, loader, one_line
 from earthloc.distributed import Dist, gather_rows
-from earthloc.model import unwrap
+from earthloc.model import ModelConfig, unwrap
 from pipeline.errors import InputError
 
 
@@ -33,7 +34,9 @@ class EmbedContext:
 
 
 @torch.no_grad()
-def embed_year(model: torch.nn.Module, regions: TrainingRegions, year: int, ctx: EmbedContext) -> npt.NDArray[np.float32]:
+def embed_year(
+    model: torch.nn.Module, regions: TrainingRegions, year: int, ctx: EmbedContext
+) -> npt.NDArray[np.float32]:
     """(N, D) float32 descriptors of every training region's `year` image."""
     net = unwrap(model)
     was_training = net.training
@@ -54,7 +57,7 @@ def embed_year(model: torch.nn.Module, regions: TrainingRegions, year: int, ctx:
         raise InputError(one_line(exc)) from exc
     finally:
         net.train(was_training)
-    dim = net.cfg.descriptor_dim
+    dim = cast(ModelConfig, net.cfg).descriptor_dim
     local = torch.cat(out) if out else torch.zeros(0, dim, device=device)
     return gather_rows(local, [len(s) for s in shares], d).cpu().numpy().astype(np.float32)
 
@@ -71,4 +74,8 @@ def embed_images(model: torch.nn.Module, images: Dataset[torch.Tensor], ctx: Emb
             out.append(net(normalize(to_float(x.to(ctx.device)))).float().cpu())
     finally:
         net.train(was_training)
-    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, net.cfg.descriptor_dim), np.float32)
+    return (
+        torch.cat(out).numpy().astype(np.float32)
+        if out
+        else np.zeros((0, cast(ModelConfig, net.cfg).descriptor_dim), np.float32)
+    )

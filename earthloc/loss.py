@@ -80,7 +80,9 @@ class LossConfig:
         return build_config(cls, sec, "loss")
 
 
-def pair_masks(labels: torch.Tensor, neutral: torch.Tensor, overlap: str = "neutral") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pair_masks(
+    labels: torch.Tensor, neutral: torch.Tensor, overlap: str = "neutral"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(positive, negative, neutral) boolean (N, N) masks over images.
 
     positive: same label, not the image itself. neutral: different labels whose regions
@@ -95,7 +97,9 @@ def pair_masks(labels: torch.Tensor, neutral: torch.Tensor, overlap: str = "neut
     return same & ~eye, ~same & ~neutral_pairs, neutral_pairs
 
 
-def mine_masked(sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+def mine_masked(
+    sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-similarity mining restricted to the pairs in `pos` and `neg` (boolean masks).
 
     Same rule as PML's MultiSimilarityMiner on a similarity, but pairs outside both masks
@@ -116,8 +120,16 @@ def _pairs(pos: torch.Tensor, neg: torch.Tensor) -> Pairs:
 class NeutralAwareMSLoss(nn.Module):
     """forward(emb (N, D), labels (N,) long in [0, R), neutral (R, R) bool) -> LossOutput."""
 
-    def __init__(self, alpha: float = 1.0, beta: float = 50.0, base: float = 0.0, epsilon: float = 0.1,
-                 neutral_order: str = "paper", mining: bool = True, overlap: str = "neutral") -> None:
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 50.0,
+        base: float = 0.0,
+        epsilon: float = 0.1,
+        neutral_order: str = "paper",
+        mining: bool = True,
+        overlap: str = "neutral",
+    ) -> None:
         super().__init__()
         self.cfg = LossConfig(alpha, beta, base, epsilon, neutral_order, mining, overlap)
         self.miner = MultiSimilarityMiner(epsilon=epsilon)

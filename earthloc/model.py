@@ -165,8 +165,9 @@ class FeatureMixer(nn.Module):
 class MixVPR(nn.Module):
     """MixVPR aggregation of a (B, C, h, w) map into an L2-normalised (B, out_channels*out_rows)."""
 
-    def __init__(self, in_channels: int, side: int, out_channels: int, out_rows: int, mix_depth: int,
-                 mlp_ratio: float) -> None:
+    def __init__(
+        self, in_channels: int, side: int, out_channels: int, out_rows: int, mix_depth: int, mlp_ratio: float
+    ) -> None:
         super().__init__()
         self.side = side
         hw = side * side
@@ -205,8 +206,9 @@ class EarthLocModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = TruncatedResNet(resnet)
-        self.aggregator = MixVPR(cfg.backbone_channels, cfg.feature_side, cfg.mix_out_channels, cfg.out_rows,
-                                 cfg.mix_depth, cfg.mlp_ratio)
+        self.aggregator = MixVPR(
+            cfg.backbone_channels, cfg.feature_side, cfg.mix_out_channels, cfg.out_rows, cfg.mix_depth, cfg.mlp_ratio
+        )
         self.fc = nn.Linear(cfg.descriptor_dim, cfg.descriptor_dim)
         for name in cfg.frozen_stages:
             getattr(self.backbone.model, name).requires_grad_(False)
@@ -228,8 +230,9 @@ class EarthLocModel(nn.Module):
 def _load_imagenet(resnet: nn.Module, cfg: ModelConfig) -> None:
     """Load the full torchvision ResNet state_dict from cfg.weights, or warn and keep random init."""
     if cfg.weights is None:
-        log.warning("model: no ImageNet weights file given (model.weights is null); %s starts from random init",
-                    cfg.backbone)
+        log.warning(
+            "model: no ImageNet weights file given (model.weights is null); %s starts from random init", cfg.backbone
+        )
         return
     path = Path(cfg.weights)
     if not path.is_file():
@@ -313,7 +316,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return Checkpoint(model.to(map_location), cfg, extra)
 
 
-def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[EarthLocModel, ModelConfig]:
+def load_model(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[EarthLocModel, ModelConfig]:
     ckpt = load_checkpoint(path, map_location)
     return ckpt.model, ckpt.cfg
 

@@ -50,14 +50,30 @@ import torch
 
 from earthloc.astroloc import AstroLocConfig
 from earthloc.augment import AugmentConfig, YearwiseAugment, normalize, to_float
-from earthloc.batches import ClusterAssignment, NeutralPairs, batch_regions, kmeans_clusters, neutral_pairs, random_clusters, rank_share
+from earthloc.batches import (
+    ClusterAssignment,
+    NeutralPairs,
+    batch_regions,
+    kmeans_clusters,
+    neutral_pairs,
+    random_clusters,
+    rank_share,
+)
 from earthloc.data import YEARS, RegionYearsDataset, TrainingRegions, loader, one_line, training_regions
 from earthloc.distributed import Dist, barrier, broadcast_flag, gather_with_grad, init_distributed
 from earthloc.embedding import EmbedContext, embed_year
 from earthloc.loss import LossConfig
 from earthloc.model import ModelConfig, build_model, save_checkpoint, unwrap
 from earthloc.objectives import Objective, StepBatch, build_objectives
-from earthloc.seeds import STREAM_AUGMENT, STREAM_KMEANS, STREAM_LOADER, derived_seed, rng_state, seed_everything, set_rng_state
+from earthloc.seeds import (
+    STREAM_AUGMENT,
+    STREAM_KMEANS,
+    STREAM_LOADER,
+    derived_seed,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json
 from pipeline.params import build_config
@@ -92,7 +108,9 @@ class TrainConfig:
     kmeans_niter: int = 20  # upstream 100
     kmeans_max_points_per_centroid: int = 256  # faiss default, as upstream
     cluster_choice: str = "uniform"  # "uniform" (upstream) or "size": how a batch's cluster is picked
-    small_cluster: str = "replace"  # "replace" (upstream: draw with replacement) or "merge" (into the nearest big cluster)
+    small_cluster: str = (
+        "replace"  # "replace" (upstream: draw with replacement) or "merge" (into the nearest big cluster)
+    )
     # input pipeline
     num_workers: int = 2
     prefetch_factor: int = 2
@@ -246,7 +264,9 @@ def load_train_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.o
     for o in objectives:
         o.load_state_dict(saved.get(o.name, {}))
     c = payload["clusters"]
-    clusters = ClusterAssignment(c["labels"].cpu().numpy().astype(np.int64), int(c["n_clusters"]), str(c["source"]), int(c["iteration"]))
+    clusters = ClusterAssignment(
+        c["labels"].cpu().numpy().astype(np.int64), int(c["n_clusters"]), str(c["source"]), int(c["iteration"])
+    )
     return TrainState(
         iteration=int(payload["iteration"]), clusters=clusters, best_r5=float(payload["best_r5"]),
         best_iteration=int(payload["best_iteration"]), bad_validations=int(payload["bad_validations"]),
@@ -278,7 +298,9 @@ def recluster(model: torch.nn.Module, regions: TrainingRegions, cfg: TrainConfig
 
 
 # -- validation ----------------------------------------------------------------------------------
-def validate(model: torch.nn.Module, cfg: TrainConfig, mcfg: ModelConfig, tiles_root: Path, device: torch.device) -> dict[int, float]:
+def validate(
+    model: torch.nn.Module, cfg: TrainConfig, mcfg: ModelConfig, tiles_root: Path, device: torch.device
+) -> dict[int, float]:
     from earthloc.retrieval import evaluate_set
 
     net = unwrap(model)
@@ -364,7 +386,9 @@ class StepResult:
     metrics: dict[str, float]  # each objective's extra figures
 
 
-def plan_batch(objectives: Sequence[Objective], clusters: ClusterAssignment, cfg: TrainConfig, iteration: int) -> BatchPlan:
+def plan_batch(
+    objectives: Sequence[Objective], clusters: ClusterAssignment, cfg: TrainConfig, iteration: int
+) -> BatchPlan:
     """The regions (drawn from one cluster, or by an objective) and photos of `iteration`."""
     regions: npt.NDArray[np.int64] | None = None
     for o in objectives:
@@ -437,7 +461,9 @@ def _check_world(configs: Configs, d: Dist) -> None:
     cfg, acfg = configs.train, configs.astroloc
     n_photos = acfg.photos_per_batch if acfg.losses.photo_pairs else 0
     if cfg.regions_per_batch % d.world_size:
-        raise ConfigError(f"train.regions_per_batch {cfg.regions_per_batch} must be a multiple of WORLD_SIZE {d.world_size}")
+        raise ConfigError(
+            f"train.regions_per_batch {cfg.regions_per_batch} must be a multiple of WORLD_SIZE {d.world_size}"
+        )
     if n_photos % d.world_size:
         raise ConfigError(f"astroloc.photos_per_batch {n_photos} must be a multiple of WORLD_SIZE {d.world_size}")
 
@@ -452,7 +478,9 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
     device = _device(cfg, d)
     _check_world(configs, d)
     if cfg.val_every and not Path(cfg.val_set).is_dir():
-        raise InputError(f"{cfg.val_set}: validation set not found (build it with the evalset stage, or set train.val_every: 0)")
+        raise InputError(
+            f"{cfg.val_set}: validation set not found (build it with the evalset stage, or set train.val_every: 0)"
+        )
     t0 = time.monotonic()
     seed_everything(cfg.seed)
 
@@ -488,7 +516,9 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
     if d.enabled:
         if device.type == "cuda" and cfg.sync_batchnorm:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     net.train()
     augment = YearwiseAugment(configs.augment)
     dataset = RegionYearsDataset(regions, cfg.load_size)
@@ -542,7 +572,11 @@ def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
                     state.live_step = live.step
                 if cfg.val_every and (state.iteration % cfg.val_every == 0 or state.iteration == cfg.iterations):
                     _validate_step(net, cfg, mcfg, paths, device, d, state, live)
-                if state.iteration % cfg.checkpoint_every == 0 or state.iteration == cfg.iterations or state.stopped_early:
+                if (
+                    state.iteration % cfg.checkpoint_every == 0
+                    or state.iteration == cfg.iterations
+                    or state.stopped_early
+                ):
                     if d.is_main:
                         save_train_checkpoint(ckpt_path, net, mcfg, optimizer, state, fingerprint, objectives)
                     barrier(d)

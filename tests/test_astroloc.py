@@ -66,7 +66,9 @@ def test_cluster_weights_on_separated_clusters() -> None:
     a, b = np.array([1.0, 0, 0, 0]), np.array([0, 0, 1.0, 0])
     regions = np.vstack([a + 0.01 * rng.standard_normal((10, 4)), b + 0.01 * rng.standard_normal((6, 4))])
     photos = a + 0.01 * rng.standard_normal((3, 4))  # every photo looks like cluster "a"
-    cw = cluster_weights(regions.astype(np.float32), photos.astype(np.float32), ClusterConfig(n_clusters=2, smoothing=1.0))
+    cw = cluster_weights(
+        regions.astype(np.float32), photos.astype(np.float32), ClusterConfig(n_clusters=2, smoothing=1.0)
+    )
     ka, kb = int(cw.region_cluster[0]), int(cw.region_cluster[-1])
     assert ka != kb and (cw.region_cluster[:10] == ka).all() and (cw.region_cluster[10:] == kb).all()
     assert cw.photo_counts[ka] == 3 and cw.photo_counts[kb] == 0
@@ -173,8 +175,9 @@ def test_photo_pair_loss_pulls_photo_to_its_region() -> None:
 
 def test_photo_region_masks() -> None:
     labels = [0, 0, 1, 1, 2, 2]  # three regions x two views
-    pos, neu = photo_region_masks(["q1", "q2"], ["r0", "r1", "r2"], labels,
-                                  {"q1": {"r0"}, "q2": {"r2", "r1"}}, {"q1": {"r1"}, "q2": {"r1"}})
+    pos, neu = photo_region_masks(
+        ["q1", "q2"], ["r0", "r1", "r2"], labels, {"q1": {"r0"}, "q2": {"r2", "r1"}}, {"q1": {"r1"}, "q2": {"r1"}}
+    )
     assert pos.tolist() == [[True, True, False, False, False, False], [False, False, True, True, True, True]]
     assert neu.tolist() == [[False, False, True, True, False, False], [False] * 6]  # positive wins over neutral
 
@@ -184,8 +187,13 @@ def test_photo_region_masks() -> None:
 
 
 def test_config_from_section() -> None:
-    cfg = AstroLocConfig.from_section({"losses": {"earthloc_ms": False, "photo_pairs": True, "weighted_clusters": True},
-                                       "weights": {"photo_pairs": 0.5}, "clusters": {"n_clusters": 4, "use": "both"}})
+    cfg = AstroLocConfig.from_section(
+        {
+            "losses": {"earthloc_ms": False, "photo_pairs": True, "weighted_clusters": True},
+            "weights": {"photo_pairs": 0.5},
+            "clusters": {"n_clusters": 4, "use": "both"},
+        }
+    )
     assert cfg.losses.photo_pairs and not cfg.losses.earthloc_ms and cfg.weight("photo_pairs") == 0.5
     assert cfg.weight("weighted_clusters") == 1.0 and cfg.clusters.n_clusters == 4
     assert AstroLocConfig.from_section(None).losses.earthloc_ms  # absent section = EarthLoc
@@ -198,9 +206,8 @@ def test_config_from_section() -> None:
 
 
 def test_no_evaluation_photo_in_pairs() -> None:
-    from test_pairs import AREAS, INTER, MEMBERS, NADIRS
-
     from pipeline.geo.pairs import excluded_photos, leaked_ids, select_pairs
+    from test_pairs import AREAS, INTER, MEMBERS, NADIRS
 
     res = select_pairs(INTER, excluded_photos(NADIRS, MEMBERS, AREAS)["query_id"], min_iou=0.01)
     assert len(res.pairs) and leaked_ids(res.pairs, MEMBERS) == set()

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from train_fixtures import add_photos, astroloc_section, make_store, region_image, tiny_params
 
 from earthloc.data import training_regions
 from earthloc.model import load_model
 from earthloc.objectives.photos import PhotoDataset, north_up_turns, photo_pool, plan_photos
 from earthloc.train import Configs, TrainPaths, train
 from pipeline.errors import ConfigError, InputError
+from train_fixtures import add_photos, astroloc_section, make_store, region_image, tiny_params
 
 N_PHOTOS = 10
 
@@ -102,7 +102,9 @@ def test_no_photos_is_a_clear_error(tmp_path: Path, store: dict[str, Path]) -> N
         train(Configs.from_params(params), paths_in(tmp_path, store))
 
 
-def test_photos_per_batch_must_split_over_ranks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: dict[str, Path]) -> None:
+def test_photos_per_batch_must_split_over_ranks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: dict[str, Path]
+) -> None:
     import earthloc.train as T
     from earthloc.distributed import Dist
 

@@ -22,8 +22,9 @@ from earthloc.augment import (
 from pipeline.errors import ConfigError
 
 R, Y, H, S = 3, 4, 48, 32
-IDENTITY = AugmentConfig(rotation_deg=0, crop_fraction=1.0, distortion=0.0, out_size=S, brightness=0, contrast=0,
-                         saturation=0, hue=0)
+IDENTITY = AugmentConfig(
+    rotation_deg=0, crop_fraction=1.0, distortion=0.0, out_size=S, brightness=0, contrast=0, saturation=0, hue=0
+)
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -93,7 +93,9 @@ def test_batches_come_from_one_cluster_and_are_pure() -> None:
         assert len(set(ca.labels[b].tolist())) == 1  # one cluster
         assert len(set(b.tolist())) == 16  # without replacement (clusters hold 40)
         assert (b == batch_regions(ca, seed=0, iteration=it, batch_size=16)).all()  # pure function
-    assert not (batch_regions(ca, seed=0, iteration=0, batch_size=16) == batch_regions(ca, seed=0, iteration=1, batch_size=16)).all()
+    assert not (
+        batch_regions(ca, seed=0, iteration=0, batch_size=16) == batch_regions(ca, seed=0, iteration=1, batch_size=16)
+    ).all()
 
 
 def test_small_cluster_draws_with_replacement_and_choice_by_size() -> None:
@@ -106,7 +108,9 @@ def test_small_cluster_draws_with_replacement_and_choice_by_size() -> None:
             seen_small = True
             assert set(b.tolist()) <= {0, 1, 2} and len(b) == 8
     assert seen_small  # uniform choice picks the 3-region cluster about half the time
-    by_size = [ca.labels[batch_regions(ca, seed=1, iteration=it, batch_size=8, cluster_choice="size")[0]] for it in range(200)]
+    by_size = [
+        ca.labels[batch_regions(ca, seed=1, iteration=it, batch_size=8, cluster_choice="size")[0]] for it in range(200)
+    ]
     assert np.mean(np.asarray(by_size) == 0) < 0.1
 
 

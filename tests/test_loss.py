@@ -16,6 +16,7 @@ REL = 1e-4
 
 # ---- independent float64 reference (numpy, formulas of docs/upstream.md §6 / paper Eq. 3) ----
 
+
 def ref_masks(labels: np.ndarray, neutral: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     same = labels[:, None] == labels[None, :]
     neutral_pairs = neutral[labels[:, None], labels[None, :]].astype(bool) & ~same
@@ -54,6 +55,7 @@ def unit_sim(emb: np.ndarray) -> np.ndarray:
 
 # ---- fixtures: upstream's vectors ----
 
+
 def four_vectors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
     return emb, torch.tensor([0, 0, 1, 1]), torch.eye(2, dtype=torch.bool)
@@ -72,6 +74,7 @@ def pair_set(a: torch.Tensor, b: torch.Tensor) -> set[tuple[int, int]]:
 
 
 # ---- §10.2 / §10.3 ----
+
 
 def test_all_pairs_four_vectors_10_2() -> None:
     emb, labels, neutral = four_vectors()
@@ -95,6 +98,7 @@ def test_miner_four_vectors_mines_nothing_10_3(order: str) -> None:
 
 
 # ---- §10.4 ----
+
 
 @pytest.mark.parametrize("order", ["upstream", "paper"])
 def test_all_pairs_twelve_vectors_10_4(order: str) -> None:

@@ -182,7 +182,11 @@ def test_bare_upstream_state_dict_loads_strictly(tmp_path: Path) -> None:
     # A checkpoint laid out as the original one, built from the committed list, not from our model.
     gen = torch.Generator().manual_seed(0)
     state = {
-        k: (torch.zeros(shape, dtype=torch.long) if k.endswith("num_batches_tracked") else torch.rand(shape, generator=gen))
+        k: (
+            torch.zeros(shape, dtype=torch.long)
+            if k.endswith("num_batches_tracked")
+            else torch.rand(shape, generator=gen)
+        )
         for k, shape in upstream_state_dict_layout().items()
     }
     path = tmp_path / "best_model.pt"

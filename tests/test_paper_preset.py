@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from train_fixtures import make_store
 
 from earthloc.model import load_checkpoint
 from earthloc.train import Configs, TrainPaths, train
 from pipeline.params import load_params
+from train_fixtures import make_store
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "params_paper.yaml"

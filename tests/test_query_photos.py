@@ -33,7 +33,12 @@ def square(lat: float, lon: float, side_km: float) -> list[float]:
     LL = top-left = NW, UL = bottom-left = SW, UR = bottom-right = SE, LR = top-right = NE."""
     dlat = math.degrees(side_km * 500.0 / R)
     dlon = dlat / math.cos(math.radians(lat))
-    nw, sw, se, ne = (lat + dlat, lon - dlon), (lat - dlat, lon - dlon), (lat - dlat, lon + dlon), (lat + dlat, lon + dlon)
+    nw, sw, se, ne = (
+        (lat + dlat, lon - dlon),
+        (lat - dlat, lon - dlon),
+        (lat - dlat, lon + dlon),
+        (lat + dlat, lon + dlon),
+    )
     return [v for corner in (nw, sw, se, ne) for v in corner]
 
 
@@ -140,7 +145,9 @@ def test_antimeridian_footprint() -> None:
     """A footprint across 180 degrees (Chukotka) renders as one piece, like its mirror halves."""
     corners = square(66.0, 180.0, 80.0)
     photo = render_photo(corners, 2021, 0, 64, effects=NO_EFFECTS)
-    shifted = render_photo([v if i % 2 == 0 else v - 360.0 for i, v in enumerate(corners)], 2021, 0, 64, effects=NO_EFFECTS)
+    shifted = render_photo(
+        [v if i % 2 == 0 else v - 360.0 for i, v in enumerate(corners)], 2021, 0, 64, effects=NO_EFFECTS
+    )
     assert photo.tobytes() == shifted.tobytes()
     assert _grey(photo).std() > 2.0
 
@@ -323,7 +330,7 @@ class PhotoStub:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 name = self.path.rsplit("/", 1)[-1]
                 stub.hits[name] += 1
                 stub.agents.add(self.headers.get("User-Agent", ""))
@@ -400,7 +407,9 @@ def test_orientation_finding_on_the_real_metadata() -> None:
     ccw, err, literal = [], [], []
     for c, o in zip(corners, orient):
         g = PhotoGeometry(c, o)
-        ccw.append(g.ground_xy[:, 0] @ np.roll(g.ground_xy[:, 1], -1) - np.roll(g.ground_xy[:, 0], -1) @ g.ground_xy[:, 1] > 0)
+        ccw.append(
+            g.ground_xy[:, 0] @ np.roll(g.ground_xy[:, 1], -1) - np.roll(g.ground_xy[:, 0], -1) @ g.ground_xy[:, 1] > 0
+        )
         err.append(abs((g.up_bearing + o + 180.0) % 360.0 - 180.0))
         literal.append(bool(np.allclose(g.image_corners, PhotoGeometry(c).image_corners)))
     assert np.mean(ccw) > 0.999

@@ -106,10 +106,7 @@ def test_downsampled_children_match_their_parent(zoom: int) -> None:
     for lon, lat in LAND:
         t = _tile(lon, lat, zoom)
         parent = _render(zoom, t.x, t.y)
-        rows = [
-            np.concatenate([_render(zoom + 1, 2 * t.x + i, 2 * t.y + j) for i in (0, 1)], axis=1)
-            for j in (0, 1)
-        ]
+        rows = [np.concatenate([_render(zoom + 1, 2 * t.x + i, 2 * t.y + j) for i in (0, 1)], axis=1) for j in (0, 1)]
         down = np.concatenate(rows, axis=0).reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
         mad = float(np.abs(down - parent).mean())
         assert mad < 0.5 * _variation(parent) + 2.0, (lon, lat, mad, _variation(parent))

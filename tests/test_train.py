@@ -20,13 +20,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from train_fixtures import add_photos, astroloc_section, make_store, region_image, tiny_params
 
 from earthloc.batches import batch_regions, random_clusters
 from earthloc.data import RegionYearsDataset, load_rgb, loader, one_line, training_regions
 from earthloc.model import load_model
 from earthloc.train import Configs, TrainConfig, TrainPaths, train
 from pipeline.errors import ConfigError, InputError
+from train_fixtures import add_photos, astroloc_section, make_store, region_image, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,10 @@ def test_training_regions_need_all_four_years(tmp_path: Path) -> None:
     for i in range(len(regions)):
         for y, year in enumerate(regions.years):
             rel = str(regions.paths[i, y])
-            assert rel.startswith(f"database/{year}_{regions.zooms[i]:02d}/") and f"@{regions.region_ids[i]}@{year}@" in rel
+            assert (
+                rel.startswith(f"database/{year}_{regions.zooms[i]:02d}/")
+                and f"@{regions.region_ids[i]}@{year}@" in rel
+            )
     # a file listed as ok but missing: a clear error before training
     victim = regions.abs_path(0, 1)
     victim.unlink()
@@ -87,7 +90,10 @@ def test_loader_gives_four_years_per_region_and_corrupt_file_is_named(tmp_path: 
         for r, idx in enumerate(want):
             # the fixture's region `idx` (grid order = region-id order here) year by year
             order = list(pd.read_parquet(s["grid"])["region_id"]).index(regions.region_ids[idx])
-            small = [np.asarray(Image.fromarray(region_image(order, yy, 64)).resize((32, 32))).astype(float) for yy in range(4)]
+            small = [
+                np.asarray(Image.fromarray(region_image(order, yy, 64)).resize((32, 32))).astype(float)
+                for yy in range(4)
+            ]
             for y in range(4):
                 got = batch.images[r, y].permute(1, 2, 0).numpy().astype(float)
                 dists = [np.abs(got - ref).mean() for ref in small]
@@ -139,12 +145,23 @@ def test_train_stage_end_to_end(tmp_path: Path, store: dict[str, Path]) -> None:
         d = model.eval()(torch.zeros(2, 3, 32, 32))
     assert d.shape == (2, 32)
     last = state_of(p.checkpoints / "last.pt")
-    assert last["iteration"] == 6 and last["clusters"]["source"] == "kmeans" and last["clusters"]["iteration"] == 3  # reclustered at 3 (at 6 the run ends)
+    assert (
+        last["iteration"] == 6 and last["clusters"]["source"] == "kmeans" and last["clusters"]["iteration"] == 3
+    )  # reclustered at 3 (at 6 the run ends)
     best = state_of(p.checkpoints / "best.pt")
     assert set(best["val_recalls"]) >= {"1", "5", "10", "20"}
     loss = read_tsv(p.live_dir, "train/loss")
     assert loss["step"].tolist() == list(range(6)) and np.isfinite(loss["loss"]).all()
-    for name in ("train/mined_pos", "train/mined_neg", "train/batch_acc", "train/lr", "val/R@1", "val/R@5", "val/R@10", "val/R@20"):
+    for name in (
+        "train/mined_pos",
+        "train/mined_neg",
+        "train/batch_acc",
+        "train/lr",
+        "val/R@1",
+        "val/R@5",
+        "val/R@10",
+        "val/R@20",
+    ):
         assert len(read_tsv(p.live_dir, name)) >= (6 if name.startswith("train") else 3), name
     # the initial network is validated (step 0) and a candidate; later validations sit at
     # the step of the weights they describe (after 3 and 6 updates)
@@ -161,8 +178,9 @@ def test_train_stage_end_to_end(tmp_path: Path, store: dict[str, Path]) -> None:
         train(Configs.from_params(tiny_params(tmp_path / "no_such_set")), p)
 
 
-def test_checkpoint_names_the_seed_that_rebuilds_the_initial_network(tmp_path: Path, store: dict[str, Path],
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_names_the_seed_that_rebuilds_the_initial_network(
+    tmp_path: Path, store: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The evaluate stage's untrained baseline is untrained_model(cfg, init_seed): it must be
     # the very network the training started from, so "model - untrained" is what training did.
     import earthloc.train as T
@@ -239,7 +257,9 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path: Path, store: dict[st
         argv = ["train", "--params", str(tmp_path / "params.yaml"), "--tiles", str(p.tiles_root), "--grid", str(p.regions),
                 "--out", str(p.model_out), "--checkpoints", str(p.checkpoints), "--live-dir", str(p.live_dir)]  # fmt: skip
         env = {**os.environ, "KILL_AT_STEP": str(kill_at), "OMP_NUM_THREADS": "1"}
-        return subprocess.run([sys.executable, "-c", KILL_DRIVER, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-c", KILL_DRIVER, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
 
     configs = Configs.from_params(params)
     whole = train(configs, paths_in(tmp_path / "whole", store))  # in-process: one interpreter start-up less
@@ -305,7 +325,9 @@ def test_ddp_two_cpu_processes_match_one(tmp_path: Path, store: dict[str, Path])
            "--master-port", str(free_port()), "-m", "earthloc.cli", "train", "--params", str(tmp_path / "params.yaml"),
            "--tiles", str(p.tiles_root), "--grid", str(p.regions), "--out", str(p.model_out),
            "--checkpoints", str(p.checkpoints), "--live-dir", str(p.live_dir)]  # fmt: skip
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "world size 2" in res.stdout
     single = paths_in(tmp_path / "single", store)
@@ -314,5 +336,7 @@ def test_ddp_two_cpu_processes_match_one(tmp_path: Path, store: dict[str, Path])
     ld, ls = read_tsv(p.live_dir, "train/loss"), read_tsv(single.live_dir, "train/loss")
     assert ld["step"].tolist() == ls["step"].tolist() == list(range(4))
     np.testing.assert_allclose(ld["loss"], ls["loss"], atol=1e-5, rtol=0)
-    np.testing.assert_array_equal(read_tsv(p.live_dir, "train/mined_pos")["mined_pos"], read_tsv(single.live_dir, "train/mined_pos")["mined_pos"])
+    np.testing.assert_array_equal(
+        read_tsv(p.live_dir, "train/mined_pos")["mined_pos"], read_tsv(single.live_dir, "train/mined_pos")["mined_pos"]
+    )
     assert_same_state(state_of(p.model_out)["state_dict"], state_of(single.model_out)["state_dict"], atol=1e-5)

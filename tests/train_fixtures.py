@@ -64,7 +64,9 @@ def make_store(root: Path, regions: list[tuple[int, int, int]] | None = None, *,
     missing = missing or set()
     for i, r in enumerate(df.itertuples(index=False)):
         for y, year in enumerate(years):
-            rel = db_relpath([getattr(r, c) for c in CORNERS], r.region_id, int(r.zoom), year, r.center_lat, r.center_lon, r.area_km2)
+            rel = db_relpath(
+                [getattr(r, c) for c in CORNERS], r.region_id, int(r.zoom), year, r.center_lat, r.center_lon, r.area_km2
+            )
             status, sha = "failed", None
             if (i, year) not in missing:
                 data = jpeg_bytes(region_image(i, y, size))
@@ -72,7 +74,14 @@ def make_store(root: Path, regions: list[tuple[int, int, int]] | None = None, *,
                 (tiles / rel).write_bytes(data)
                 status, sha = "ok", hashlib.sha256(data).hexdigest()
             rows.setdefault((year, int(r.zoom)), []).append(
-                {"region_id": r.region_id, "year": year, "zoom": int(r.zoom), "path": rel, "status": status, "sha256": sha}
+                {
+                    "region_id": r.region_id,
+                    "year": year,
+                    "zoom": int(r.zoom),
+                    "path": rel,
+                    "status": status,
+                    "sha256": sha,
+                }
             )
     (tiles / "manifests").mkdir(parents=True, exist_ok=True)
     for (year, zoom), rr in rows.items():
@@ -83,7 +92,9 @@ def make_store(root: Path, regions: list[tuple[int, int, int]] | None = None, *,
     val.mkdir(parents=True, exist_ok=True)
     man21 = pd.concat([pd.DataFrame(v) for (yr, _), v in rows.items() if yr == 2021], ignore_index=True)
     man21 = man21.set_index("region_id").loc[df["region_id"]].reset_index()
-    db = pd.DataFrame({"db_index": range(len(df)), "region_id": df["region_id"], "zoom": df["zoom"], "path": man21["path"]})
+    db = pd.DataFrame(
+        {"db_index": range(len(df)), "region_id": df["region_id"], "zoom": df["zoom"], "path": man21["path"]}
+    )
     db.to_csv(val / "database.csv", index=False)
     q_rows, pos = [], []
     (tiles / "queries").mkdir(parents=True, exist_ok=True)
@@ -107,8 +118,15 @@ def tiny_params(val_set: Path | None, **train: Any) -> dict[str, Any]:
     )  # fmt: skip
     t.update(train)
     return {
-        "model": {"backbone": "resnet18", "image_size": 32, "descriptor_dim": 32, "mix_depth": 1, "mlp_ratio": 1.0,
-                  "out_rows": 4, "weights": None},  # fmt: skip
+        "model": {
+            "backbone": "resnet18",
+            "image_size": 32,
+            "descriptor_dim": 32,
+            "mix_depth": 1,
+            "mlp_ratio": 1.0,
+            "out_rows": 4,
+            "weights": None,
+        },  # fmt: skip
         "augment": {},
         "loss": {},
         "train": t,

@@ -40,7 +40,9 @@ def build_objectives(acfg: AstroLocConfig, loss: LossConfig, regions: TrainingRe
         out.append(RegionMS(loss, acfg.weight("earthloc_ms")))
     if sw.weighted_clusters:
         assert pool is not None
-        out.append(WeightedClusters(pool, loss, acfg.clusters, image_size=image_size, weight=acfg.weight("weighted_clusters")))
+        out.append(
+            WeightedClusters(pool, loss, acfg.clusters, image_size=image_size, weight=acfg.weight("weighted_clusters"))
+        )
     if sw.photo_pairs:
         assert pool is not None
         out.append(PhotoPairs(pool, regions, acfg.photo_loss, photos_per_batch=acfg.photos_per_batch,

@@ -68,7 +68,9 @@ class Objective(ABC):
         """Iterations between `refresh` calls (0: never). A segment never spans a refresh."""
         return 0
 
-    def refresh(self, model: torch.nn.Module, regions: TrainingRegions, ctx: EmbedContext, iteration: int) -> str | None:
+    def refresh(
+        self, model: torch.nn.Module, regions: TrainingRegions, ctx: EmbedContext, iteration: int
+    ) -> str | None:
         """Recompute what the objective derives from the current weights; a line to print, or None."""
         return None
 

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from earthloc.astroloc import ClusterConfig, ClusterWeights, WeightedClusterMSLoss, cluster_sampling_probs, cluster_weights
+from earthloc.astroloc import (
+    ClusterConfig,
+    ClusterWeights,
+    WeightedClusterMSLoss,
+    cluster_sampling_probs,
+    cluster_weights,
+)
 from earthloc.data import TrainingRegions
 from earthloc.embedding import EmbedContext, embed_images, embed_year
 from earthloc.loss import LossConfig, NeutralAwareMSLoss
@@ -51,7 +57,9 @@ class WeightedClusters(Objective):
     def refresh_every(self) -> int:
         return self.cfg.refresh_every
 
-    def refresh(self, model: torch.nn.Module, regions: TrainingRegions, ctx: EmbedContext, iteration: int) -> str | None:
+    def refresh(
+        self, model: torch.nn.Module, regions: TrainingRegions, ctx: EmbedContext, iteration: int
+    ) -> str | None:
         if self.refreshed_at == iteration:  # resumed at a refresh the checkpoint already holds
             return None
         region_desc = embed_year(model, regions, CLUSTERING_YEAR, ctx)
@@ -68,7 +76,11 @@ class WeightedClusters(Objective):
 
     def loss(self, batch: StepBatch) -> ObjectiveOutput:
         n = len(batch.regions)
-        w = torch.ones(n) if self.weights is None else torch.from_numpy(self.weights.region_weights()[batch.regions]).float()
+        w = (
+            torch.ones(n)
+            if self.weights is None
+            else torch.from_numpy(self.weights.region_weights()[batch.regions]).float()
+        )
         out = self.loss_fn(batch.region_emb, batch.labels, batch.neutral, w)
         return ObjectiveOutput(out.loss)
 

@@ -263,9 +263,7 @@ def _tasks(seed: int, year: int, sources: tuple[_Source, ...] = _SOURCES) -> lis
         totals = {name: sum(w) for name, _, w in src.outputs}
         src_seed = _mix32(seed, src.tag, year if src.yearly else 0)
         for k, j in enumerate(src.js):
-            weights = tuple(
-                (_CH[name], ridged, w[k] / totals[name]) for name, ridged, w in src.outputs if w[k] != 0.0
-            )
+            weights = tuple((_CH[name], ridged, w[k] / totals[name]) for name, ridged, w in src.outputs if w[k] != 0.0)
             matrix, useed = _octave_matrix(src_seed, src.tag, j)
             out.append(_Task(src, j, matrix, useed, weights))
     return out
