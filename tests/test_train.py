@@ -340,3 +340,12 @@ def test_ddp_two_cpu_processes_match_one(tmp_path: Path, store: dict[str, Path])
         read_tsv(p.live_dir, "train/mined_pos")["mined_pos"], read_tsv(single.live_dir, "train/mined_pos")["mined_pos"]
     )
     assert_same_state(state_of(p.model_out)["state_dict"], state_of(single.model_out)["state_dict"], atol=1e-5)
+
+
+def test_val_rotations_are_checked() -> None:
+    from earthloc.train import TrainConfig
+
+    assert TrainConfig(val_rotations=[0]).val_rotations == (0,)
+    for bad in ([], [45], [0, 0]):
+        with pytest.raises(ConfigError, match="val_rotations"):
+            TrainConfig(val_rotations=bad)
