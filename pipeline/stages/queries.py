@@ -3,7 +3,7 @@
 Every physical line of the CSV ends as a footprint, a line of rejected.csv (with its
 line number and reason) or a counted blank line; nothing is dropped silently and no line
 is swallowed by a neighbour (see `read_nasa_csv`). The stage fails only when the
-rejected share exceeds `queries.max_rejected_fraction`. docs/reliability_input.md lists
+rejected share exceeds `queries.max_rejected_fraction`. docs/reliability.md ("Hostile input") lists
 the hostile-input rules.
 """
 
