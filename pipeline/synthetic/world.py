@@ -228,9 +228,19 @@ _SOURCES: tuple[_Source, ...] = (
     _Source(8, (10, 12, 14), (("LK", False, (1.0, 0.45, 0.2)),)),
     _Source(9, (8, 10, 12), (("CITY", False, (1.0, 0.5, 0.3)),)),
     _Source(10, (7, 8, 9), (("AG", False, (1.0, 0.6, 0.3)),)),
-    # the year's regional vegetation anomaly (greener or browner than usual)
-    _Source(11, (6, 7, 8, 10), (("VA", False, (1.0, 0.6, 0.4, 0.3)),), yearly=True),
-    _Source(12, (5, 6, 7), (("HZ", False, (1.0, 0.5, 0.25)),), yearly=True),
+    # The year's own fields (docs/synthetic_world.md): they vary over 5-150 km, inside a
+    # database region, so a year changes which parts of a region are bright and which dark.
+    # VA: vegetation anomaly (greener or browner than usual, drought, late spring)
+    _Source(11, (7, 8, 9, 10, 11, 12), (("VA", False, (0.8, 1.0, 0.8, 0.6, 0.45, 0.3)),), yearly=True),
+    # HZ: residual haze of the scenes the mosaic was made of; GN: their brightness
+    _Source(12, (8, 9, 10, 11), (("HZ", False, (1.0, 0.7, 0.5, 0.35)),), yearly=True),
+    _Source(13, (7, 8, 9), (("GN", False, (1.0, 0.7, 0.4)),), yearly=True),
+    # AW, AO: seasonal albedo of woods and of open land (leaf-off, dry grass, ploughed or
+    # ripe fields); independent fields, so the woods/open contrast flips sign in places
+    _Source(14, (9, 10, 11, 12), (("AW", False, (1.0, 0.7, 0.5, 0.35)),), yearly=True),
+    _Source(15, (9, 10, 11, 12), (("AO", False, (1.0, 0.7, 0.5, 0.35)),), yearly=True),
+    # BN: burn scars and flooded flats of the year
+    _Source(16, (11, 12, 13, 14), (("BN", False, (1.0, 0.6, 0.45, 0.3)),), yearly=True),
 )
 _CHANNELS: tuple[str, ...] = tuple(dict.fromkeys(name for s in _SOURCES for name, _, _ in s.outputs))
 # coarsest octave feeding each channel: a channel vanishes where that octave is faded out
@@ -676,8 +686,22 @@ _SEA_SHALLOW = _rgb(26, 70, 96)
 _SEA_DEEP = _rgb(11, 27, 56)
 _HAZE = _rgb(196, 206, 222)
 _CITY = _rgb(158, 150, 140)
-_CROP_ROTATION = 0.35  # share of fields whose crop is drawn anew every year
-_CROPS = np.array([[150, 158, 78], [96, 132, 54], [168, 140, 102], [190, 174, 112], [120, 120, 70]], np.float32)
+_CROP_ROTATION = 0.8  # share of fields whose crop is drawn anew every year
+# dark to bright: wet bare soil, young green, mature green, dry soil, stubble, ripe
+_CROPS = np.array(
+    [[84, 70, 58], [96, 132, 54], [120, 128, 70], [150, 158, 78], [168, 140, 102], [190, 174, 112], [214, 198, 150]],
+    np.float32,
+)
+_BURN = _rgb(46, 40, 38)
+_BURN_RIM = _rgb(104, 84, 62)
+_BURN_LEVEL = 0.4  # burn-field value where scars begin: a few per cent of the land burns a year
+# Strength of the year's fields (each has a standard deviation of about 0.2): the
+# vegetation anomaly in wetness units, and the relative albedo change of woods and open land
+_VEGETATION_ANOMALY = np.float32(0.9)
+_WOODS_ALBEDO = np.float32(2.2)
+_OPEN_ALBEDO = np.float32(2.2)
+_MOSAIC_GAIN = np.float32(0.8)  # relative brightness of the scenes behind the mosaic
+_HAZE_PATCHES = np.float32(0.35)  # haze opacity where the year's haze field peaks
 
 # rivers: (channel, half width m, valley depth m, valley half width m, dry-land survival)
 _RIVERS = (("RA", 420.0, 80.0, 3000.0, 0.6), ("RB", 140.0, 0.0, 1.0, 0.25), ("RC", 45.0, 0.0, 1.0, 0.0))
@@ -947,7 +971,7 @@ def _scene(s: _TileSampler | _PointSampler, year: int, seed: int) -> _Scene:
     np.clip(land, 0.0, 1.0, out=land)
     wet = _wetness(c[_CH["WET"]], lat) - elev * np.float32(1 / 9000)
     wet += 0.3 * c[_CH["H"]]  # greener hollows, drier rises
-    green = wet + look.green * (0.6 + 0.4 * np.clip(wet, 0, 1)) + 0.12 * c[_CH["VA"]]
+    green = wet + look.green * (0.6 + 0.4 * np.clip(wet, 0, 1)) + _VEGETATION_ANOMALY * c[_CH["VA"]]
     tmp = c[_CH["TMP"]]
     temp = 1.0 - np.abs(lat) * np.float32(1 / 75) - elev * np.float32(1 / 4500) + 0.1 * tmp
     snowline = 4900.0 - 3900.0 * _smooth(15.0, 66.0, np.abs(lat)) + 300.0 * tmp + look.snow_m
@@ -964,8 +988,29 @@ def _ground(sc: _Scene) -> FloatArray:
     rgb = _biome(sc.green - 0.06 + 0.2 * tex, ci)
     _blend(rgb, woods, _biome(np.maximum(sc.green + 0.28, 0.62) + 0.35 * tex, ci))
     rgb *= 1.0 + 0.12 * tex
+    # the season's albedo, separately for woods and open land (see _Source 14, 15)
+    open_albedo = _OPEN_ALBEDO * sc.c[_CH["AO"]]
+    albedo = _WOODS_ALBEDO * sc.c[_CH["AW"]] - open_albedo
+    albedo *= woods
+    albedo += open_albedo
+    albedo += 1.0
+    np.clip(albedo, 0.45, 1.9, out=albedo)
+    rgb *= albedo
     _add_fields(rgb, sc, woods)
+    _add_burns(rgb, sc)
     return rgb
+
+
+def _add_burns(rgb: FloatArray, sc: _Scene) -> None:
+    """The year's burn scars on vegetated land that is neither desert nor swamp: charcoal
+    where the burn field peaks, a browner rim around it."""
+    bn = sc.c[_CH["BN"]]
+    if float(bn.max()) < _BURN_LEVEL - 0.04:
+        return
+    a = _smooth(_BURN_LEVEL - 0.04, _BURN_LEVEL + 0.04, bn)
+    a *= _smooth(0.2, 0.35, sc.wet) * _smooth(1.1, 0.9, sc.wet) * sc.land
+    _blend(rgb, a * 0.9, _BURN_RIM)
+    _blend(rgb, _smooth(_BURN_LEVEL, _BURN_LEVEL + 0.1, bn) * a, _BURN)
 
 
 def _add_fields(rgb: FloatArray, sc: _Scene, woods: FloatArray) -> None:
@@ -974,13 +1019,16 @@ def _add_fields(rgb: FloatArray, sc: _Scene, woods: FloatArray) -> None:
     ag = _smooth(-0.1, 0.05, sc.c[_CH["AG"]])
     ag *= _smooth(0.3, 0.42, sc.wet) * _smooth(0.85, 0.7, sc.wet) * _smooth(0.2, 0.35, sc.temp)
     ag *= _smooth(1500.0, 800.0, sc.elev) * _smooth(0.2, 0.06, np.hypot(sc.gx, sc.gy))
-    ag *= (1.0 - 0.85 * woods) * 0.6
+    ag *= (1.0 - 0.85 * woods) * 0.8
     where = _where(ag > 0.01)
     if where is None:
         return
     cells = _field_cells(*sc.s.mercator(where), sc.seed)
     fid = _rehash(cells, 0xF1E1D)
-    kind = np.where(fid < _CROP_ROTATION, _rehash(cells, sc.look.crop_salt), fid)
+    # rotated fields follow the year's regional crop calendar (the open-land albedo field):
+    # across tens of km most fields are bare, green or ripe together; crops run dark to bright
+    calendar = 0.5 + 2.0 * _pick(sc.c[_CH["AO"]], where) + 0.6 * (_rehash(cells, sc.look.crop_salt) - 0.5)
+    kind = np.where(fid < _CROP_ROTATION, np.clip(calendar, 0.0, 0.999), fid)
     crop = np.take(_CROPS.T, np.minimum((kind * len(_CROPS)).astype(np.intp), len(_CROPS) - 1), axis=1)
     _blend_at(rgb, where, _pick(ag, where) * (0.4 + 0.6 * fid), crop, alpha_picked=True)
 
@@ -1062,7 +1110,8 @@ def _compose(s: _TileSampler | _PointSampler, year: int, seed: int) -> U8Array:
             _blend(rgb, 1.0 - sc.land, _sea(sc))
     else:
         rgb = _sea(sc)
-    _blend(rgb, sc.look.haze * (0.55 + 0.45 * sc.c[_CH["HZ"]]), _HAZE)
+    rgb *= 1.0 + _MOSAIC_GAIN * sc.c[_CH["GN"]]
+    _blend(rgb, sc.look.haze + _HAZE_PATCHES * _smooth(0.0, 0.45, sc.c[_CH["HZ"]]), _HAZE)
     rgb *= _expand(np.asarray(sc.look.gain, dtype=np.float32), sc.hl.ndim)
     rgb += 0.5
     np.clip(rgb, 0, 255, out=rgb)
