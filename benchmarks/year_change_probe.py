@@ -30,6 +30,7 @@ Runs single-threaded; about 1 minute for 200 regions without training on one cor
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import sys
@@ -123,10 +124,29 @@ def render_region(r: Region, year: int, tile_px: int, world_seed: int) -> np.nda
     return np.concatenate(rows, axis=0)
 
 
-def render_all(regions: list[Region], tile_px: int, world_seed: int) -> torch.Tensor:
-    """(R, Y, 3, S, S) uint8 for every region and every year of YEARS."""
+def render_all(regions: list[Region], tile_px: int, world_seed: int, cache: Path | None = None) -> torch.Tensor:
+    """(R, Y, 3, S, S) uint8 for every region and every year of YEARS.
+
+    With `cache`, the images are kept in an .npy named by a hash of the world's source and
+    the arguments, so a rerun on an unchanged world (another seed, a longer training)
+    skips the rendering; any edit of the renderer renders anew."""
+    path = None
+    if cache is not None:
+        h = hashlib.sha256()
+        for src in sorted((ROOT / "pipeline" / "synthetic").glob("*.py")):
+            h.update(src.read_bytes())
+        h.update(repr((regions, tile_px, world_seed, YEARS)).encode())
+        path = cache / f"regions_{h.hexdigest()[:16]}.npy"
+        if path.is_file():
+            return torch.from_numpy(np.load(path))
     out = np.stack([np.stack([render_region(r, y, tile_px, world_seed) for y in YEARS]) for r in regions])
-    return torch.from_numpy(out).permute(0, 1, 4, 2, 3).contiguous()
+    images = torch.from_numpy(out).permute(0, 1, 4, 2, 3).contiguous()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, images.numpy())
+        tmp.replace(path)
+    return images
 
 
 def thumbnail(images: torch.Tensor) -> np.ndarray:
@@ -226,6 +246,7 @@ def main() -> None:
     ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="init seeds of the untrained network")
     ap.add_argument("--photos", type=int, default=0, help="simulated photos to probe (0 = none)")
+    ap.add_argument("--cache", type=Path, default=None, help="keep rendered images here for reruns")
     ap.add_argument("--train-minutes", type=float, default=0.0)
     ap.add_argument("--train-regions", type=int, default=400)
     ap.add_argument("--train-lat", type=float, default=36.0)
@@ -239,7 +260,7 @@ def main() -> None:
     cfg = model_config()
     t0 = time.perf_counter()
     regions = pick_regions(args.lat, args.lon, args.radius_km, tuple(args.zooms), args.regions, 0)
-    images = render_all(regions, args.tile_px, args.world_seed)
+    images = render_all(regions, args.tile_px, args.world_seed, args.cache)
     log(f"rendered {len(regions)} regions x {len(YEARS)} years at {images.shape[-1]} px in {time.perf_counter() - t0:.0f} s")
 
     rows: list[tuple[str, dict[str, tuple[float, float]]]] = [("thumbnail", cross_year(thumbnail, images))]
@@ -251,7 +272,7 @@ def main() -> None:
         t1 = time.perf_counter()
         train_regions = pick_regions(args.train_lat, args.train_lon, args.radius_km, tuple(args.zooms),
                                      args.train_regions, 1)  # fmt: skip
-        train_images = render_all(train_regions, args.tile_px, args.world_seed)
+        train_images = render_all(train_regions, args.tile_px, args.world_seed, args.cache)
         log(f"rendered {len(train_regions)} training regions in {time.perf_counter() - t1:.0f} s")
         trained = untrained(cfg, args.seeds[0])
         its = train(trained, train_images, cfg, args.train_minutes, args.seeds[0], log)

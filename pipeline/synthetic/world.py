@@ -27,7 +27,17 @@ How it is built:
 - Colour comes from elevation (continents, coasts, relief shading, snow, rock), a
   wetness/temperature biome table (desert .. rainforest, tundra), thin rivers along
   zero lines of noise fields, lakes above a noise threshold, agricultural patchwork and
-  blocky cities; the year moves greenness, snow line, lake level, crops, haze and gain.
+  blocky cities.
+- The year changes what a mosaic of real imagery changes and keeps the geography (relief,
+  coasts, rivers, lakes' basins, cities, where woods and fields lie). Besides a global
+  season shift (greenness, snow line, lake level, colour balance) every year has its own
+  noise fields that vary over 5-150 km, inside one database region: a vegetation anomaly,
+  the seasonal albedo of woods and of open land as two independent fields (so their
+  contrast changes sign from place to place), a regional crop calendar, burn scars, haze
+  patches, the brightness of the scenes behind the mosaic, and regional snow and lake
+  levels. A region's years then differ in which parts are bright and which dark, so a
+  grey thumbnail or an untrained network no longer matches them; the shapes that stay are
+  what a trained model can learn (docs/synthetic_world.md has the probe's figures).
 """
 
 from __future__ import annotations
@@ -702,6 +712,8 @@ _WOODS_ALBEDO = np.float32(2.2)
 _OPEN_ALBEDO = np.float32(2.2)
 _MOSAIC_GAIN = np.float32(0.8)  # relative brightness of the scenes behind the mosaic
 _HAZE_PATCHES = np.float32(0.35)  # haze opacity where the year's haze field peaks
+_SNOW_REGIONAL_M = np.float32(1500.0)  # snow-line shift per unit of the woods-albedo field
+_LAKE_REGIONAL = np.float32(0.3)  # lake-threshold shift per unit of the vegetation anomaly
 
 # rivers: (channel, half width m, valley depth m, valley half width m, dry-land survival)
 _RIVERS = (("RA", 420.0, 80.0, 3000.0, 0.6), ("RB", 140.0, 0.0, 1.0, 0.25), ("RC", 45.0, 0.0, 1.0, 0.0))
@@ -971,10 +983,16 @@ def _scene(s: _TileSampler | _PointSampler, year: int, seed: int) -> _Scene:
     np.clip(land, 0.0, 1.0, out=land)
     wet = _wetness(c[_CH["WET"]], lat) - elev * np.float32(1 / 9000)
     wet += 0.3 * c[_CH["H"]]  # greener hollows, drier rises
-    green = wet + look.green * (0.6 + 0.4 * np.clip(wet, 0, 1)) + _VEGETATION_ANOMALY * c[_CH["VA"]]
+    # the anomaly is weaker in deserts: without rain there is little to turn green or brown
+    anomaly = _smooth(0.1, 0.45, wet)
+    anomaly *= np.float32(0.7)
+    anomaly += np.float32(0.3)
+    anomaly *= c[_CH["VA"]]
+    green = wet + look.green * (0.6 + 0.4 * np.clip(wet, 0, 1)) + _VEGETATION_ANOMALY * anomaly
     tmp = c[_CH["TMP"]]
     temp = 1.0 - np.abs(lat) * np.float32(1 / 75) - elev * np.float32(1 / 4500) + 0.1 * tmp
     snowline = 4900.0 - 3900.0 * _smooth(15.0, 66.0, np.abs(lat)) + 300.0 * tmp + look.snow_m
+    snowline -= _SNOW_REGIONAL_M * c[_CH["AW"]]  # a late or early season: woods leaf-off, snow low
     hl = c[_CH["E"]] - sea_level
     return _Scene(s, ch, c, look, seed, lat, pix, hl, elev, gx, gy, land, wet, green, temp, snowline)
 
@@ -1071,6 +1089,7 @@ def _add_cities(rgb: FloatArray, sc: _Scene) -> None:
 def _add_water(rgb: FloatArray, sc: _Scene, snow: FloatArray) -> None:
     """Lakes (a lighter shore darkening to deep water) and rivers: flat, unshaded water."""
     lk_level = 0.46 + 0.2 * np.clip(1.0 - sc.wet, 0.0, 1.0) + sc.look.water
+    lk_level -= _LAKE_REGIONAL * sc.c[_CH["VA"]]  # a wet year fills the lakes of its region
     # skip the lake edge maths when no pixel comes near the lake threshold
     margin = 0.05 + 3.0 * float(np.max(sc.pix)) / cell_m(_BASE_OCTAVE["LK"])
     if float((sc.c[_CH["LK"]] - lk_level).max()) > -margin:
