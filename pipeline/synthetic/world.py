@@ -242,9 +242,9 @@ _SOURCES: tuple[_Source, ...] = (
     # database region, so a year changes which parts of a region are bright and which dark.
     # VA: vegetation anomaly (greener or browner than usual, drought, late spring)
     _Source(11, (7, 8, 9, 10, 11, 12), (("VA", False, (0.8, 1.0, 0.8, 0.6, 0.45, 0.3)),), yearly=True),
-    # HZ: residual haze of the scenes the mosaic was made of; GN: their brightness
-    _Source(12, (8, 9, 10, 11), (("HZ", False, (1.0, 0.7, 0.5, 0.35)),), yearly=True),
-    _Source(13, (7, 8, 9), (("GN", False, (1.0, 0.7, 0.4)),), yearly=True),
+    # HZ: residual haze of the scenes the mosaic was made of, which also sets their
+    # brightness (hazier scenes are brighter)
+    _Source(12, (7, 8, 9, 10, 11), (("HZ", False, (0.8, 1.0, 0.7, 0.5, 0.35)),), yearly=True),
     # AW, AO: seasonal albedo of woods and of open land (leaf-off, dry grass, ploughed or
     # ripe fields); independent fields, so the woods/open contrast flips sign in places
     _Source(14, (9, 10, 11, 12), (("AW", False, (1.0, 0.7, 0.5, 0.35)),), yearly=True),
@@ -710,7 +710,7 @@ _BURN_LEVEL = 0.4  # burn-field value where scars begin: a few per cent of the l
 _VEGETATION_ANOMALY = np.float32(0.9)
 _WOODS_ALBEDO = np.float32(2.2)
 _OPEN_ALBEDO = np.float32(2.2)
-_MOSAIC_GAIN = np.float32(0.8)  # relative brightness of the scenes behind the mosaic
+_MOSAIC_GAIN = np.float32(0.5)  # relative brightness of the scenes behind the mosaic
 _HAZE_PATCHES = np.float32(0.35)  # haze opacity where the year's haze field peaks
 _SNOW_REGIONAL_M = np.float32(1500.0)  # snow-line shift per unit of the woods-albedo field
 _LAKE_REGIONAL = np.float32(0.3)  # lake-threshold shift per unit of the vegetation anomaly
@@ -1022,13 +1022,14 @@ def _ground(sc: _Scene) -> FloatArray:
 def _add_burns(rgb: FloatArray, sc: _Scene) -> None:
     """The year's burn scars on vegetated land that is neither desert nor swamp: charcoal
     where the burn field peaks, a browner rim around it."""
-    bn = sc.c[_CH["BN"]]
-    if float(bn.max()) < _BURN_LEVEL - 0.04:
-        return
+    where = _where((sc.c[_CH["BN"]] > _BURN_LEVEL - 0.04) & (sc.wet > 0.2) & (sc.wet < 1.1))
+    if where is None:
+        return  # a few per cent of the land: work on those pixels only
+    bn, wet = _pick(sc.c[_CH["BN"]], where), _pick(sc.wet, where)
     a = _smooth(_BURN_LEVEL - 0.04, _BURN_LEVEL + 0.04, bn)
-    a *= _smooth(0.2, 0.35, sc.wet) * _smooth(1.1, 0.9, sc.wet) * sc.land
-    _blend(rgb, a * 0.9, _BURN_RIM)
-    _blend(rgb, _smooth(_BURN_LEVEL, _BURN_LEVEL + 0.1, bn) * a, _BURN)
+    a *= _smooth(0.2, 0.35, wet) * _smooth(1.1, 0.9, wet) * _pick(np.broadcast_to(sc.land, sc.wet.shape), where)
+    _blend_at(rgb, where, a * 0.9, _BURN_RIM[:, None], alpha_picked=True)
+    _blend_at(rgb, where, _smooth(_BURN_LEVEL, _BURN_LEVEL + 0.1, bn) * a, _BURN[:, None], alpha_picked=True)
 
 
 def _add_fields(rgb: FloatArray, sc: _Scene, woods: FloatArray) -> None:
@@ -1129,9 +1130,11 @@ def _compose(s: _TileSampler | _PointSampler, year: int, seed: int) -> U8Array:
             _blend(rgb, 1.0 - sc.land, _sea(sc))
     else:
         rgb = _sea(sc)
-    rgb *= 1.0 + _MOSAIC_GAIN * sc.c[_CH["GN"]]
     _blend(rgb, sc.look.haze + _HAZE_PATCHES * _smooth(0.0, 0.45, sc.c[_CH["HZ"]]), _HAZE)
-    rgb *= _expand(np.asarray(sc.look.gain, dtype=np.float32), sc.hl.ndim)
+    # the brightness of the scenes behind the mosaic, and the layer's colour balance
+    gain = sc.c[_CH["HZ"]] * _MOSAIC_GAIN
+    gain += 1.0
+    rgb *= gain[None] * _expand(np.asarray(sc.look.gain, dtype=np.float32), sc.hl.ndim)
     rgb += 0.5
     np.clip(rgb, 0, 255, out=rgb)
     return np.moveaxis(rgb.astype(np.uint8), 0, -1).copy()
