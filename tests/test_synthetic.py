@@ -153,6 +153,19 @@ def test_years_differ_but_show_the_same_place() -> None:
             assert same > 0.3 and same > other + 0.15, (lon, lat, a, b, same, other)  # the geography stays
 
 
+def test_years_rearrange_bright_and_dark_inside_a_tile() -> None:
+    """The year's own fields vary inside a tile, so a year is not a recolouring of another:
+    the coarse grey pattern (8x8-pixel block means) of one year predicts another's only in
+    part. A global season shift and colour balance alone keep it almost perfectly
+    (correlation near 1), and a grey thumbnail would then match every region across years."""
+    corr = []
+    for lon, lat in LAND:
+        t = _tile(lon, lat, 10)
+        blocks = {y: _render(10, t.x, t.y, y).mean(axis=2).reshape(32, 8, 32, 8).mean(axis=(1, 3)).ravel() for y in YEARS}
+        corr += [np.corrcoef(blocks[a], blocks[b])[0, 1] for a, b in ((2018, 2021), (2019, 2020), (2018, 2019))]
+    assert float(np.mean(corr)) < 0.75, corr
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sea_covers_about_seven_tenths(seed: int) -> None:
     n = 4000  # an even spread of points (Fibonacci lattice), seen as 20 km pixels
