@@ -209,7 +209,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: ModelConfig, minute
         out = train_step(model, augment, loss_fn, optimizer, images[batch], labels, neutral, g)
         it += 1
         if it % 20 == 0:
-            log(f"  iteration {it}: loss {float(out.loss):.3f}, {time.perf_counter() - t0:.0f} s")
+            log(f"  iteration {it}: loss {float(out.loss.detach()):.3f}, {time.perf_counter() - t0:.0f} s")
     return it
 
 
