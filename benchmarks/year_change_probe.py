@@ -24,7 +24,9 @@ it straight from the world renderer (no tile server, no fetch, no JPEG):
    north-up, the footprint about one zoom-10 region wide; a hit is a 2021 region that
    contains the footprint centre. The same descriptors, top-1/top-10.
 
-Runs single-threaded; about 1 minute for 200 regions without training on one core.
+Runs single-threaded. Rendering 200 regions x 4 years takes 80 s on a free core (2-5 min
+on a busy one); --cache DIR keeps the images, so reruns on an unchanged world skip it.
+The embeddings take a minute or two; training takes what --train-minutes says.
 """
 
 from __future__ import annotations
