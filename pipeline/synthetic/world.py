@@ -249,7 +249,7 @@ _SOURCES: tuple[_Source, ...] = (
     # ripe fields); independent fields, so the woods/open contrast flips sign in places
     _Source(14, (9, 10, 11, 12), (("AW", False, (1.0, 0.7, 0.5, 0.35)),), yearly=True),
     _Source(15, (9, 10, 11, 12), (("AO", False, (1.0, 0.7, 0.5, 0.35)),), yearly=True),
-    # BN: burn scars and flooded flats of the year
+    # BN: the year's burn scars (where it peaks on vegetated land)
     _Source(16, (11, 12, 13, 14), (("BN", False, (1.0, 0.6, 0.45, 0.3)),), yearly=True),
 )
 _CHANNELS: tuple[str, ...] = tuple(dict.fromkeys(name for s in _SOURCES for name, _, _ in s.outputs))
