@@ -27,7 +27,17 @@ How it is built:
 - Colour comes from elevation (continents, coasts, relief shading, snow, rock), a
   wetness/temperature biome table (desert .. rainforest, tundra), thin rivers along
   zero lines of noise fields, lakes above a noise threshold, agricultural patchwork and
-  blocky cities; the year moves greenness, snow line, lake level, crops, haze and gain.
+  blocky cities.
+- The year changes what a mosaic of real imagery changes and keeps the geography (relief,
+  coasts, rivers, lakes' basins, cities, where woods and fields lie). Besides a global
+  season shift (greenness, snow line, lake level, colour balance) every year has its own
+  noise fields that vary over 5-150 km, inside one database region: a vegetation anomaly,
+  the seasonal albedo of woods and of open land as two independent fields (so their
+  contrast changes sign from place to place), a regional crop calendar, burn scars, haze
+  patches, the brightness of the scenes behind the mosaic, and regional snow and lake
+  levels. A region's years then differ in which parts are bright and which dark, so a
+  grey thumbnail or an untrained network no longer matches them; the shapes that stay are
+  what a trained model can learn (docs/synthetic_world.md has the probe's figures).
 """
 
 from __future__ import annotations
@@ -228,9 +238,19 @@ _SOURCES: tuple[_Source, ...] = (
     _Source(8, (10, 12, 14), (("LK", False, (1.0, 0.45, 0.2)),)),
     _Source(9, (8, 10, 12), (("CITY", False, (1.0, 0.5, 0.3)),)),
     _Source(10, (7, 8, 9), (("AG", False, (1.0, 0.6, 0.3)),)),
-    # the year's regional vegetation anomaly (greener or browner than usual)
-    _Source(11, (6, 7, 8, 10), (("VA", False, (1.0, 0.6, 0.4, 0.3)),), yearly=True),
-    _Source(12, (5, 6, 7), (("HZ", False, (1.0, 0.5, 0.25)),), yearly=True),
+    # The year's own fields (docs/synthetic_world.md): they vary over 5-150 km, inside a
+    # database region, so a year changes which parts of a region are bright and which dark.
+    # VA: vegetation anomaly (greener or browner than usual, drought, late spring)
+    _Source(11, (7, 8, 9, 10, 11, 12), (("VA", False, (0.8, 1.0, 0.8, 0.6, 0.45, 0.3)),), yearly=True),
+    # HZ: residual haze of the scenes the mosaic was made of, which also sets their
+    # brightness (hazier scenes are brighter)
+    _Source(12, (7, 8, 9, 10, 11), (("HZ", False, (0.8, 1.0, 0.7, 0.5, 0.35)),), yearly=True),
+    # AW, AO: seasonal albedo of woods and of open land (leaf-off, dry grass, ploughed or
+    # ripe fields); independent fields, so the woods/open contrast flips sign in places
+    _Source(14, (9, 10, 11, 12), (("AW", False, (1.0, 0.7, 0.5, 0.35)),), yearly=True),
+    _Source(15, (9, 10, 11, 12), (("AO", False, (1.0, 0.7, 0.5, 0.35)),), yearly=True),
+    # BN: the year's burn scars (where it peaks on vegetated land)
+    _Source(16, (11, 12, 13, 14), (("BN", False, (1.0, 0.6, 0.45, 0.3)),), yearly=True),
 )
 _CHANNELS: tuple[str, ...] = tuple(dict.fromkeys(name for s in _SOURCES for name, _, _ in s.outputs))
 # coarsest octave feeding each channel: a channel vanishes where that octave is faded out
@@ -674,8 +694,24 @@ _SEA_SHALLOW = _rgb(26, 70, 96)
 _SEA_DEEP = _rgb(11, 27, 56)
 _HAZE = _rgb(196, 206, 222)
 _CITY = _rgb(158, 150, 140)
-_CROP_ROTATION = 0.35  # share of fields whose crop is drawn anew every year
-_CROPS = np.array([[150, 158, 78], [96, 132, 54], [168, 140, 102], [190, 174, 112], [120, 120, 70]], np.float32)
+_CROP_ROTATION = 0.8  # share of fields whose crop is drawn anew every year
+# dark to bright: wet bare soil, young green, mature green, dry soil, stubble, ripe
+_CROPS = np.array(
+    [[84, 70, 58], [96, 132, 54], [120, 128, 70], [150, 158, 78], [168, 140, 102], [190, 174, 112], [214, 198, 150]],
+    np.float32,
+)
+_BURN = _rgb(46, 40, 38)
+_BURN_RIM = _rgb(104, 84, 62)
+_BURN_LEVEL = 0.4  # burn-field value where scars begin: a few per cent of the land burns a year
+# Strength of the year's fields (each has a standard deviation of about 0.2): the
+# vegetation anomaly in wetness units, and the relative albedo change of woods and open land
+_VEGETATION_ANOMALY = np.float32(0.9)
+_WOODS_ALBEDO = np.float32(2.2)
+_OPEN_ALBEDO = np.float32(2.2)
+_MOSAIC_GAIN = np.float32(0.5)  # relative brightness of the scenes behind the mosaic
+_HAZE_PATCHES = np.float32(0.35)  # haze opacity where the year's haze field peaks
+_SNOW_REGIONAL_M = np.float32(1500.0)  # snow-line shift per unit of the woods-albedo field
+_LAKE_REGIONAL = np.float32(0.3)  # lake-threshold shift per unit of the vegetation anomaly
 
 # rivers: (channel, half width m, valley depth m, valley half width m, dry-land survival)
 _RIVERS = (("RA", 420.0, 80.0, 3000.0, 0.6), ("RB", 140.0, 0.0, 1.0, 0.25), ("RC", 45.0, 0.0, 1.0, 0.0))
@@ -945,10 +981,16 @@ def _scene(s: _TileSampler | _PointSampler, year: int, seed: int) -> _Scene:
     np.clip(land, 0.0, 1.0, out=land)
     wet = _wetness(c[_CH["WET"]], lat) - elev * np.float32(1 / 9000)
     wet += 0.3 * c[_CH["H"]]  # greener hollows, drier rises
-    green = wet + look.green * (0.6 + 0.4 * np.clip(wet, 0, 1)) + 0.12 * c[_CH["VA"]]
+    # the anomaly is weaker in deserts: without rain there is little to turn green or brown
+    anomaly = _smooth(0.1, 0.45, wet)
+    anomaly *= np.float32(0.7)
+    anomaly += np.float32(0.3)
+    anomaly *= c[_CH["VA"]]
+    green = wet + look.green * (0.6 + 0.4 * np.clip(wet, 0, 1)) + _VEGETATION_ANOMALY * anomaly
     tmp = c[_CH["TMP"]]
     temp = 1.0 - np.abs(lat) * np.float32(1 / 75) - elev * np.float32(1 / 4500) + 0.1 * tmp
     snowline = 4900.0 - 3900.0 * _smooth(15.0, 66.0, np.abs(lat)) + 300.0 * tmp + look.snow_m
+    snowline -= _SNOW_REGIONAL_M * c[_CH["AW"]]  # a late or early season: woods leaf-off, snow low
     hl = c[_CH["E"]] - sea_level
     return _Scene(s, ch, c, look, seed, lat, pix, hl, elev, gx, gy, land, wet, green, temp, snowline)
 
@@ -962,8 +1004,30 @@ def _ground(sc: _Scene) -> FloatArray:
     rgb = _biome(sc.green - 0.06 + 0.2 * tex, ci)
     _blend(rgb, woods, _biome(np.maximum(sc.green + 0.28, 0.62) + 0.35 * tex, ci))
     rgb *= 1.0 + 0.12 * tex
+    # the season's albedo, separately for woods and open land (see _Source 14, 15)
+    open_albedo = _OPEN_ALBEDO * sc.c[_CH["AO"]]
+    albedo = _WOODS_ALBEDO * sc.c[_CH["AW"]] - open_albedo
+    albedo *= woods
+    albedo += open_albedo
+    albedo += 1.0
+    np.clip(albedo, 0.45, 1.9, out=albedo)
+    rgb *= albedo
     _add_fields(rgb, sc, woods)
+    _add_burns(rgb, sc)
     return rgb
+
+
+def _add_burns(rgb: FloatArray, sc: _Scene) -> None:
+    """The year's burn scars on vegetated land that is neither desert nor swamp: charcoal
+    where the burn field peaks, a browner rim around it."""
+    where = _where((sc.c[_CH["BN"]] > _BURN_LEVEL - 0.04) & (sc.wet > 0.2) & (sc.wet < 1.1))
+    if where is None:
+        return  # a few per cent of the land: work on those pixels only
+    bn, wet = _pick(sc.c[_CH["BN"]], where), _pick(sc.wet, where)
+    a = _smooth(_BURN_LEVEL - 0.04, _BURN_LEVEL + 0.04, bn)
+    a *= _smooth(0.2, 0.35, wet) * _smooth(1.1, 0.9, wet) * _pick(np.broadcast_to(sc.land, sc.wet.shape), where)
+    _blend_at(rgb, where, a * 0.9, _BURN_RIM[:, None], alpha_picked=True)
+    _blend_at(rgb, where, _smooth(_BURN_LEVEL, _BURN_LEVEL + 0.1, bn) * a, _BURN[:, None], alpha_picked=True)
 
 
 def _add_fields(rgb: FloatArray, sc: _Scene, woods: FloatArray) -> None:
@@ -972,13 +1036,16 @@ def _add_fields(rgb: FloatArray, sc: _Scene, woods: FloatArray) -> None:
     ag = _smooth(-0.1, 0.05, sc.c[_CH["AG"]])
     ag *= _smooth(0.3, 0.42, sc.wet) * _smooth(0.85, 0.7, sc.wet) * _smooth(0.2, 0.35, sc.temp)
     ag *= _smooth(1500.0, 800.0, sc.elev) * _smooth(0.2, 0.06, np.hypot(sc.gx, sc.gy))
-    ag *= (1.0 - 0.85 * woods) * 0.6
+    ag *= (1.0 - 0.85 * woods) * 0.8
     where = _where(ag > 0.01)
     if where is None:
         return
     cells = _field_cells(*sc.s.mercator(where), sc.seed)
     fid = _rehash(cells, 0xF1E1D)
-    kind = np.where(fid < _CROP_ROTATION, _rehash(cells, sc.look.crop_salt), fid)
+    # rotated fields follow the year's regional crop calendar (the open-land albedo field):
+    # across tens of km most fields are bare, green or ripe together; crops run dark to bright
+    calendar = 0.5 + 2.0 * _pick(sc.c[_CH["AO"]], where) + 0.6 * (_rehash(cells, sc.look.crop_salt) - 0.5)
+    kind = np.where(fid < _CROP_ROTATION, np.clip(calendar, 0.0, 0.999), fid)
     crop = np.take(_CROPS.T, np.minimum((kind * len(_CROPS)).astype(np.intp), len(_CROPS) - 1), axis=1)
     _blend_at(rgb, where, _pick(ag, where) * (0.4 + 0.6 * fid), crop, alpha_picked=True)
 
@@ -1021,6 +1088,7 @@ def _add_cities(rgb: FloatArray, sc: _Scene) -> None:
 def _add_water(rgb: FloatArray, sc: _Scene, snow: FloatArray) -> None:
     """Lakes (a lighter shore darkening to deep water) and rivers: flat, unshaded water."""
     lk_level = 0.46 + 0.2 * np.clip(1.0 - sc.wet, 0.0, 1.0) + sc.look.water
+    lk_level -= _LAKE_REGIONAL * sc.c[_CH["VA"]]  # a wet year fills the lakes of its region
     # skip the lake edge maths when no pixel comes near the lake threshold
     margin = 0.05 + 3.0 * float(np.max(sc.pix)) / cell_m(_BASE_OCTAVE["LK"])
     if float((sc.c[_CH["LK"]] - lk_level).max()) > -margin:
@@ -1060,8 +1128,11 @@ def _compose(s: _TileSampler | _PointSampler, year: int, seed: int) -> U8Array:
             _blend(rgb, 1.0 - sc.land, _sea(sc))
     else:
         rgb = _sea(sc)
-    _blend(rgb, sc.look.haze * (0.55 + 0.45 * sc.c[_CH["HZ"]]), _HAZE)
-    rgb *= _expand(np.asarray(sc.look.gain, dtype=np.float32), sc.hl.ndim)
+    _blend(rgb, sc.look.haze + _HAZE_PATCHES * _smooth(0.0, 0.45, sc.c[_CH["HZ"]]), _HAZE)
+    # the brightness of the scenes behind the mosaic, and the layer's colour balance
+    gain = sc.c[_CH["HZ"]] * _MOSAIC_GAIN
+    gain += 1.0
+    rgb *= gain[None] * _expand(np.asarray(sc.look.gain, dtype=np.float32), sc.hl.ndim)
     rgb += 0.5
     np.clip(rgb, 0, 255, out=rgb)
     return np.moveaxis(rgb.astype(np.uint8), 0, -1).copy()
