@@ -215,7 +215,9 @@ def train(model: torch.nn.Module, images: torch.Tensor, cfg: ModelConfig, minute
     return it
 
 
-def photo_probe(regions: list[Region], k: int, size: int, world_seed: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+def photo_probe(
+    regions: list[Region], k: int, size: int, world_seed: int, seed: int
+) -> tuple[torch.Tensor, np.ndarray]:
     """k photos centred on random probe regions: (k, 3, size, size) uint8 and hits (k, R):
     the regions whose bounds contain the footprint centre."""
     rng = np.random.default_rng(seed)
@@ -263,7 +265,9 @@ def main() -> None:
     t0 = time.perf_counter()
     regions = pick_regions(args.lat, args.lon, args.radius_km, tuple(args.zooms), args.regions, 0)
     images = render_all(regions, args.tile_px, args.world_seed, args.cache)
-    log(f"rendered {len(regions)} regions x {len(YEARS)} years at {images.shape[-1]} px in {time.perf_counter() - t0:.0f} s")
+    log(
+        f"rendered {len(regions)} regions x {len(YEARS)} years at {images.shape[-1]} px in {time.perf_counter() - t0:.0f} s"
+    )
 
     rows: list[tuple[str, dict[str, tuple[float, float]]]] = [("thumbnail", cross_year(thumbnail, images))]
     nets = {}
@@ -278,25 +282,40 @@ def main() -> None:
         log(f"rendered {len(train_regions)} training regions in {time.perf_counter() - t1:.0f} s")
         trained = untrained(cfg, args.seeds[0])
         its = train(trained, train_images, cfg, args.train_minutes, args.seeds[0], log)
-        rows.append((f"trained seed {args.seeds[0]}, {its} it", cross_year(lambda x: network(trained, x, cfg.image_size), images)))
+        rows.append(
+            (
+                f"trained seed {args.seeds[0]}, {its} it",
+                cross_year(lambda x: network(trained, x, cfg.image_size), images),
+            )
+        )
 
-    log(f"\ncross-year retrieval, {len(regions)} regions (zooms {args.zooms}), query year -> {DB_YEAR}: top-1 / top-10 %")
+    log(
+        f"\ncross-year retrieval, {len(regions)} regions (zooms {args.zooms}), query year -> {DB_YEAR}: top-1 / top-10 %"
+    )
     head = "| descriptor | " + " | ".join(f"{y}" for y in QUERY_YEARS) + " | all |"
     log(head)
     log("|" + "---|" * (len(QUERY_YEARS) + 2))
     for name, res in rows:
-        log(f"| {name} | " + " | ".join(f"{res[k][0]:.1f} / {res[k][1]:.1f}" for k in (*map(str, QUERY_YEARS), "all")) + " |")
+        log(
+            f"| {name} | "
+            + " | ".join(f"{res[k][0]:.1f} / {res[k][1]:.1f}" for k in (*map(str, QUERY_YEARS), "all"))
+            + " |"
+        )
 
     if args.photos > 0:
         photos, hits = photo_probe(regions, args.photos, 128, args.world_seed, 2)
         db = images[:, YEARS.index(DB_YEAR)]
         log(f"\nphotos -> {DB_YEAR} regions, {args.photos} photos: top-1 / top-10 % (random top-10 "
             f"{100.0 * min(1.0, 10 * hits.sum(1).mean() / len(regions)):.1f})")  # fmt: skip
-        log(f"| thumbnail | {'%.1f / %.1f' % recall(thumbnail(photos), thumbnail(db), hits)} |")
+        log(f"| thumbnail | {'{:.1f} / {:.1f}'.format(*recall(thumbnail(photos), thumbnail(db), hits))} |")
         for s, m in nets.items():
-            log(f"| untrained seed {s} | {'%.1f / %.1f' % recall(network(m, photos, cfg.image_size), network(m, db, cfg.image_size), hits)} |")
+            log(
+                f"| untrained seed {s} | {'{:.1f} / {:.1f}'.format(*recall(network(m, photos, cfg.image_size), network(m, db, cfg.image_size), hits))} |"
+            )
         if args.train_minutes > 0:
-            log(f"| trained | {'%.1f / %.1f' % recall(network(trained, photos, cfg.image_size), network(trained, db, cfg.image_size), hits)} |")
+            log(
+                f"| trained | {'{:.1f} / {:.1f}'.format(*recall(network(trained, photos, cfg.image_size), network(trained, db, cfg.image_size), hits))} |"
+            )
     log(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -158,7 +158,9 @@ def test_years_rearrange_bright_and_dark_inside_a_tile() -> None:
     corr = []
     for lon, lat in LAND:
         t = _tile(lon, lat, 10)
-        blocks = {y: _render(10, t.x, t.y, y).mean(axis=2).reshape(32, 8, 32, 8).mean(axis=(1, 3)).ravel() for y in YEARS}
+        blocks = {
+            y: _render(10, t.x, t.y, y).mean(axis=2).reshape(32, 8, 32, 8).mean(axis=(1, 3)).ravel() for y in YEARS
+        }
         corr += [np.corrcoef(blocks[a], blocks[b])[0, 1] for a, b in ((2018, 2021), (2019, 2020), (2018, 2019))]
     assert float(np.mean(corr)) < 0.75, corr
 

@@ -95,7 +95,8 @@ class PhotoEffects:
         unknown = set(sec) - names
         if unknown:
             raise ConfigError(f"photo effects: unknown keys {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in sec.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in sec.items()}
+        return cls(**values)
 
 
 NO_EFFECTS = PhotoEffects(

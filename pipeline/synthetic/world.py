@@ -46,6 +46,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -758,9 +759,10 @@ def _blend_at(rgb: FloatArray, where: Where, alpha: FloatArray, colour: FloatArr
         flat = rgb.reshape(3, -1)
         _blend(flat, a, colour)
     else:
-        sub = rgb[(slice(None), *where)]
+        index: tuple[Any, ...] = (slice(None), *where)  # every channel at the picked pixels
+        sub = rgb[index]
         _blend(sub, a, colour)
-        rgb[(slice(None), *where)] = sub
+        rgb[index] = sub
 
 
 _BELT_LAT = np.array([0.0, 10.0, 22.0, 30.0, 45.0, 55.0, 70.0, 90.0])
