@@ -179,8 +179,11 @@ def test_schema_violation_and_unbundled_schema_are_one_line_errors() -> None:
 def test_bundled_extension_schemas_carry_the_uri_they_are_registered_under() -> None:
     from importlib import resources
 
-    uris = [*catalog.EXTENSION_SCHEMAS, "https://proj.org/schemas/v0.7/projjson.schema.json"]
-    for uri in uris:
+    bundled = {
+        uri for uri in catalog.SCHEMA_FILES if not uri.startswith(("https://schemas.stacspec.org/", "https://geojson"))
+    }
+    assert set(catalog.EXTENSION_SCHEMAS) < bundled
+    for uri in bundled:
         text = resources.files("pipeline").joinpath("stac_schemas", catalog.SCHEMA_FILES[uri]).read_text()
         assert json.loads(text)["$id"].rstrip("#") == uri
 
@@ -212,6 +215,43 @@ def test_region_item_breaking_the_projection_extension_fails_at_that_field(built
     assert f"fails the projection v2.0.0 extension schema at properties/{field}: " in text and message in text
 
 
+def _shipped_model_document(built) -> dict:
+    out, _, _, _ = built
+    doc = json.loads((out / "model.json").read_text())
+    assert catalog.MLM_EXT in doc["stac_extensions"]
+    catalog.validate(doc)  # as shipped: valid against the core and the MLM schema
+    return doc
+
+
+@pytest.mark.parametrize("field", ["mlm:name", "mlm:architecture", "mlm:tasks", "mlm:input", "mlm:output"])
+def test_model_document_missing_a_required_mlm_field_fails_naming_it(built, field) -> None:
+    doc = _shipped_model_document(built)
+    del doc["properties"][field]
+    with pytest.raises(IntegrityError) as err:
+        catalog.validate(doc)
+    text = str(err.value)
+    assert "\n" not in text
+    assert "'earthloc-model' fails the MLM v1.4.0 extension schema at properties: " in text
+    assert f"'{field}' is a required property" in text
+
+
+def test_model_document_breaking_mlm_rules_fails_at_the_field(built) -> None:
+    doc = _shipped_model_document(built)
+    doc["properties"]["mlm:input"][0]["input"]["data_type"] = "float33"  # checked by the raster schema it $refs
+    with pytest.raises(
+        IntegrityError, match=r"MLM v1\.4\.0 extension schema at properties/mlm:input/0/input/data_type"
+    ):
+        catalog.validate(doc)
+    doc = _shipped_model_document(built)
+    del doc["assets"]["weights"]["mlm:artifact_type"]  # a model asset must say how it was saved
+    with pytest.raises(IntegrityError, match=r"at assets/weights: 'mlm:artifact_type' is a required property"):
+        catalog.validate(doc)
+    doc = _shipped_model_document(built)
+    doc["properties"]["mlm:tasks"] = ["place-recognition"]
+    with pytest.raises(IntegrityError, match=r"at properties/mlm:tasks/0: 'place-recognition' is not one of"):
+        catalog.validate(doc)
+
+
 def test_projjson_is_checked_against_the_bundled_proj_schema_without_network(built, monkeypatch) -> None:
     import socket
 
@@ -223,6 +263,7 @@ def test_projjson_is_checked_against_the_bundled_proj_schema_without_network(bui
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     catalog._VALIDATORS.clear()  # build the validators again under the patch
+    _shipped_model_document(built)  # the MLM schema and the raster schema it references
     item = _shipped_region_item(built)
     item["properties"]["proj:projjson"] = CRS.from_epsg(3857).to_json_dict()
     catalog.validate(item)

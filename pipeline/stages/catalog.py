@@ -20,8 +20,9 @@ keeps working wherever the repository (or a `dvc pull` of it) lies.
 
 Items go to Parquet, not to one JSON file each: a world grid is ~180,000 regions, and
 stac-geoparquet is what STAC tools (DuckDB, rustac, stac-geoparquet, GeoPandas) read in one
-go. The JSON documents and the items are validated against the STAC 1.1.0 JSON schemas
-bundled in `pipeline/stac_schemas/` (`validate`), never fetched.
+go. The JSON documents and the items are validated against the STAC 1.1.0 JSON schemas and
+the schemas of the extensions they declare (projection v2.0.0, MLM v1.4.0), all bundled in
+`pipeline/stac_schemas/` (`validate`), never fetched.
 """
 
 from __future__ import annotations
@@ -67,16 +68,18 @@ SCHEMA_FILES = {
     "https://geojson.org/schema/Feature.json": "geojson/Feature.json",
     "https://geojson.org/schema/Geometry.json": "geojson/Geometry.json",
     PROJECTION_EXT: "stac-extensions/projection-v2.0.0.json",
-    # PROJJSON, which the projection schema references for `proj:projjson`.
+    MLM_EXT: "stac-extensions/mlm-v1.4.0.json",
+    # What those two reference: PROJJSON for `proj:projjson`; raster (data types), processing
+    # (expressions) and classification (classes) for the MLM input and output objects.
     "https://proj.org/schemas/v0.7/projjson.schema.json": "proj/projjson-v0.7.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json": "stac-extensions/raster-v1.1.0.json",
+    "https://stac-extensions.github.io/processing/v1.1.0/schema.json": "stac-extensions/processing-v1.1.0.json",
+    "https://stac-extensions.github.io/classification/v1.1.0/schema.json": "stac-extensions/classification-v1.1.0.json",
 }
 # Extension schema URI -> short name for messages. A document is validated against the core
 # schema of its type and against every extension it declares; declaring one that is not listed
 # here is an error, so nothing the catalog writes goes unchecked by accident.
-EXTENSION_SCHEMAS = {PROJECTION_EXT: "projection v2.0.0"}
-# Declared extensions whose schema is not bundled yet (see pipeline/stac_schemas/README.md):
-# accepted, and checked only by the core schema.
-UNBUNDLED_EXTENSIONS = frozenset({MLM_EXT})
+EXTENSION_SCHEMAS = {PROJECTION_EXT: "projection v2.0.0", MLM_EXT: "MLM v1.4.0"}
 CORE_SCHEMA = {
     "Feature": f"{_SPEC}/item-spec/json-schema/item.json",
     "Catalog": f"{_SPEC}/catalog-spec/json-schema/catalog.json",
@@ -574,6 +577,7 @@ def model_item(
         for m, s in zip(pre.mean, pre.std, strict=True)
     ]
     start, end = year_span(years)
+    bands = [{"name": name, "description": f"8-bit {name} channel"} for name in ("red", "green", "blue")]
     props = {
         "datetime": None,
         "start_datetime": start,
@@ -593,6 +597,10 @@ def model_item(
         "mlm:pretrained_source": "ImageNet (torchvision ResNet weights)" if cfg.weights else None,
         "mlm:batch_size_suggestion": 16,
         "mlm:accelerator": None,
+        # STAC 1.1 common-metadata bands, which the MLM input's band names refer to: the MLM schema
+        # wants named input bands described (STAC bands, eo:bands or raster:bands), and STAC 1.1
+        # allows `bands` in properties only when an asset carries them too (the weights, below).
+        "bands": list(bands),
         "mlm:input": [
             {
                 "name": "RGB image",
@@ -642,6 +650,7 @@ def model_item(
                 "roles": ["mlm:model", "mlm:weights"],
                 "title": "checkpoint (torch.save)",
                 "mlm:artifact_type": "torch.save",
+                "bands": list(bands),
             }
         },
     }
@@ -743,8 +752,6 @@ def validate(obj: Mapping[str, Any]) -> None:
         raise IntegrityError(f"STAC object {obj.get('id')!r}: type {kind!r} is not Feature, Catalog or Collection")
     checks = [(CORE_SCHEMA[kind], f"STAC {STAC_VERSION} schema")]
     for ext in obj.get("stac_extensions") or []:
-        if ext in UNBUNDLED_EXTENSIONS:
-            continue
         if ext not in EXTENSION_SCHEMAS:
             raise IntegrityError(
                 f"STAC {kind} {obj.get('id')!r} declares extension {ext}, whose schema is not bundled in "
