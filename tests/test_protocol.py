@@ -288,7 +288,7 @@ def test_demo_protocol_on_a_set_this_test_builds(tmp_path: Path) -> None:
     from pipeline.stages.queries import QueriesParams, ingest, read_nasa_csv
 
     sets = PARAMS["evalset"]["sets"]
-    for name in ("demo", "demo_val"):
+    for name in ("demo", "demo_val"):  # one database disc for both: the grid below is built once
         s = sets[name]
         assert (s["lat"], s["lon"], s["db_radius_km"]) == (
             sets["demo"]["lat"],
@@ -297,6 +297,8 @@ def test_demo_protocol_on_a_set_this_test_builds(tmp_path: Path) -> None:
         )
     poi_lat, poi_lon, db_km = sets["demo"]["lat"], sets["demo"]["lon"], sets["demo"]["db_radius_km"]
 
+    # Rows a little beyond the query radius too, so the stage's own distance test decides.
+    # Passes (and so folds) are found among these rows only; the two rules hold per query.
     near = tmp_path / "near.csv"
     assert _rows_near(ROOT / PARAMS["queries"]["csv"], near, poi_lat, poi_lon, sets["demo"]["query_radius_km"] + 50) > 0
     qparams = QueriesParams.from_section(PARAMS["queries"])
