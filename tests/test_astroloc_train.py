@@ -5,6 +5,7 @@ alone train a few iterations from the same loop; photo batches and relevance wei
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -12,8 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
+from earthloc.astroloc import ClusterConfig, ClusterWeights, relevance_weights
 from earthloc.data import training_regions
+from earthloc.loss import LossConfig
 from earthloc.model import load_model
+from earthloc.objectives.clusters import WeightedClusters
 from earthloc.objectives.photos import PhotoDataset, north_up_turns, photo_pool, plan_photos
 from earthloc.train import Configs, TrainPaths, train
 from pipeline.errors import ConfigError, InputError
@@ -87,10 +91,49 @@ def test_configs_train_a_few_iterations(tmp_path: Path, store: dict[str, Path], 
 
 
 def test_weighted_sampling_runs(tmp_path: Path, store: dict[str, Path]) -> None:
+    """`use: both` trains, and the objective the loop asks for each batch's regions draws the
+    batch's cluster with the documented p_k = w_k / sum(w) over the non-empty clusters."""
     params = astro_params(store, CONFIGS["weighted_clusters"], val_every=0)
     params["astroloc"]["clusters"]["use"] = "both"
     s = train(Configs.from_params(params), paths_in(tmp_path, store))
     assert s.iterations_done == 3 and s.best_r5 is None
+
+    # Known weights: cluster sizes unlike the weights (a size-proportional or uniform draw
+    # differs by many standard errors), and one empty cluster with the largest photo count.
+    sizes = np.array([8, 4, 2, 2, 0])
+    photo_counts = np.array([0, 2, 6, 24, 40])
+    weights = relevance_weights(photo_counts, smoothing=1.0)
+    region_cluster = np.repeat(np.arange(len(sizes)), sizes).astype(np.int64)
+    cw = ClusterWeights(np.zeros((len(sizes), 4), np.float32), region_cluster, photo_counts, weights)
+    regions = training_regions(store["tiles"], store["grid"])
+    pool = photo_pool(store["tiles"], store["pairs"], store["neutral"], regions)
+    objective = WeightedClusters(pool, LossConfig(), ClusterConfig(use="both"), image_size=32)
+    assert objective.draw_regions(seed=0, iteration=0, batch_size=4) is None  # no weights before the first refresh
+    objective.weights = cw
+
+    n_draws, batch_size = 4000, 4
+    drawn = np.zeros(len(sizes), dtype=np.int64)
+    for iteration in range(n_draws):
+        batch = objective.draw_regions(seed=7, iteration=iteration, batch_size=batch_size)
+        assert batch is not None and len(batch) == batch_size
+        clusters = np.unique(region_cluster[batch])
+        assert len(clusters) == 1, f"iteration {iteration}: a batch spans clusters {clusters.tolist()}"
+        drawn[clusters[0]] += 1
+    nonempty = sizes > 0
+    expected = np.where(nonempty, weights, 0.0) / weights[nonempty].sum()  # p_k = w_k / sum(w), written out here
+    freq = drawn / n_draws
+    # Per-cluster binomial standard error; z for a two-sided family-wise false-alarm rate
+    # of 1e-6 over the clusters (Bonferroni), so a correct sampler essentially never fails.
+    z = NormalDist().inv_cdf(1 - 1e-6 / (2 * len(sizes)))
+    tolerance = z * np.sqrt(expected * (1 - expected) / n_draws)
+    assert drawn[~nonempty].sum() == 0, "an empty cluster was drawn"
+    assert np.all(np.abs(freq - expected) <= tolerance), (
+        f"cluster frequencies {np.round(freq, 4).tolist()} vs p_k {np.round(expected, 4).tolist()} "
+        f"(tolerance {np.round(tolerance, 4).tolist()})"
+    )
+    # The weights gate: `use: weight` keeps the loop's own cluster draw.
+    objective.cfg = ClusterConfig(use="weight")
+    assert objective.draw_regions(seed=7, iteration=0, batch_size=batch_size) is None
 
 
 def test_no_photos_is_a_clear_error(tmp_path: Path, store: dict[str, Path]) -> None:

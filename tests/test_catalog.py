@@ -10,6 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import duckdb  # a pinned dev dependency: missing means a broken environment, not a skip
 import numpy as np
 import pandas as pd
 import pystac
@@ -28,8 +29,6 @@ from pipeline.params import load_params, section
 from pipeline.stages import catalog, grid, queries
 from retrieval_support import tiny_checkpoint
 from support import ROOT, texas_csv
-
-duckdb = pytest.importorskip("duckdb")
 
 CORNERS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 YEARS = (2020, 2021)
@@ -156,8 +155,120 @@ def test_schema_violation_and_unbundled_schema_are_one_line_errors() -> None:
                 "assets": {},
             }
         )
+    eo = "https://stac-extensions.github.io/eo/v2.0.0/schema.json"
     with pytest.raises(IntegrityError, match="not bundled"):
-        catalog._schema("https://stac-extensions.github.io/projection/v2.0.0/schema.json")
+        catalog._schema(eo)
+    with pytest.raises(
+        IntegrityError, match=r"'r1' declares extension .*/eo/v2\.0\.0/schema\.json, whose schema is not bundled"
+    ):
+        catalog.validate(
+            {
+                "type": "Feature",
+                "stac_version": "1.1.0",
+                "stac_extensions": [eo],
+                "id": "r1",
+                "geometry": None,
+                "properties": {"datetime": "2021-01-01T00:00:00Z"},
+                "links": [],
+                "assets": {},
+            }
+        )
+
+
+def test_bundled_extension_schemas_carry_the_uri_they_are_registered_under() -> None:
+    from importlib import resources
+
+    bundled = {
+        uri for uri in catalog.SCHEMA_FILES if not uri.startswith(("https://schemas.stacspec.org/", "https://geojson"))
+    }
+    assert set(catalog.EXTENSION_SCHEMAS) < bundled
+    for uri in bundled:
+        text = resources.files("pipeline").joinpath("stac_schemas", catalog.SCHEMA_FILES[uri]).read_text()
+        assert json.loads(text)["$id"].rstrip("#") == uri
+
+
+def _shipped_region_item(built) -> dict:
+    out, _, _, _ = built
+    item = _items(out / "database.parquet")[0]
+    assert catalog.PROJECTION_EXT in item["stac_extensions"]
+    return item
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("proj:shape", "1024x1024", "'1024x1024' is not of type 'array'"),
+        ("proj:shape", [1024], "is too short"),
+        ("proj:code", 3857, "3857 is not of type 'string', 'null'"),
+        ("proj:transform", [1.0, 0.0], "not valid under any of the given schemas"),
+    ],
+)
+def test_region_item_breaking_the_projection_extension_fails_at_that_field(built, field, value, message) -> None:
+    item = _shipped_region_item(built)
+    catalog.validate(item)  # the shipped item passes the core and the projection schema
+    item["properties"][field] = value
+    with pytest.raises(IntegrityError) as err:
+        catalog.validate(item)
+    text = str(err.value)
+    assert "\n" not in text
+    assert f"fails the projection v2.0.0 extension schema at properties/{field}: " in text and message in text
+
+
+def _shipped_model_document(built) -> dict:
+    out, _, _, _ = built
+    doc = json.loads((out / "model.json").read_text())
+    assert catalog.MLM_EXT in doc["stac_extensions"]
+    catalog.validate(doc)  # as shipped: valid against the core and the MLM schema
+    return doc
+
+
+@pytest.mark.parametrize("field", ["mlm:name", "mlm:architecture", "mlm:tasks", "mlm:input", "mlm:output"])
+def test_model_document_missing_a_required_mlm_field_fails_naming_it(built, field) -> None:
+    doc = _shipped_model_document(built)
+    del doc["properties"][field]
+    with pytest.raises(IntegrityError) as err:
+        catalog.validate(doc)
+    text = str(err.value)
+    assert "\n" not in text
+    assert "'earthloc-model' fails the MLM v1.4.0 extension schema at properties: " in text
+    assert f"'{field}' is a required property" in text
+
+
+def test_model_document_breaking_mlm_rules_fails_at_the_field(built) -> None:
+    doc = _shipped_model_document(built)
+    doc["properties"]["mlm:input"][0]["input"]["data_type"] = "float33"  # checked by the raster schema it $refs
+    with pytest.raises(
+        IntegrityError, match=r"MLM v1\.4\.0 extension schema at properties/mlm:input/0/input/data_type"
+    ):
+        catalog.validate(doc)
+    doc = _shipped_model_document(built)
+    del doc["assets"]["weights"]["mlm:artifact_type"]  # a model asset must say how it was saved
+    with pytest.raises(IntegrityError, match=r"at assets/weights: 'mlm:artifact_type' is a required property"):
+        catalog.validate(doc)
+    doc = _shipped_model_document(built)
+    doc["properties"]["mlm:tasks"] = ["place-recognition"]
+    with pytest.raises(IntegrityError, match=r"at properties/mlm:tasks/0: 'place-recognition' is not one of"):
+        catalog.validate(doc)
+
+
+def test_projjson_is_checked_against_the_bundled_proj_schema_without_network(built, monkeypatch) -> None:
+    import socket
+
+    from pyproj import CRS
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("schema validation tried to open a network connection")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    catalog._VALIDATORS.clear()  # build the validators again under the patch
+    _shipped_model_document(built)  # the MLM schema and the raster schema it references
+    item = _shipped_region_item(built)
+    item["properties"]["proj:projjson"] = CRS.from_epsg(3857).to_json_dict()
+    catalog.validate(item)
+    item["properties"]["proj:projjson"] = {"type": "ProjectedCRS", "name": 3857}
+    with pytest.raises(IntegrityError, match="projection v2.0.0 extension schema at properties/proj:projjson"):
+        catalog.validate(item)
 
 
 def test_pystac_reads_the_catalog_and_assets_resolve_to_files(built) -> None:

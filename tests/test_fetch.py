@@ -28,6 +28,7 @@ from pipeline.fetch.plan import region_tiles, request_counts, unique_tiles
 from pipeline.fetch.run import RunConfig, fetch_regions
 from pipeline.geo.names import parse_filename
 from pipeline.geo.regions import parse_region_id
+from pipeline.synthetic.server import SyntheticTileServer
 
 ROOT = Path(__file__).resolve().parents[1]
 YEARS = [2020, 2021]
@@ -414,8 +415,7 @@ def test_kill_and_resume_is_identical_and_refetches_nothing(tmp_path: Path) -> N
 
 
 def test_with_synthetic_server(tmp_path: Path) -> None:
-    server = pytest.importorskip("pipeline.synthetic.server")
-    with server.SyntheticTileServer(seed=0) as srv:
+    with SyntheticTileServer(seed=0) as srv:
         url = srv.base_url + "/wmts/1.0.0/{layer}/default/g/{z}/{y}/{x}.jpg"
         cfg = ClientConfig(url_template=url, contact="t@example.invalid", max_concurrency=4, min_interval_s=0.0)
         summary = fetch_regions(block(1, 2), [2021], [ZOOM], tmp_path, cfg, RUN)

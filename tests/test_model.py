@@ -40,7 +40,7 @@ def paper_model() -> nn.Module:
 
 
 def test_paper_parameter_counts(paper_model: nn.Module) -> None:
-    # Upstream §5: ResNet-50 conv1..layer3 + MixVPR(1024 ch, 20x20, 4 mixers, 1024 x 4 out) + Linear(4096, 4096).
+    # docs/upstream.md §5: ResNet-50 conv1..layer3 + MixVPR(1024 ch, 20x20, 4 mixers, 1024 x 4 out) + Linear(4096, 4096).
     assert parameter_counts(paper_model) == (27_662_212, 26_217_284)
     assert n_params(paper_model.backbone) == 8_543_296
     assert n_params(paper_model.aggregator) == 2_337_604

@@ -247,3 +247,87 @@ def test_built_demo_set_has_a_low_base_rate_and_drops_nothing() -> None:
     assert summary["num_dropped_positive_outside_db"] == 0
     r10 = random_recall_curve(len(database), queries["num_positives"].to_numpy(), 10, copies=4)[9]
     assert np.isfinite(r10) and r10 <= 10.0  # the protocol's requirement, not a measured result
+
+
+def _rows_near(source: Path, dest: Path, lat: float, lon: float, km: float) -> int:
+    """Header + every real NASA row whose nadir lies within `km` of (lat, lon): the queries
+    any evaluation set around that point can select."""
+    import csv
+
+    from pipeline.geo.distance import haversine_km
+
+    with open(source, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        ilat, ilon = header.index("NADIR_LAT"), header.index("NADIR_LON")
+        rows = []
+        for rec in reader:
+            try:
+                nlat, nlon = float(rec[ilat]), float(rec[ilon])
+            except (ValueError, IndexError):
+                continue
+            if haversine_km(lat, lon, nlat, nlon) <= km:
+                rows.append(rec)
+    with open(dest, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return len(rows)
+
+
+def test_demo_protocol_on_a_set_this_test_builds(tmp_path: Path) -> None:
+    """The demo sets, built here from the shipped NASA rows near the POI, the params' grid
+    over the database disc and the project's exact overlaps: no query loses a positive
+    outside the database, and a random ranking's R@10 stays within the protocol's 10 %."""
+    from earthloc.retrieval import random_recall_curve
+    from pipeline.geo.overlap import overlap_table
+    from pipeline.io import write_geoparquet
+    from pipeline.stages import evalset as evalset_stage
+    from pipeline.stages.grid import GridParams, build_grid
+    from pipeline.stages.intersect import IntersectParams, pairs_table
+    from pipeline.stages.queries import QueriesParams, ingest, read_nasa_csv
+
+    sets = PARAMS["evalset"]["sets"]
+    for name in ("demo", "demo_val"):  # one database disc for both: the grid below is built once
+        s = sets[name]
+        assert (s["lat"], s["lon"], s["db_radius_km"]) == (
+            sets["demo"]["lat"],
+            sets["demo"]["lon"],
+            sets["demo"]["db_radius_km"],
+        )
+    poi_lat, poi_lon, db_km = sets["demo"]["lat"], sets["demo"]["lon"], sets["demo"]["db_radius_km"]
+
+    # Rows a little beyond the query radius too, so the stage's own distance test decides.
+    # Passes (and so folds) are found among these rows only; the two rules hold per query.
+    near = tmp_path / "near.csv"
+    assert _rows_near(ROOT / PARAMS["queries"]["csv"], near, poi_lat, poi_lon, sets["demo"]["query_radius_km"] + 50) > 0
+    qparams = QueriesParams.from_section(PARAMS["queries"])
+    queries, rejected = ingest(read_nasa_csv(near), qparams)
+    assert rejected.empty, rejected
+    # A box holding the database disc: degrees of latitude and of longitude at its poleward edge.
+    dlat = db_km / 111.0 + 1.0
+    dlon = db_km / (111.0 * np.cos(np.radians(abs(poi_lat) + dlat))) + 1.0
+    grid_params = GridParams.from_section(
+        {**PARAMS["grid"], "bbox": [poi_lon - dlon, poi_lat - dlat, poi_lon + dlon, poi_lat + dlat]}
+    )
+    regions = build_grid(grid_params)
+    intersect = IntersectParams.from_section(PARAMS.get("intersect"), qparams.densify_deg)
+    pairs = overlap_table(
+        queries.geometry.values, regions.geometry.values, intersect.densify_deg, intersect.min_intersection_km2
+    )
+    paths = {"grid": tmp_path / "regions.parquet", "queries": tmp_path / "queries.parquet",
+             "intersections": tmp_path / "intersections.parquet"}  # fmt: skip
+    write_geoparquet(regions, paths["grid"])
+    write_geoparquet(queries, paths["queries"])
+    pairs_table(pairs, queries, regions).to_parquet(paths["intersections"], index=False)
+
+    for name in ("demo", "demo_val"):
+        spec, year = evalset_stage.load_spec(PARAMS, name)
+        summary = evalset_stage.run(spec, year, paths["grid"], paths["queries"], paths["intersections"],
+                                    tmp_path / name, draw_map=False, pass_rule=evalset_stage.load_pass_rule(PARAMS))  # fmt: skip
+        assert summary["num_queries"] > 0, name
+        assert summary["num_dropped_positive_outside_db"] == 0, name
+        built = pd.read_csv(tmp_path / name / "queries.csv")
+        database = pd.read_csv(tmp_path / name / "database.csv")
+        r10 = random_recall_curve(len(database), built["num_positives"].to_numpy(), 10, copies=4)[9]
+        assert np.isfinite(r10) and r10 <= 10.0, (name, r10)  # the protocol's requirement

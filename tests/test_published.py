@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -21,8 +22,6 @@ from earthloc import published
 from earthloc.model import ModelConfig, build_model, save_checkpoint
 from earthloc.retrieval import IMAGENET_MEAN, IMAGENET_STD, load_image
 from pipeline.errors import ModelError
-
-timm = pytest.importorskip("timm")
 
 
 class Mixer(nn.Module):

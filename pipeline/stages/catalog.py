@@ -20,8 +20,9 @@ keeps working wherever the repository (or a `dvc pull` of it) lies.
 
 Items go to Parquet, not to one JSON file each: a world grid is ~180,000 regions, and
 stac-geoparquet is what STAC tools (DuckDB, rustac, stac-geoparquet, GeoPandas) read in one
-go. The JSON documents and the items are validated against the STAC 1.1.0 JSON schemas
-bundled in `pipeline/stac_schemas/` (`validate`), never fetched.
+go. The JSON documents and the items are validated against the STAC 1.1.0 JSON schemas and
+the schemas of the extensions they declare (projection v2.0.0, MLM v1.4.0), all bundled in
+`pipeline/stac_schemas/` (`validate`), never fetched.
 """
 
 from __future__ import annotations
@@ -66,7 +67,19 @@ SCHEMA_FILES = {
     },
     "https://geojson.org/schema/Feature.json": "geojson/Feature.json",
     "https://geojson.org/schema/Geometry.json": "geojson/Geometry.json",
+    PROJECTION_EXT: "stac-extensions/projection-v2.0.0.json",
+    MLM_EXT: "stac-extensions/mlm-v1.4.0.json",
+    # What those two reference: PROJJSON for `proj:projjson`; raster (data types), processing
+    # (expressions) and classification (classes) for the MLM input and output objects.
+    "https://proj.org/schemas/v0.7/projjson.schema.json": "proj/projjson-v0.7.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json": "stac-extensions/raster-v1.1.0.json",
+    "https://stac-extensions.github.io/processing/v1.1.0/schema.json": "stac-extensions/processing-v1.1.0.json",
+    "https://stac-extensions.github.io/classification/v1.1.0/schema.json": "stac-extensions/classification-v1.1.0.json",
 }
+# Extension schema URI -> short name for messages. A document is validated against the core
+# schema of its type and against every extension it declares; declaring one that is not listed
+# here is an error, so nothing the catalog writes goes unchecked by accident.
+EXTENSION_SCHEMAS = {PROJECTION_EXT: "projection v2.0.0", MLM_EXT: "MLM v1.4.0"}
 CORE_SCHEMA = {
     "Feature": f"{_SPEC}/item-spec/json-schema/item.json",
     "Catalog": f"{_SPEC}/catalog-spec/json-schema/catalog.json",
@@ -564,6 +577,7 @@ def model_item(
         for m, s in zip(pre.mean, pre.std, strict=True)
     ]
     start, end = year_span(years)
+    bands = [{"name": name, "description": f"8-bit {name} channel"} for name in ("red", "green", "blue")]
     props = {
         "datetime": None,
         "start_datetime": start,
@@ -583,6 +597,10 @@ def model_item(
         "mlm:pretrained_source": "ImageNet (torchvision ResNet weights)" if cfg.weights else None,
         "mlm:batch_size_suggestion": 16,
         "mlm:accelerator": None,
+        # STAC 1.1 common-metadata bands, which the MLM input's band names refer to: the MLM schema
+        # wants named input bands described (STAC bands, eo:bands or raster:bands), and STAC 1.1
+        # allows `bands` in properties only when an asset carries them too (the weights, below).
+        "bands": list(bands),
         "mlm:input": [
             {
                 "name": "RGB image",
@@ -632,6 +650,7 @@ def model_item(
                 "roles": ["mlm:model", "mlm:weights"],
                 "title": "checkpoint (torch.save)",
                 "mlm:artifact_type": "torch.save",
+                "bands": list(bands),
             }
         },
     }
@@ -691,8 +710,9 @@ def _schema(uri: str) -> dict[str, Any]:
 _VALIDATORS: dict[str, Any] = {}
 
 
-def _validator(kind: str) -> Any:
-    if kind not in _VALIDATORS:
+def _validator(uri: str) -> Any:
+    """A Draft 7 validator for the bundled schema at `uri`, resolving every $ref offline."""
+    if uri not in _VALIDATORS:
         from jsonschema import Draft7Validator
         from referencing import Registry, Resource
         from referencing.jsonschema import DRAFT7
@@ -700,31 +720,49 @@ def _validator(kind: str) -> Any:
         # `retrieve` is the attrs alias of Registry's private field; mypy's dataclass_transform
         # support does not apply attrs aliases, so it sees no such parameter.
         registry = Registry(  # type: ignore[call-arg]
-            retrieve=lambda uri: Resource.from_contents(_schema(uri), default_specification=DRAFT7)
+            retrieve=lambda ref: Resource.from_contents(_schema(ref), default_specification=DRAFT7)
         )
         registry = registry.with_resources(
-            (uri, Resource.from_contents(_schema(uri), default_specification=DRAFT7)) for uri in SCHEMA_FILES
+            (u, Resource.from_contents(_schema(u), default_specification=DRAFT7)) for u in SCHEMA_FILES
         )
-        _VALIDATORS[kind] = Draft7Validator(_schema(CORE_SCHEMA[kind]), registry=registry)
-    return _VALIDATORS[kind]
+        _VALIDATORS[uri] = Draft7Validator(_schema(uri), registry=registry)
+    return _VALIDATORS[uri]
 
 
-def validate(obj: Mapping[str, Any]) -> None:
-    """IntegrityError naming the object and the first schema violation, if any."""
-    kind = obj.get("type")
-    if kind not in CORE_SCHEMA:
-        raise IntegrityError(f"STAC object {obj.get('id')!r}: type {kind!r} is not Feature, Catalog or Collection")
+def _first_violation(uri: str, obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(where, message) of the most relevant violation of schema `uri`, or None if `obj` is valid."""
     from jsonschema.exceptions import best_match
 
     # best_match descends into oneOf/anyOf branches, so the message names the field at fault
     # rather than "not valid under any of the given schemas" for the whole object.
-    err = best_match(_validator(kind).iter_errors(obj))
-    if err is not None:
-        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise IntegrityError(
-            f"STAC {kind} {obj.get('id')!r} fails the STAC {STAC_VERSION} schema at {where}: "
-            f"{err.message.splitlines()[0][:300]}"
-        )
+    err = best_match(_validator(uri).iter_errors(obj))
+    if err is None:
+        return None
+    return "/".join(str(p) for p in err.absolute_path) or "(top level)", err.message.splitlines()[0][:300]
+
+
+def validate(obj: Mapping[str, Any]) -> None:
+    """IntegrityError naming the object, the schema and its first violation, if any.
+
+    Checks the STAC core schema of the object's type, then each extension schema the object
+    declares in `stac_extensions` (all bundled: see EXTENSION_SCHEMAS).
+    """
+    kind = obj.get("type")
+    if kind not in CORE_SCHEMA:
+        raise IntegrityError(f"STAC object {obj.get('id')!r}: type {kind!r} is not Feature, Catalog or Collection")
+    checks = [(CORE_SCHEMA[kind], f"STAC {STAC_VERSION} schema")]
+    for ext in obj.get("stac_extensions") or []:
+        if ext not in EXTENSION_SCHEMAS:
+            raise IntegrityError(
+                f"STAC {kind} {obj.get('id')!r} declares extension {ext}, whose schema is not bundled in "
+                "pipeline/stac_schemas (validation never downloads)"
+            )
+        checks.append((ext, f"{EXTENSION_SCHEMAS[ext]} extension schema"))
+    for uri, label in checks:
+        found = _first_violation(uri, obj)
+        if found is not None:
+            where, message = found
+            raise IntegrityError(f"STAC {kind} {obj.get('id')!r} fails the {label} at {where}: {message}")
 
 
 def _validate_items(items: Sequence[Mapping[str, Any]], limit: int) -> int:
