@@ -29,25 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from param_overrides import override  # benchmarks/param_overrides.py (this folder is on sys.path)
 
 from pipeline.params import parse_yaml
 
 N_SHOWN = (1, 5, 10, 20)
-
-
-def _override(params: dict[str, Any], assignment: str) -> None:
-    key, sep, raw = assignment.partition("=")
-    if not sep or "." not in key:
-        raise SystemExit(f"-S {assignment!r}: expected section.key=value")
-    node = params
-    *parents, leaf = key.split(".")
-    for name in parents:
-        if not isinstance(node.get(name), dict):
-            raise SystemExit(f"-S {assignment!r}: params.yaml has no section {name!r} on that path")
-        node = node[name]
-    if leaf not in node:
-        raise SystemExit(f"-S {assignment!r}: params.yaml has no key {key!r}")
-    node[leaf] = parse_yaml(raw)
 
 
 def run_seed(seed: int, params: dict[str, Any], eval_set: str, work: Path) -> dict[str, Any]:
@@ -93,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("run `make repro` first: the tiles and the evaluation sets are needed")
     params = parse_yaml(Path(args.params).read_text())
     for a in args.overrides:
-        _override(params, a)
+        override(params, a)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="seed_spread_"))
     print(f"seed spread on {args.set!r}, seeds {args.seeds}, overrides {args.overrides or 'none'}, work {work}",
           flush=True)  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import pyproj
@@ -23,8 +24,9 @@ def geod_km2(geom: shapely.Geometry, step: float = 0.01) -> float:
     return total / 1e6
 
 
-def texas_csv(dest: Path, n: int) -> Path:
-    """Header + the first `n` real rows whose nadir lies in Texas/Louisiana/Gulf."""
+def nasa_rows(dest: Path, keep: Callable[[float, float], bool], n: int | None = None) -> int:
+    """Header + the real NASA rows whose nadir (lat, lon) satisfies `keep` (the first `n` of
+    them when `n` is given), written to `dest`; returns how many rows were written."""
     with open(SOURCE_CSV, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader)
@@ -35,14 +37,20 @@ def texas_csv(dest: Path, n: int) -> Path:
                 lat, lon = float(rec[ilat]), float(rec[ilon])
             except (ValueError, IndexError):
                 continue
-            if 26 <= lat <= 34 and -99 <= lon <= -91:
+            if keep(lat, lon):
                 rows.append(rec)
                 if len(rows) == n:
                     break
-    assert len(rows) == n, f"only {len(rows)} rows near Texas in {SOURCE_CSV}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(rows)
+    return len(rows)
+
+
+def texas_csv(dest: Path, n: int) -> Path:
+    """Header + the first `n` real rows whose nadir lies in Texas/Louisiana/Gulf."""
+    got = nasa_rows(dest, lambda lat, lon: 26 <= lat <= 34 and -99 <= lon <= -91, n)
+    assert got == n, f"only {got} rows near Texas in {SOURCE_CSV}"
     return dest

@@ -249,32 +249,6 @@ def test_built_demo_set_has_a_low_base_rate_and_drops_nothing() -> None:
     assert np.isfinite(r10) and r10 <= 10.0  # the protocol's requirement, not a measured result
 
 
-def _rows_near(source: Path, dest: Path, lat: float, lon: float, km: float) -> int:
-    """Header + every real NASA row whose nadir lies within `km` of (lat, lon): the queries
-    any evaluation set around that point can select."""
-    import csv
-
-    from pipeline.geo.distance import haversine_km
-
-    with open(source, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        ilat, ilon = header.index("NADIR_LAT"), header.index("NADIR_LON")
-        rows = []
-        for rec in reader:
-            try:
-                nlat, nlon = float(rec[ilat]), float(rec[ilon])
-            except (ValueError, IndexError):
-                continue
-            if haversine_km(lat, lon, nlat, nlon) <= km:
-                rows.append(rec)
-    with open(dest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return len(rows)
-
-
 def test_demo_protocol_on_a_set_this_test_builds(tmp_path: Path) -> None:
     """The demo sets, built here from the shipped NASA rows near the POI, the params' grid
     over the database disc and the project's exact overlaps: no query loses a positive
@@ -300,7 +274,11 @@ def test_demo_protocol_on_a_set_this_test_builds(tmp_path: Path) -> None:
     # Rows a little beyond the query radius too, so the stage's own distance test decides.
     # Passes (and so folds) are found among these rows only; the two rules hold per query.
     near = tmp_path / "near.csv"
-    assert _rows_near(ROOT / PARAMS["queries"]["csv"], near, poi_lat, poi_lon, sets["demo"]["query_radius_km"] + 50) > 0
+    from pipeline.geo.distance import haversine_km
+    from support import nasa_rows
+
+    radius = sets["demo"]["query_radius_km"] + 50  # every query any demo set can select
+    assert nasa_rows(near, lambda lat, lon: haversine_km(poi_lat, poi_lon, lat, lon) <= radius) > 0
     qparams = QueriesParams.from_section(PARAMS["queries"])
     queries, rejected = ingest(read_nasa_csv(near), qparams)
     assert rejected.empty, rejected
