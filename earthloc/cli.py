@@ -19,6 +19,16 @@ def _params_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
 
 
+def _model_arg(p: argparse.ArgumentParser, section: str) -> None:
+    """`--model`: the project's checkpoint or published EarthLoc weights (earthloc/published.py)."""
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help=f"model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: {section}.model)",
+    )
+
+
 def cmd_grid(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
@@ -355,12 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _params_arg(p)
     p.add_argument("sets", nargs="*", metavar="SET", help="evaluation set names (default: evaluate.sets)")
-    p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: evaluate.model)",
-    )
+    _model_arg(p, "evaluate")
     p.add_argument(
         "--out-dir", type=Path, default=None, help="output directory for a single set (default: data/eval/<set>)"
     )
@@ -372,12 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed every fetched region image of index.year at 0/90/180/270 degrees into a faiss index for `earthloc localize` (params section index).",
     )
     _params_arg(p)
-    p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: index.model)",
-    )
+    _model_arg(p, "index")
     p.add_argument("--out-dir", type=Path, default=None, help="index directory (default: index.out_dir)")
     p.set_defaults(func=cmd_index)
 
@@ -390,12 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path, help="photo (JPEG/PNG)")
     p.add_argument("--nadir", type=float, nargs=2, metavar=("LAT", "LON"), help="ISS nadir point; restricts the search")
     p.add_argument("--top", type=int, default=None, help="number of regions (default: localize.top)")
-    p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model checkpoint, or upstream's or torchgeo's EarthLoc weights (default: localize.model)",
-    )
+    _model_arg(p, "localize")
     p.add_argument(
         "--index", type=Path, default=None, help="index directory from `earthloc index` (default: localize.index_dir)"
     )
