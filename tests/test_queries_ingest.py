@@ -341,18 +341,16 @@ def _params_file(tmp_path: Path, max_rej: float) -> Path:
     return p
 
 
+def _queries_args(csv_path, tmp_path, max_rejected_fraction):
+    """`earthloc queries` on `csv_path`, writing q.parquet and rej.csv into tmp_path."""
+    params = _params_file(tmp_path, max_rejected_fraction)
+    out, rejected = tmp_path / "q.parquet", tmp_path / "rej.csv"
+    return ["queries", str(csv_path), "--params", str(params), "--out", str(out), "--rejected", str(rejected)]
+
+
 def test_cli_failure_exit_code_and_one_line(case, tmp_path, capsys):
     path, exp = case
-    args = [
-        "queries",
-        str(path),
-        "--params",
-        str(_params_file(tmp_path, 0.01)),
-        "--out",
-        str(tmp_path / "q.parquet"),
-        "--rejected",
-        str(tmp_path / "rej.csv"),
-    ]
+    args = _queries_args(path, tmp_path, 0.01)
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("earthloc queries: error:")
@@ -361,16 +359,7 @@ def test_cli_failure_exit_code_and_one_line(case, tmp_path, capsys):
 
 
 def test_cli_missing_file(tmp_path, capsys):
-    args = [
-        "queries",
-        str(tmp_path / "missing.csv"),
-        "--params",
-        str(_params_file(tmp_path, 0.01)),
-        "--out",
-        str(tmp_path / "q.parquet"),
-        "--rejected",
-        str(tmp_path / "rej.csv"),
-    ]
+    args = _queries_args(tmp_path / "missing.csv", tmp_path, 0.01)
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file" in err
@@ -378,16 +367,7 @@ def test_cli_missing_file(tmp_path, capsys):
 
 def test_cli_success(case, tmp_path, capsys):
     path, exp = case
-    args = [
-        "queries",
-        str(path),
-        "--params",
-        str(_params_file(tmp_path, 1.0)),
-        "--out",
-        str(tmp_path / "q.parquet"),
-        "--rejected",
-        str(tmp_path / "rej.csv"),
-    ]
+    args = _queries_args(path, tmp_path, 1.0)
     assert cli.main(args) == 0
     assert len(gpd.read_parquet(tmp_path / "q.parquet")) == len(exp["good"])
 
