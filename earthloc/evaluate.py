@@ -230,12 +230,18 @@ def always_zero_orientation(ev: R.EvalSetFiles, thresholds: Sequence[float]) -> 
 
 
 def evaluate_model(
-    model: torch.nn.Module, image_size: int, ev: R.EvalSetFiles, p: EvaluateParams, set_dir: Path, features: Path | None
+    model: torch.nn.Module,
+    image_size: int,
+    ev: R.EvalSetFiles,
+    p: EvaluateParams,
+    set_dir: Path,
+    features: Path | None,
+    memo: tuple[R.DescriptorMemo, str] | None = None,
 ) -> R.EvalResult:
     res = R.evaluate_set(
         model, set_dir, p.tiles_root, image_size=image_size, batch_size=p.batch_size, num_workers=p.num_workers,
         k=p.k, ns=p.recall_ns, index_spec=p.index, rotations=p.rotations, features_dir=features, bf16=p.bf16,
-        evalset=ev,
+        evalset=ev, memo=memo,
     )  # fmt: skip
     if res.orientation is not None:
         bearing = R.photo_up_bearing(R.queries_orientation(ev.queries))
@@ -467,8 +473,14 @@ def write_audit(out_dir: Path, set_dir: Path, p: EvaluateParams) -> str:
 
 
 def run_set(
-    name: str, p: EvaluateParams, model_path: Path | None = None, out_dir: Path | None = None
+    name: str,
+    p: EvaluateParams,
+    model_path: Path | None = None,
+    out_dir: Path | None = None,
+    memo: R.DescriptorMemo | None = None,
 ) -> dict[str, Any]:
+    """Evaluate one set. With `memo`, descriptors computed for an earlier set of the same
+    run (same networks, overlapping database or queries) are reused, not recomputed."""
     from earthloc.published import load_checkpoint  # also upstream's and torchgeo's weights
 
     set_dir = Path(p.evalsets_dir) / name
@@ -481,7 +493,12 @@ def run_set(
     clusters, unit = query_clusters(ev.queries)
 
     t0 = time.monotonic()
-    res = evaluate_model(model, cfg.image_size, ev, p, set_dir, features / "model" if features else None)
+    memo = memo if memo is not None else R.DescriptorMemo()
+    # The checkpoint's weights: its file, and its modification time in case it is replaced mid-run.
+    net_id = f"{model_path.resolve()}@{model_path.stat().st_mtime_ns if model_path.is_file() else 0}"
+    res = evaluate_model(
+        model, cfg.image_size, ev, p, set_dir, features / "model" if features else None, (memo, f"model {net_id}")
+    )
     timings = {"model_s": round(time.monotonic() - t0, 1)}
     scores: dict[str, MethodScores] = {"model": _from_result(res, ev, p.recall_ns)}
     extra_hits: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -494,7 +511,8 @@ def run_set(
         for seed in seeds:
             name_u = "untrained" if seed == seed0 else f"untrained_seed{seed}"
             sub = features / name_u if features else None
-            res_u = evaluate_model(untrained_model(cfg, seed), cfg.image_size, ev, p, set_dir, sub)
+            net_u = untrained_model(cfg, seed)
+            res_u = evaluate_model(net_u, cfg.image_size, ev, p, set_dir, sub, (memo, f"untrained {seed} {net_id}"))
             own = " (the trained model's own initial weights)" if seed == seed0 and p.untrained_seed is None else ""
             scores[name_u] = _from_result(
                 res_u, ev, p.recall_ns, f"same architecture, torch seed {seed}, not trained" + own
@@ -517,6 +535,7 @@ def run_set(
             p,
             set_dir,
             features / "thumbnail" if features else None,
+            (memo, f"thumbnail {p.thumbnail_size} {cfg.image_size}"),
         )
         scores["thumbnail"] = _from_result(
             res_t,
@@ -623,5 +642,6 @@ def main(args: argparse.Namespace) -> None:
 
     p = EvaluateParams.from_section(section(load_params(args.params), "evaluate"))
     names = args.sets or list(p.sets)
+    memo = R.DescriptorMemo()  # the sets' databases overlap: each image is embedded once per network
     for name in names:
-        run_set(name, p, model_path=args.model, out_dir=args.out_dir if len(names) == 1 else None)
+        run_set(name, p, model_path=args.model, out_dir=args.out_dir if len(names) == 1 else None, memo=memo)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -123,6 +123,60 @@ def rotate_batch(x: torch.Tensor, angle: int) -> torch.Tensor:
         raise ValueError(f"rotation {angle} is not a multiple of 90°")
     k = (angle // 90) % 4
     return x if k == 0 else torch.rot90(x, k, dims=(2, 3))
+
+
+class DescriptorMemo:
+    """Descriptors one process has already computed, per network, image file and rotation.
+
+    The evaluate stage scores several sets whose databases and queries overlap (the demo
+    set's 1,906 regions lie inside the lost-in-space set's database, and both sets share
+    their queries), with the model and several untrained networks. Embedding dominates its
+    time, and an image's descriptor under one network does not depend on the set it is in,
+    so each (network, file, rotation) is embedded once. `network` must name the weights
+    exactly (a checkpoint path, an init seed): two networks under one name would mix."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, int, str], npt.NDArray[np.float32]] = {}
+
+    def get(self, network: str, angle: int, path: str) -> npt.NDArray[np.float32] | None:
+        return self._rows.get((network, angle, path))
+
+    def put(self, network: str, angle: int, path: str, desc: npt.NDArray[np.float32]) -> None:
+        self._rows[(network, angle, path)] = desc
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def embed_memo(
+    model: torch.nn.Module,
+    paths: Sequence[str | os.PathLike[str]],
+    memo: DescriptorMemo,
+    network: str,
+    *,
+    rotations: Sequence[int] = ROTATIONS,
+    out: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> FloatArray:
+    """`embed` of image files through `memo`: only images without a remembered descriptor at
+    every rotation are decoded and embedded; the result is the same (R, N, D) layout."""
+    rotations = tuple(int(r) for r in rotations)
+    keys = [os.fspath(p) for p in paths]
+    todo = [i for i, key in enumerate(keys) if any(memo.get(network, a, key) is None for a in rotations)]
+    fresh = embed(model, [paths[i] for i in todo], rotations=rotations, **kwargs) if todo else None
+    if fresh is not None:
+        for j, i in enumerate(todo):
+            for ri, angle in enumerate(rotations):
+                memo.put(network, angle, keys[i], fresh[ri, j].copy())
+    if not keys:
+        return embed(model, [], rotations=rotations, out=out, **kwargs)
+    dim = len(cast(npt.NDArray[np.float32], memo.get(network, rotations[0], keys[0])))
+    result = _allocate((len(rotations), len(keys), dim), out)
+    for ri, angle in enumerate(rotations):
+        result[ri] = np.stack([cast(npt.NDArray[np.float32], memo.get(network, angle, k)) for k in keys])
+    if isinstance(result, np.memmap):
+        result.flush()
+    return result
 
 
 def embed(
@@ -745,21 +799,29 @@ def evaluate_set(
     device: str | torch.device = "cpu",
     bf16: bool = False,
     evalset: EvalSetFiles | None = None,
+    memo: tuple[DescriptorMemo, str] | None = None,
 ) -> EvalResult:
     """Embed the set's DB (4 rotations) and queries (0°), search, count recalls.
 
     `features_dir` keeps the descriptors as `.npy` memmaps there (db.npy, queries.npy);
-    otherwise they live in RAM. N in `ns` larger than the DB's size are reported for the
+    otherwise they live in RAM. `memo` (a DescriptorMemo and the network's name) reuses
+    descriptors this process computed before for the same network. N in `ns` larger than the DB's size are reported for the
     padded list (the -1 guard), as upstream would if it did not crash."""
     ev = evalset if evalset is not None else read_evalset(set_dir, tiles_root)
     check_images_exist(ev.db_paths, f"{set_dir} database")
     check_images_exist(ev.query_paths, f"{set_dir} queries")
     fdir = Path(features_dir) if features_dir is not None else None
-    common = dict(image_size=image_size, batch_size=batch_size, num_workers=num_workers, device=device, bf16=bf16)
+    common: dict[str, Any] = dict(
+        image_size=image_size, batch_size=batch_size, num_workers=num_workers, device=device, bf16=bf16
+    )
     db_out = fdir / "db.npy" if fdir else None
     q_out = fdir / "queries.npy" if fdir else None
-    db_desc = embed(model, ev.db_paths, rotations=rotations, out=db_out, **common)  # type: ignore[arg-type]
-    q_desc = embed(model, ev.query_paths, rotations=(0,), out=q_out, **common)  # type: ignore[arg-type]
+    if memo is not None:
+        db_desc = embed_memo(model, ev.db_paths, *memo, rotations=rotations, out=db_out, **common)
+        q_desc = embed_memo(model, ev.query_paths, *memo, rotations=(0,), out=q_out, **common)
+    else:
+        db_desc = embed(model, ev.db_paths, rotations=rotations, out=db_out, **common)
+        q_desc = embed(model, ev.query_paths, rotations=(0,), out=q_out, **common)
     return score_descriptors(db_desc, q_desc[0], ev, k=k, ns=ns, index_spec=index_spec, rotations=rotations)
 
 

@@ -219,6 +219,36 @@ def test_embed_memmap_and_rotated_copy_retrieved(tmp_path: Path) -> None:
     assert res.score[0, 0] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_descriptor_memo_embeds_each_image_once_and_changes_nothing(tmp_path: Path) -> None:
+    """Two overlapping sets through one memo: the shared images are not embedded again, and
+    every descriptor equals the one a plain `embed` gives (the memo only skips work; CPU
+    kernels round differently with another batch composition, hence the tolerance)."""
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 255, size=(24, 24, 3), dtype=np.uint8)).save(tmp_path / f"m{i}.png")
+        paths.append(tmp_path / f"m{i}.png")
+    seen: list[int] = []
+
+    class Counting(TinyNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(len(x))
+            return super().forward(x)
+
+    model = Counting()
+    kw = dict(image_size=24, batch_size=4, num_workers=0)
+    memo = R.DescriptorMemo()
+    first = R.embed_memo(model, paths[:5], memo, "net", **kw)
+    assert sum(seen) == 5 * 4  # 5 images x 4 rotations
+    second = R.embed_memo(model, paths[2:], memo, "net", out=tmp_path / "second.npy", **kw)
+    assert sum(seen) == 7 * 4  # only m5 and m6 were new
+    np.testing.assert_allclose(first, R.embed(model, paths[:5], **kw), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(second, R.embed(model, paths[2:], **kw), rtol=0, atol=1e-6)
+    assert isinstance(second, np.memmap)
+    R.embed_memo(model, paths[:2], memo, "another net", rotations=(0,), **kw)
+    assert len(memo) == 7 * 4 + 2  # a second name is a second network: nothing shared
+
+
 # ---------------------------------------------------------------------------
 # Pass (cluster) bootstrap
 
