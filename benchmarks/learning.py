@@ -43,8 +43,9 @@ SHOWN = (1, 10)
 
 def run_one(params: dict[str, Any], recipe: str, seed: int, eval_set: str, work: Path) -> dict[str, Any]:
     """Train one model and evaluate it; the evaluate stage's metrics.json, plus timings."""
-    from earthloc.evaluate import EvaluateParams, run_set
-    from earthloc.train import Configs, TrainPaths, train
+    from earthloc.evaluate import run_set
+    from earthloc.train import TrainPaths, train
+    from pipeline.config import evaluate_config, training_config
 
     d = work / f"{recipe}_seed{seed}"
     done = d / "learning.json"
@@ -55,9 +56,9 @@ def run_one(params: dict[str, Any], recipe: str, seed: int, eval_set: str, work:
     p.setdefault("astroloc", {})["losses"] = dict(RECIPES[recipe])
     t0 = time.monotonic()
     paths = TrainPaths(Path("tiles"), Path("data/grid/regions.parquet"), d / "model.pt", d / "ckpt", d / "live")
-    summary = train(Configs.from_params(p), paths)
+    summary = train(training_config(p), paths)
     t1 = time.monotonic()
-    metrics = run_set(eval_set, EvaluateParams.from_section(dict(p["evaluate"])), d / "model.pt", d / "eval")
+    metrics = run_set(eval_set, evaluate_config(p), d / "model.pt", d / "eval")
     metrics["_run"] = {"train_s": round(t1 - t0, 1), "evaluate_s": round(time.monotonic() - t1, 1),
                        "best_iteration": summary.best_iteration}  # fmt: skip
     write_json(done, metrics)

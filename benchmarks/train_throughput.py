@@ -41,8 +41,8 @@ from earthloc.distributed import Dist
 from earthloc.model import build_model
 from earthloc.objectives import RegionMS
 from earthloc.seeds import STREAM_LOADER, derived_seed, seed_everything
-from earthloc.train import BatchPlan, Configs, StepTools, train_step
-from pipeline.params import load_params
+from earthloc.train import BatchPlan, StepTools, train_step
+from pipeline import config
 
 
 class GeneratedRegions(Dataset[RegionItem]):
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-px", type=int, default=1024, help="side of the generated JPEGs")
     args = ap.parse_args(argv)
 
-    configs = Configs.from_params(load_params(args.params))
+    configs = config.training_config(config.load(args.params))
     cfg, mcfg = configs.train, configs.model
     if args.regions_per_batch:
         cfg = replace(cfg, regions_per_batch=args.regions_per_batch)

@@ -50,6 +50,7 @@ from torch import nn
 
 from earthloc.loss import LossOutput, NeutralAwareMSLoss
 from pipeline.errors import ConfigError
+from pipeline.params import check_keys
 
 LOSS_NAMES = ("earthloc_ms", "photo_pairs", "weighted_clusters")
 CLUSTER_USES = ("weight", "sample", "both")
@@ -136,10 +137,10 @@ class AstroLocConfig:
     @classmethod
     def from_section(cls, sec: Mapping[str, Any] | None) -> AstroLocConfig:
         sec = dict(sec or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(sec) - known)
-        if unknown:
-            raise ConfigError(f"params astroloc: unknown keys {unknown}")
+        check_keys(sec, {f.name for f in fields(cls)}, "astroloc")
+        for key, sub in (("losses", LossSwitches), ("photo_loss", PhotoLossConfig), ("clusters", ClusterConfig)):
+            if isinstance(sec.get(key), Mapping):
+                check_keys(sec[key], {f.name for f in fields(sub)}, f"astroloc.{key}")
         try:
             kw: dict[str, Any] = {}
             if "losses" in sec:

@@ -31,6 +31,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from pipeline.errors import ConfigError
+from pipeline.params import check_keys
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,10 +87,7 @@ class AugmentConfig:
     def from_section(cls, sec: Mapping[str, Any], out_size: int | None = None) -> AugmentConfig:
         """From the `augment` section; `out_size` (the model's image_size) overrides the section
         so the output size has one source."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(sec) - names)
-        if unknown:
-            raise ConfigError(f"params augment: unknown keys {unknown}")
+        check_keys(sec, {f.name for f in fields(cls)}, "augment")
         values = dict(sec)
         if out_size is not None:
             values["out_size"] = out_size

@@ -124,10 +124,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from earthloc import train
-    from pipeline.params import load_params
+    from pipeline import config
 
-    paths = train.TrainPaths(args.tiles, args.grid, args.out, args.checkpoints, args.live_dir)
-    train.run(load_params(args.params), paths)
+    cfg = config.training_config(config.load(args.params))
+    train.run(cfg, train.TrainPaths(args.tiles, args.grid, args.out, args.checkpoints, args.live_dir))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -149,21 +149,45 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from earthloc import evaluate
+    from dataclasses import replace
 
-    evaluate.main(args)
+    from earthloc import evaluate
+    from pipeline import config
+
+    cfg = config.evaluate_config(config.load(args.params))
+    if args.sets:
+        cfg = replace(cfg, sets=tuple(args.sets))
+    evaluate.run(cfg, evaluate.EvaluatePaths(model=args.model, out_dir=args.out_dir))
 
 
 def cmd_index(args: argparse.Namespace) -> None:
     from earthloc import localize
+    from pipeline import config
 
-    localize.main_index(args)
+    cfg = config.index_config(config.load(args.params))
+    localize.run_index(cfg, localize.IndexPaths(model=args.model, out_dir=args.out_dir))
 
 
 def cmd_localize(args: argparse.Namespace) -> None:
-    from earthloc import localize
+    from dataclasses import replace
 
-    localize.main_localize(args)
+    from earthloc import localize
+    from pipeline import config
+    from pipeline.errors import ConfigError
+
+    cfg = config.localize_config(config.load(args.params))
+    # 0 is not a usable count or radius: like an absent flag, it leaves the params value.
+    if args.top:
+        cfg = replace(cfg, top=args.top)
+    if args.radius_km:
+        cfg = replace(cfg, radius_km=args.radius_km)
+    nadir = (args.nadir[0], args.nadir[1]) if args.nadir else None
+    if nadir is not None and not (-90 <= nadir[0] <= 90 and -180 <= nadir[1] <= 180):
+        raise ConfigError(f"--nadir {nadir[0]} {nadir[1]}: latitude or longitude out of range")
+    request = localize.LocalizeRequest(
+        image=args.image, nadir=nadir, model=args.model, index_dir=args.index, out=args.out
+    )
+    localize.run_localize(cfg, request)
 
 
 def cmd_catalog(args: argparse.Namespace) -> None:

@@ -18,7 +18,6 @@ Protocol: earthloc.retrieval (paper Sec. 5.1.2, docs/upstream.md §7)."""
 
 from __future__ import annotations
 
-import argparse
 import html
 import time
 from collections.abc import Mapping, Sequence
@@ -110,6 +109,14 @@ class EvaluateParams:
         if "index" in kw:
             kw["index"] = R.IndexSpec.from_section(kw["index"])
         return build_config(cls, kw, "evaluate")
+
+
+@dataclass(frozen=True)
+class EvaluatePaths:
+    """The files the command line names for the evaluate stage; None takes the `evaluate` section's."""
+
+    model: Path | None = None  # a project checkpoint or published EarthLoc weights (earthloc.published)
+    out_dir: Path | None = None  # a single set's output folder (default <out_root>/<set>)
 
 
 @dataclass(frozen=True)
@@ -637,11 +644,10 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
-def main(args: argparse.Namespace) -> None:
-    from pipeline.params import load_params, section
-
-    p = EvaluateParams.from_section(section(load_params(args.params), "evaluate"))
-    names = args.sets or list(p.sets)
-    memo = R.DescriptorMemo()  # the sets' databases overlap: each image is embedded once per network
-    for name in names:
-        run_set(name, p, model_path=args.model, out_dir=args.out_dir if len(names) == 1 else None, memo=memo)
+def run(config: EvaluateParams, paths: EvaluatePaths = EvaluatePaths()) -> dict[str, dict[str, Any]]:
+    """Entry point of `earthloc evaluate`: every set of `config.sets`; each set's metrics by name."""
+    names = list(config.sets)
+    # One output folder can hold one set's results only; several sets go to <out_root>/<set>.
+    out_dir = paths.out_dir if len(names) == 1 else None
+    memo = R.DescriptorMemo()  # the sets' databases and queries overlap: each image is embedded once per network
+    return {name: run_set(name, config, model_path=paths.model, out_dir=out_dir, memo=memo) for name in names}

@@ -20,7 +20,6 @@ rotated copies, exactly. Without a nadir the whole index is searched (AstroLoc's
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -85,6 +84,25 @@ class LocalizeParams:
     @classmethod
     def from_section(cls, sec: dict[str, Any]) -> LocalizeParams:
         return _from_section(cls, sec, "localize")
+
+
+@dataclass(frozen=True)
+class IndexPaths:
+    """The files the command line names for the index stage; None takes the `index` section's."""
+
+    model: Path | None = None  # a project checkpoint or published EarthLoc weights (earthloc.published)
+    out_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class LocalizeRequest:
+    """One photo to localise, with the files the command line names (None: the `localize` section's)."""
+
+    image: Path
+    nadir: tuple[float, float] | None = None  # (lat, lon) of the ISS; None searches the whole index
+    model: Path | None = None  # must be the model the index was built with
+    index_dir: Path | None = None
+    out: Path | None = None  # GeoJSON of the matches
 
 
 def _from_section(cls: Any, sec: dict[str, Any], name: str) -> Any:
@@ -448,49 +466,45 @@ def format_matches(matches: list[Match], nadir: tuple[float, float] | None, radi
 
 
 # ---------------------------------------------------------------------------
-# CLI entry points
+# Stage entry points
 
 
-def main_index(args: argparse.Namespace) -> None:
+def run_index(config: IndexParams, paths: IndexPaths = IndexPaths()) -> dict[str, Any]:
+    """Entry point of `earthloc index`: embed the fetched regions of `config.year`; the index's meta."""
     from earthloc.published import load_model  # also upstream's and torchgeo's weights
-    from pipeline.params import load_params, section
 
-    p = IndexParams.from_section(section(load_params(args.params), "index"))
-    model_path = Path(args.model or p.model)
-    out_dir = Path(args.out_dir or p.out_dir)
+    model_path = Path(paths.model or config.model)
+    out_dir = Path(paths.out_dir or config.out_dir)
     model, cfg = load_model(model_path)
-    regions = fetched_regions(p.tiles_root, p.year)
+    regions = fetched_regions(config.tiles_root, config.year)
     meta = build_index_dir(
         model,
         cfg.image_size,
         regions,
-        p,
+        config,
         out_dir,
         {"model_path": str(model_path), "model_sha256": file_sha256(model_path), "model_config": cfg.to_dict()},
     )
     print(
-        f"index: {meta['num_db']} regions x {len(meta['rotations'])} rotations, {p.index.kind}, "
+        f"index: {meta['num_db']} regions x {len(meta['rotations'])} rotations, {config.index.kind}, "
         f"{meta['index_bytes'] / 2**20:.1f} MiB -> {out_dir}"
     )
+    return meta
 
 
-def main_localize(args: argparse.Namespace) -> None:
-    from pipeline.params import load_params, section
-
-    p = LocalizeParams.from_section(section(load_params(args.params), "localize"))
-    top = args.top or p.top
-    nadir = tuple(args.nadir) if args.nadir else None
-    if nadir is not None and not (-90 <= nadir[0] <= 90 and -180 <= nadir[1] <= 180):
-        raise ConfigError(f"--nadir {nadir[0]} {nadir[1]}: latitude or longitude out of range")
+def run_localize(config: LocalizeParams, request: LocalizeRequest) -> list[Match]:
+    """Entry point of `earthloc localize`: print the top `config.top` regions of one photo
+    (and write them as GeoJSON when asked); the matches."""
     matches = localize_image(
-        args.image,
-        args.model or p.model,
-        args.index or p.index_dir,
-        top=top,
-        nadir=nadir,
-        radius_km=args.radius_km or p.radius_km,
+        request.image,
+        request.model or config.model,
+        request.index_dir or config.index_dir,
+        top=config.top,
+        nadir=request.nadir,
+        radius_km=config.radius_km,
     )
-    print(format_matches(matches, nadir, args.radius_km or p.radius_km))
-    if args.out:
-        write_json(args.out, to_geojson(matches, str(args.image), nadir))
-        print(f"GeoJSON -> {args.out}")
+    print(format_matches(matches, request.nadir, config.radius_km))
+    if request.out:
+        write_json(request.out, to_geojson(matches, str(request.image), request.nadir))
+        print(f"GeoJSON -> {request.out}")
+    return matches

@@ -172,26 +172,15 @@ class TrainPaths:
 
 
 @dataclass(frozen=True)
-class Configs:
+class TrainingConfig:
+    """Everything the train stage reads from params.yaml, one dataclass per section
+    (`pipeline.config.training_config` builds it): the checkpoint fingerprint covers all of them."""
+
     train: TrainConfig
     model: ModelConfig
-    augment: AugmentConfig
+    augment: AugmentConfig  # its out_size is model.image_size
     loss: LossConfig
     astroloc: AstroLocConfig = field(default_factory=AstroLocConfig)  # which objectives, their weights
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Configs:
-        def sec(name: str) -> Mapping[str, Any]:
-            value = params.get(name, {})
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"params: section {name!r} is not a mapping")
-            return value
-
-        model = ModelConfig.from_section(sec("model"))
-        return cls(
-            TrainConfig.from_section(sec("train")), model, AugmentConfig.from_section(sec("augment"), model.image_size),
-            LossConfig.from_section(sec("loss")), AstroLocConfig.from_section(sec("astroloc")),
-        )  # fmt: skip
 
     def fingerprint(self, region_ids: Sequence[str]) -> str:
         """What a checkpoint must agree with to be resumed: every non-operational setting and the training regions."""
@@ -463,7 +452,7 @@ def _device(cfg: TrainConfig, d: Dist) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_world(configs: Configs, d: Dist) -> None:
+def _check_world(configs: TrainingConfig, d: Dist) -> None:
     """Every rank must hold the same number of regions and photos: the all-gather needs equal shapes."""
     cfg, acfg = configs.train, configs.astroloc
     n_photos = acfg.photos_per_batch if acfg.losses.photo_pairs else 0
@@ -475,7 +464,7 @@ def _check_world(configs: Configs, d: Dist) -> None:
         raise ConfigError(f"astroloc.photos_per_batch {n_photos} must be a multiple of WORLD_SIZE {d.world_size}")
 
 
-def train(configs: Configs, paths: TrainPaths = TrainPaths()) -> TrainSummary:
+def train(configs: TrainingConfig, paths: TrainPaths = TrainPaths()) -> TrainSummary:
     """Train (or resume) and write the best model to `paths.model_out`. Returns a summary."""
     cfg, mcfg = configs.train, configs.model
     if cfg.threads:
@@ -660,7 +649,7 @@ def _write_model(net: torch.nn.Module, mcfg: ModelConfig, paths: TrainPaths, sta
                         objectives=[o.name for o in objectives])  # fmt: skip
 
 
-def run(params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> TrainSummary:
-    """Entry point of `earthloc train`: every objective of params `astroloc.losses` in one loop."""
+def run(config: TrainingConfig, paths: TrainPaths = TrainPaths()) -> TrainSummary:
+    """Entry point of `earthloc train`: every objective of `config.astroloc.losses` in one loop."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    return train(Configs.from_params(params), paths)
+    return train(config, paths)

@@ -29,7 +29,14 @@ from pipeline.errors import ConfigError
 from pipeline.params import build_config, check_keys, load_params, section
 
 if TYPE_CHECKING:
+    from earthloc.astroloc import AstroLocConfig
     from earthloc.audit_page import AuditPageConfig
+    from earthloc.augment import AugmentConfig
+    from earthloc.evaluate import EvaluateParams
+    from earthloc.localize import IndexParams, LocalizeParams
+    from earthloc.loss import LossConfig
+    from earthloc.model import ModelConfig
+    from earthloc.train import TrainConfig, TrainingConfig
     from pipeline.export import ExportConfig
     from pipeline.stages.fetch import FetchParams
     from pipeline.stages.grid import GridParams
@@ -144,52 +151,68 @@ def _fetch_queries(params: Params) -> Any:
 # --------------------------------------------------------------------- sections owned by earthloc/
 
 
-def _model(params: Params) -> Any:
+def model_config(params: Params) -> ModelConfig:
     from earthloc.model import ModelConfig
 
     return ModelConfig.from_section(section(dict(params), "model"))
 
 
-def _augment(params: Params) -> Any:
+def augment_config(params: Params) -> AugmentConfig:
+    """The `augment` section; its output size is the model's `image_size`."""
     from earthloc.augment import AugmentConfig
 
-    return AugmentConfig.from_section(section(dict(params), "augment"), _model(params).image_size)
+    return AugmentConfig.from_section(section(dict(params), "augment"), model_config(params).image_size)
 
 
-def _loss(params: Params) -> Any:
+def loss_config(params: Params) -> LossConfig:
     from earthloc.loss import LossConfig
 
     return LossConfig.from_section(section(dict(params), "loss"))
 
 
-def _train(params: Params) -> Any:
+def train_config(params: Params) -> TrainConfig:
     from earthloc.train import TrainConfig
 
     return TrainConfig.from_section(section(dict(params), "train"))
 
 
-def _evaluate(params: Params) -> Any:
+def astroloc_config(params: Params) -> AstroLocConfig:
+    """The `astroloc` section (all defaults when absent: the EarthLoc objective alone)."""
+    from earthloc.astroloc import AstroLocConfig
+
+    return AstroLocConfig.from_section(params.get("astroloc"))
+
+
+def training_config(params: Params) -> TrainingConfig:
+    """Everything the train stage reads: `train`, `model`, `augment`, `loss` and `astroloc`,
+    each built strictly, bundled so that a checkpoint's fingerprint sees all of them."""
+    from earthloc.train import TrainingConfig
+
+    return TrainingConfig(
+        train=train_config(params),
+        model=model_config(params),
+        augment=augment_config(params),
+        loss=loss_config(params),
+        astroloc=astroloc_config(params),
+    )
+
+
+def evaluate_config(params: Params) -> EvaluateParams:
     from earthloc.evaluate import EvaluateParams
 
     return EvaluateParams.from_section(dict(section(dict(params), "evaluate")))
 
 
-def _index(params: Params) -> Any:
+def index_config(params: Params) -> IndexParams:
     from earthloc.localize import IndexParams
 
     return IndexParams.from_section(dict(section(dict(params), "index")))
 
 
-def _localize(params: Params) -> Any:
+def localize_config(params: Params) -> LocalizeParams:
     from earthloc.localize import LocalizeParams
 
     return LocalizeParams.from_section(dict(section(dict(params), "localize")))
-
-
-def _astroloc(params: Params) -> Any:
-    from earthloc.astroloc import AstroLocConfig
-
-    return AstroLocConfig.from_section(params.get("astroloc"))
 
 
 # --------------------------------------------------------------------- sections still read by hand
@@ -245,15 +268,15 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
     "fetch": fetch_config,
     "fetch_queries": _fetch_queries,
     "export": export_config,
-    "model": _model,
-    "augment": _augment,
-    "loss": _loss,
-    "train": _train,
-    "evaluate": _evaluate,
-    "index": _index,
-    "localize": _localize,
+    "model": model_config,
+    "augment": augment_config,
+    "loss": loss_config,
+    "train": train_config,
+    "evaluate": evaluate_config,
+    "index": index_config,
+    "localize": localize_config,
     "pairs": _pairs,
-    "astroloc": _astroloc,
+    "astroloc": astroloc_config,
     "audit_page": audit_page_config,
     "lost_in_space": _lost_in_space,
     "catalog": _catalog,
@@ -261,9 +284,13 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
 
 # Sections whose stage takes its dataclass from this module (`run(config, paths)`);
 # the others are built here for checking but their stages still parse them themselves.
-MIGRATED = ("grid", "intersect", "export", "fetch")
+MIGRATED = (
+    "grid", "intersect", "export", "fetch", "model", "augment", "loss", "train", "astroloc", "evaluate", "index",
+    "localize",
+)  # fmt: skip
 
 __all__ = [
-    "MIGRATED", "SECTIONS", "audit_page_config", "build", "build_all", "export_config", "fetch_config",
-    "grid_config", "intersect_config", "load", "queries_config",
+    "MIGRATED", "SECTIONS", "astroloc_config", "audit_page_config", "augment_config", "build", "build_all",
+    "evaluate_config", "export_config", "fetch_config", "grid_config", "index_config", "intersect_config", "load",
+    "localize_config", "loss_config", "model_config", "queries_config", "train_config", "training_config",
 ]  # fmt: skip

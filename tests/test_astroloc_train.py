@@ -19,7 +19,8 @@ from earthloc.loss import LossConfig
 from earthloc.model import load_model
 from earthloc.objectives.clusters import WeightedClusters
 from earthloc.objectives.photos import PhotoDataset, north_up_turns, photo_pool, plan_photos
-from earthloc.train import Configs, TrainPaths, train
+from earthloc.train import TrainPaths, train
+from pipeline.config import training_config
 from pipeline.errors import ConfigError, InputError
 from train_fixtures import add_photos, astroloc_section, make_store, region_image, tiny_params
 
@@ -76,7 +77,7 @@ CONFIGS = {
 def test_configs_train_a_few_iterations(tmp_path: Path, store: dict[str, Path], name: str) -> None:
     params = astro_params(store, CONFIGS[name])
     p = paths_in(tmp_path, store)
-    s = train(Configs.from_params(params), p)
+    s = train(training_config(params), p)
     assert s.iterations_done == 3 and s.final_loss is not None and np.isfinite(s.final_loss)
     assert set(s.final_components) == set(s.objectives) == {k for k, v in CONFIGS[name].items() if v}
     assert s.best_r5 is not None  # validated at iterations 0 and 3
@@ -95,7 +96,7 @@ def test_weighted_sampling_runs(tmp_path: Path, store: dict[str, Path]) -> None:
     batch's cluster with the documented p_k = w_k / sum(w) over the non-empty clusters."""
     params = astro_params(store, CONFIGS["weighted_clusters"], val_every=0)
     params["astroloc"]["clusters"]["use"] = "both"
-    s = train(Configs.from_params(params), paths_in(tmp_path, store))
+    s = train(training_config(params), paths_in(tmp_path, store))
     assert s.iterations_done == 3 and s.best_r5 is None
 
     # Known weights: cluster sizes unlike the weights (a size-proportional or uniform draw
@@ -142,7 +143,7 @@ def test_no_photos_is_a_clear_error(tmp_path: Path, store: dict[str, Path]) -> N
     params = astro_params(store, CONFIGS["astroloc"])
     params["astroloc"]["pairs"] = str(empty)
     with pytest.raises(InputError, match="no training photo"):
-        train(Configs.from_params(params), paths_in(tmp_path, store))
+        train(training_config(params), paths_in(tmp_path, store))
 
 
 def test_photos_per_batch_must_split_over_ranks(
@@ -153,7 +154,7 @@ def test_photos_per_batch_must_split_over_ranks(
 
     params = astro_params(store, CONFIGS["astroloc"])  # 4 regions, 3 photos per batch
     with pytest.raises(ConfigError, match="photos_per_batch 3 must be a multiple of WORLD_SIZE 2"):
-        T._check_world(Configs.from_params(params), Dist(0, 2, 0))
+        T._check_world(training_config(params), Dist(0, 2, 0))
 
 
 def test_earthloc_train_runs_astroloc(tmp_path: Path, store: dict[str, Path]) -> None:
@@ -177,9 +178,9 @@ def test_earthloc_train_runs_astroloc(tmp_path: Path, store: dict[str, Path]) ->
 def test_a_checkpoint_of_other_objectives_is_not_resumed(tmp_path: Path, store: dict[str, Path]) -> None:
     """EarthLoc and AstroLoc runs share the persisted checkpoint folder: the fingerprint tells them apart."""
     p = paths_in(tmp_path, store)
-    first = train(Configs.from_params(astro_params(store, CONFIGS["earthloc"], iterations=2, val_every=0)), p)
+    first = train(training_config(astro_params(store, CONFIGS["earthloc"], iterations=2, val_every=0)), p)
     assert first.resumed_from is None
-    other = train(Configs.from_params(astro_params(store, CONFIGS["astroloc"], iterations=2, val_every=0)), p)
+    other = train(training_config(astro_params(store, CONFIGS["astroloc"], iterations=2, val_every=0)), p)
     assert other.resumed_from is None and other.iterations_done == 2
-    again = train(Configs.from_params(astro_params(store, CONFIGS["astroloc"], iterations=3, val_every=0)), p)
+    again = train(training_config(astro_params(store, CONFIGS["astroloc"], iterations=3, val_every=0)), p)
     assert again.resumed_from == 2 and again.iterations_done == 3

@@ -155,3 +155,57 @@ def test_cli_reports_a_misspelt_key_on_one_line(
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "unknown key 'strid'" in err
     assert not (tmp_path / "g.parquet").exists()
+
+
+# The earthloc/ stages and the sections each builds its config from.
+EARTHLOC_STAGES = {
+    "train": ("model", "augment", "loss", "train", "astroloc"),
+    "evaluate": ("evaluate",),
+    "index": ("index",),
+    "localize": ("localize",),
+}
+EARTHLOC_BUILDERS = {
+    "train": config.training_config,
+    "evaluate": config.evaluate_config,
+    "index": config.index_config,
+    "localize": config.localize_config,
+}
+
+
+@pytest.mark.parametrize(("stage", "name"), [(s, n) for s, names in EARTHLOC_STAGES.items() for n in names])
+def test_earthloc_stage_config_names_an_unknown_key(shipped: dict[str, Any], stage: str, name: str) -> None:
+    params = copy.deepcopy(shipped)
+    params[name]["surplus_key"] = 1
+    with pytest.raises(ConfigError, match=rf"^params {name}: unknown key 'surplus_key'$"):
+        EARTHLOC_BUILDERS[stage](params)
+
+
+def test_training_config_bundles_its_sections(shipped: dict[str, Any]) -> None:
+    c = config.training_config(shipped)
+    assert (c.train, c.model, c.loss, c.astroloc) == tuple(
+        config.build(shipped, name) for name in ("train", "model", "loss", "astroloc")
+    )
+    assert c.augment.out_size == c.model.image_size  # one source for the output size
+    assert set(config.MIGRATED) >= {name for names in EARTHLOC_STAGES.values() for name in names}
+
+
+@pytest.mark.parametrize("stage", sorted(EARTHLOC_STAGES))
+def test_earthloc_cli_reports_an_unknown_key_before_any_work(
+    tmp_path: Path, shipped: dict[str, Any], capsys: pytest.CaptureFixture[str], stage: str
+) -> None:
+    argv = {
+        "train": ["--tiles", str(tmp_path / "tiles"), "--out", str(tmp_path / "m.pt"),
+                  "--checkpoints", str(tmp_path / "ckpt"), "--live-dir", str(tmp_path / "live")],
+        "evaluate": ["--out-dir", str(tmp_path / "eval")],
+        "index": ["--out-dir", str(tmp_path / "index")],
+        "localize": [str(tmp_path / "photo.jpg"), "--out", str(tmp_path / "out.geojson")],
+    }[stage]  # fmt: skip
+    for name in EARTHLOC_STAGES[stage]:
+        params = copy.deepcopy(shipped)
+        params[name]["surplus_key"] = 1
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(params))
+        assert cli_main([stage, "--params", str(path), *argv]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"params {name}: unknown key 'surplus_key'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from earthloc.model import load_checkpoint
-from earthloc.train import Configs, TrainPaths, train
+from earthloc.train import TrainPaths, train
+from pipeline.config import training_config
 from pipeline.params import load_params
 from train_fixtures import make_store
 
@@ -28,7 +29,7 @@ def test_preset_is_a_full_params_file_with_the_paper_recipe() -> None:
             assert set(paper[name]) == set(section), name
         if name not in ("model", "augment", "loss", "train"):  # the data and evaluation are the same
             assert paper[name] == section, f"params_paper.yaml's {name} section differs from params.yaml's"
-    c = Configs.from_params(paper)
+    c = training_config(paper)
     assert (c.model.backbone, c.model.image_size, c.model.descriptor_dim) == ("resnet50", 320, 4096)
     assert c.model.frozen_stages == ("conv1", "bn1", "layer1", "layer2") and c.model.input_norm == "none"
     assert (c.loss.overlap, c.loss.neutral_order) == ("neutral", "upstream")
@@ -48,7 +49,7 @@ def test_preset_trains_two_iterations(tmp_path: Path) -> None:
     params["train"].update(regions_per_batch=2, iterations=2, load_size=64, num_workers=0, threads=1, val_every=0,
                            device="cpu")  # fmt: skip
     paths = TrainPaths(s["tiles"], s["grid"], tmp_path / "model.pt", tmp_path / "ckpt", tmp_path / "live")
-    summary = train(Configs.from_params(params), paths)
+    summary = train(training_config(params), paths)
     assert summary.iterations_done == 2 and summary.final_loss is not None
     assert torch.load(paths.checkpoints / "last.pt", weights_only=True)["iteration"] == 2
     ckpt = load_checkpoint(paths.model_out)

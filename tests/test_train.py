@@ -24,7 +24,8 @@ from PIL import Image
 from earthloc.batches import batch_regions, random_clusters
 from earthloc.data import RegionYearsDataset, load_rgb, loader, one_line, training_regions
 from earthloc.model import load_model
-from earthloc.train import Configs, TrainConfig, TrainPaths, train
+from earthloc.train import TrainConfig, TrainPaths, train
+from pipeline.config import training_config
 from pipeline.errors import ConfigError, InputError
 from train_fixtures import add_photos, astroloc_section, make_store, region_image, tiny_params
 
@@ -168,14 +169,14 @@ def test_train_stage_end_to_end(tmp_path: Path, store: dict[str, Path]) -> None:
     assert read_tsv(p.live_dir, "val/R@5")["step"].tolist() == [0, 3, 6]
     assert [h["iteration"] for h in last["history"]] == [0.0, 3.0, 6.0]
     # same params again: the finished run is resumed (nothing to do) and the model rewritten
-    again = train(Configs.from_params(params), p)
+    again = train(training_config(params), p)
     assert again.resumed_from == 6 and again.iterations_done == 6
     # other params: a checkpoint with another fingerprint is not resumed
     other = tiny_params(store["val"], iterations=2, val_every=0, lr=5e-4)
-    fresh = train(Configs.from_params(other), p)
+    fresh = train(training_config(other), p)
     assert fresh.resumed_from is None and fresh.iterations_done == 2
     with pytest.raises(InputError, match="validation set"):
-        train(Configs.from_params(tiny_params(tmp_path / "no_such_set")), p)
+        train(training_config(tiny_params(tmp_path / "no_such_set")), p)
 
 
 def test_checkpoint_names_the_seed_that_rebuilds_the_initial_network(
@@ -197,7 +198,7 @@ def test_checkpoint_names_the_seed_that_rebuilds_the_initial_network(
 
     monkeypatch.setattr(T, "build_model", recording_build)
     params = tiny_params(None, iterations=1, val_every=0, seed=7)
-    train(Configs.from_params(params), paths_in(tmp_path, store))
+    train(training_config(params), paths_in(tmp_path, store))
     ckpt = load_checkpoint(paths_in(tmp_path, store).model_out)
     assert ckpt.extra["init_seed"] == 7
     seed = untrained_seed_for(EvaluateParams(), ckpt.extra)
@@ -261,7 +262,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path: Path, store: dict[st
             [sys.executable, "-c", KILL_DRIVER, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
         )
 
-    configs = Configs.from_params(params)
+    configs = training_config(params)
     whole = train(configs, paths_in(tmp_path / "whole", store))  # in-process: one interpreter start-up less
     assert whole.iterations_done == n
     killed = run(tmp_path / "killed", kill_at=6)  # steps 1..5 done; checkpoint at iteration 4
@@ -295,7 +296,7 @@ def test_selection_can_return_the_initial_network(tmp_path: Path, store: dict[st
     scores = iter([40.0, 30.0, 20.0])  # R@5 of the initial network, then after 2 and 4 updates
     monkeypatch.setattr(T, "validate", lambda *a, **k: {1: 0.0, 5: next(scores), 10: 0.0, 20: 0.0})
     p = paths_in(tmp_path, store)
-    s = train(Configs.from_params(tiny_params(store["val"], iterations=4, val_every=2, recluster_every=0)), p)
+    s = train(training_config(tiny_params(store["val"], iterations=4, val_every=2, recluster_every=0)), p)
     assert s.best_iteration == 0 and s.best_r5 == 40.0
     torch.manual_seed(0)
     from earthloc.model import ModelConfig, build_model
@@ -331,7 +332,7 @@ def test_ddp_two_cpu_processes_match_one(tmp_path: Path, store: dict[str, Path])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "world size 2" in res.stdout
     single = paths_in(tmp_path / "single", store)
-    s = train(Configs.from_params(params), single)
+    s = train(training_config(params), single)
     assert s.world_size == 1
     ld, ls = read_tsv(p.live_dir, "train/loss"), read_tsv(single.live_dir, "train/loss")
     assert ld["step"].tolist() == ls["step"].tolist() == list(range(4))
