@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from earthloc.data import RegionYearsDataset, load_rgb, loader, training_regions
+from earthloc.data import RegionYearsDataset, loader, training_regions
+from earthloc.images import load_rgb
 
 
 def per_core(paths: list[Path], size: int, draft: bool) -> float:

@@ -31,7 +31,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from earthloc.retrieval import random_recall_curve  # noqa: E402
+from earthloc.retrieval.recall import random_recall_curve  # noqa: E402
 from pipeline.fetch.plan import request_counts  # noqa: E402
 from pipeline.fetch.queries import select_queries  # noqa: E402
 from pipeline.geo.aoi import aois_for, in_aois  # noqa: E402

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthloc.retrieval import IMAGENET_MEAN, IMAGENET_STD
+from earthloc.augment import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.geo.distance import haversine_km
 from pipeline.geo.regions import parse_region_id, region_bounds
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from earthloc.augment import IMAGENET_MEAN, IMAGENET_STD
 from earthloc.model import (
     RESNET_STAGES,
     Checkpoint,
@@ -45,7 +46,6 @@ from earthloc.model import (
     unwrap,
 )
 from earthloc.model import load_checkpoint as load_project_checkpoint
-from earthloc.retrieval import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.errors import ModelError
 
 FORMATS = ("earthloc", "upstream", "torchgeo")

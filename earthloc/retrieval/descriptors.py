@@ -1,0 +1,94 @@
+"""Descriptors of an image set at every test-time rotation (earthloc.retrieval.protocol).
+
+Each image is decoded once and all its rotations are embedded from the same batch; a
+database too large for RAM is written to a `.npy` memmap as it is embedded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from earthloc.images import ImageFiles
+from earthloc.retrieval.protocol import ROTATIONS
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def rotate_batch(x: torch.Tensor, angle: int) -> torch.Tensor:
+    """Rotate (B, C, S, S) counter-clockwise by a multiple of 90° (exact, no resampling)."""
+    if angle % 90:
+        raise ValueError(f"rotation {angle} is not a multiple of 90°")
+    k = (angle // 90) % 4
+    return x if k == 0 else torch.rot90(x, k, dims=(2, 3))
+
+
+def embed(
+    model: torch.nn.Module,
+    images: Dataset[torch.Tensor] | Sequence[str | os.PathLike[str]],
+    *,
+    image_size: int,
+    batch_size: int,
+    num_workers: int,
+    rotations: Sequence[int] = ROTATIONS,
+    out: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> FloatArray:
+    """Descriptors of every image at every rotation: (len(rotations), N, D) float32.
+
+    Each image is decoded once and its rotations embedded from the same batch. With `out`
+    the array is a numpy memmap at that path (`.npy` format), so a world-size database
+    does not have to fit in RAM while embedding. `progress(n)` is called after each batch
+    with the number of images done."""
+    dataset = images if isinstance(images, Dataset) else ImageFiles(list(images), image_size)
+    n = len(dataset)  # type: ignore[arg-type]
+    rotations = tuple(int(r) for r in rotations)
+    if not rotations:
+        raise ValueError("no rotations given")
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        persistent_workers=False, pin_memory=False,
+    )  # fmt: skip
+    model = model.eval().to(device)
+    result: FloatArray | None = None
+    done = 0
+    amp = torch.autocast("cpu" if str(device) == "cpu" else "cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    with torch.inference_mode(), amp:
+        for batch in loader:
+            batch = batch.to(device)
+            if batch.shape[-1] != batch.shape[-2] and any(r % 180 for r in rotations):
+                raise ValueError("rotations by 90° need square images")
+            for ri, angle in enumerate(rotations):
+                desc = model(rotate_batch(batch, angle)).float().cpu().numpy()
+                if result is None:
+                    result = _allocate((len(rotations), n, desc.shape[1]), out)
+                result[ri, done : done + len(batch)] = desc
+            done += len(batch)
+            if progress is not None:
+                progress(done)
+    if result is None:  # empty dataset: the dimension is unknown, ask the model
+        dim = _output_dim(model, image_size, device)
+        result = _allocate((len(rotations), 0, dim), out)
+    if isinstance(result, np.memmap):
+        result.flush()
+    return result
+
+
+def _allocate(shape: tuple[int, int, int], out: str | os.PathLike[str] | None) -> FloatArray:
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape)
+
+
+def _output_dim(model: torch.nn.Module, image_size: int, device: str | torch.device) -> int:
+    with torch.inference_mode():
+        return int(model(torch.zeros(1, 3, image_size, image_size, device=device)).shape[1])
