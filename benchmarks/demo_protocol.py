@@ -7,7 +7,7 @@ years and zooms, the database disc widened to the candidate database radius), th
 one Markdown row:
 test queries kept and dropped (positive outside the database), database regions, mean
 positives per test query, the exact expected Recall@10 of a random ranking (hypergeometric,
-`earthloc.retrieval.random_recall_curve`) uncollapsed (4 rotated copies per region, as
+`earthloc.retrieval.recall.random_recall_curve`) uncollapsed (4 rotated copies per region, as
 evaluate ranks them) and collapsed (one entry per region), the validation queries, the
 region images and unique tiles every fetch shard needs in all, and the photos the scoped
 fetch_queries renders (every query of both sets, plus the training areas' photos whose
