@@ -190,7 +190,7 @@ def test_circular_error_and_summary() -> None:
 
 
 # -- images and embedding ----------------------------------------------------------------------
-def test_load_image_rgb_square_normalised(tmp_path: Path) -> None:
+def test_model_input_rgb_square_normalised(tmp_path: Path) -> None:
     Image.new("L", (60, 40), 128).save(tmp_path / "g.png")
     Image.new("RGBA", (40, 40), (255, 0, 0, 10)).save(tmp_path / "a.png")
     g = load_model_input(tmp_path / "g.png", 20)
