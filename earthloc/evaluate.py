@@ -14,7 +14,7 @@ under `tiles/`, and the model checkpoint; writes to `data/eval/<set>/` (atomical
                       is_positive, repeat (the image already appeared at a better rank)
   grid.png            ~10 queries with their top-5 predictions framed green/red
   audit.html          the interactive audit page (earthloc.audit_page)
-Protocol: earthloc.retrieval (paper Sec. 5.1.2, docs/upstream.md §7)."""
+Protocol: earthloc.retrieval.protocol (paper Sec. 5.1.2, docs/upstream.md §7)."""
 
 from __future__ import annotations
 
