@@ -30,7 +30,7 @@ def main() -> None:
     import torch
 
     from earthloc.model import ModelConfig, build_model
-    from earthloc.retrieval import embed
+    from earthloc.retrieval.descriptors import embed
     from pipeline.params import load_params
 
     torch.set_num_threads(1)

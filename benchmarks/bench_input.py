@@ -1,4 +1,4 @@
-"""Input pipeline speed: images/s per core of decode + resize (earthloc.data.load_rgb), with and
+"""Input pipeline speed: images/s per core of decode + resize (earthloc.images.load_rgb), with and
 without PIL's JPEG draft mode, and the throughput of the training DataLoader.
 
     python benchmarks/bench_input.py --tiles tiles --grid data/grid/regions.parquet --size 160
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from earthloc.data import RegionYearsDataset, load_rgb, loader, training_regions
+from earthloc.data import RegionYearsDataset, loader, training_regions
+from earthloc.images import load_rgb
 
 
 def per_core(paths: list[Path], size: int, draft: bool) -> float:

@@ -42,7 +42,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from earthloc import retrieval as R  # noqa: E402
+from earthloc.images import load_model_input  # noqa: E402
+from earthloc.retrieval.index import IndexSpec, build_index, index_bytes  # noqa: E402
+from earthloc.retrieval.recall import recalls  # noqa: E402
+from earthloc.retrieval.search import SearchResult, collapse_rotations, map_raw_ids, search  # noqa: E402
 
 WORLD_REGIONS = 181_781  # our grid (README); the paper says roughly 175k
 PAPER_REGIONS = 175_000
@@ -51,12 +54,12 @@ PAPER_REGIONS = 175_000
 # would use ~1-4k cells and more training data, at the same per-vector size).
 _TRAIN = 20_000
 OPTIONS = {
-    "flat": R.IndexSpec(kind="flat"),
-    "sq_fp16": R.IndexSpec(kind="sq_fp16"),
-    "ivf_flat": R.IndexSpec(kind="ivf_flat", nlist=256, nprobe=16, train_size=_TRAIN),
-    "ivf_pq m=512": R.IndexSpec(kind="ivf_pq", nlist=256, nprobe=16, pq_m=512, pq_nbits=8, train_size=_TRAIN),
-    "ivf_pq m=256": R.IndexSpec(kind="ivf_pq", nlist=256, nprobe=16, pq_m=256, pq_nbits=8, train_size=_TRAIN),
-    "pq m=512": R.IndexSpec(kind="pq", pq_m=512, pq_nbits=8, train_size=_TRAIN),
+    "flat": IndexSpec(kind="flat"),
+    "sq_fp16": IndexSpec(kind="sq_fp16"),
+    "ivf_flat": IndexSpec(kind="ivf_flat", nlist=256, nprobe=16, train_size=_TRAIN),
+    "ivf_pq m=512": IndexSpec(kind="ivf_pq", nlist=256, nprobe=16, pq_m=512, pq_nbits=8, train_size=_TRAIN),
+    "ivf_pq m=256": IndexSpec(kind="ivf_pq", nlist=256, nprobe=16, pq_m=256, pq_nbits=8, train_size=_TRAIN),
+    "pq m=512": IndexSpec(kind="pq", pq_m=512, pq_nbits=8, train_size=_TRAIN),
 }
 
 
@@ -90,7 +93,7 @@ def bench_query_side(threads: int) -> None:
         rng = np.random.default_rng(0)
         img = (rng.random((128, 128, 3)) * 255).astype(np.uint8)
         Image.fromarray(img).resize((1024, 1024), Image.Resampling.BILINEAR).save(Path(tmp) / "q.jpg", quality=75)
-        t = timed(lambda: R.load_image(Path(tmp) / "q.jpg", 320), 5)
+        t = timed(lambda: load_model_input(Path(tmp) / "q.jpg", 320), 5)
         print(f"   - decode + resize one 1024x1024 JPEG to 320 px (draft mode): {t * 1000:.1f} ms")
     for name, cfg in (
         ("paper model (ResNet-50 + MixVPR, 4096-D, 320 px)", ModelConfig()),
@@ -156,19 +159,19 @@ def bench_options(n_regions: int, dim: int, kinds: list[str], n_queries: int = 5
         f"\n1. index options on a clustered proxy of {n_regions:,} regions x 4 rotations = {total:,} vectors of "
         f"{dim}-D ({time.perf_counter() - t0:.0f} s to generate), k=100, {n_queries} queries"
     )
-    exact = R.collapse_rotations(R.search(db, q, 400), 100)
+    exact = collapse_rotations(search(db, q, 400), 100)
     pos = [np.array([s]) for s in src]
     half = db.shape[1] // 2
     rows = []
     for kind in kinds:
         spec = OPTIONS[kind]
         t0 = time.perf_counter()
-        index = R.build_index(db[:, :half], spec)  # trains on <= train_size of the first half
-        b1, n1 = R.index_bytes(index), index.ntotal
+        index = build_index(db[:, :half], spec)  # trains on <= train_size of the first half
+        b1, n1 = index_bytes(index), index.ntotal
         for r in range(db.shape[0]):
             index.add(np.ascontiguousarray(db[r, half:]))
         build = time.perf_counter() - t0
-        b2, n2 = R.index_bytes(index), index.ntotal
+        b2, n2 = index_bytes(index), index.ntotal
         per = (b2 - b1) / (n2 - n1)
         fixed = b1 - per * n1
         # The adds above broke rotation-major order; map ids back through the add order.
@@ -180,12 +183,12 @@ def bench_options(n_regions: int, dim: int, kinds: list[str], n_queries: int = 5
         batch = timed(lambda ix=index: ix.search(q[:64], 100), 2) / 64
         s, i = index.search(q, 400)
         raw = np.where(i >= 0, order[np.maximum(i, 0)], -1)
-        dbi, ang = R.map_raw_ids(raw, db.shape[1])
-        col = R.collapse_rotations(R.SearchResult(dbi, ang, s, raw), 100)
+        dbi, ang = map_raw_ids(raw, db.shape[1])
+        col = collapse_rotations(SearchResult(dbi, ang, s, raw), 100)
         keep1 = np.mean(col.db_index[:, 0] == exact.db_index[:, 0])
         in10 = np.mean([exact.db_index[j, 0] in col.db_index[j, :10] for j in range(len(q))])
         overlap = np.mean([len(set(col.db_index[j]) & set(exact.db_index[j])) / 100 for j in range(len(q))])
-        rc = R.recalls(col.db_index, pos, (1, 10))
+        rc = recalls(col.db_index, pos, (1, 10))
         rows.append(
             f"| {kind} | {build:.0f} | {one:.3f} | {batch:.4f} | {per:,.0f} | {fixed / 1e6:,.1f} | "
             f"{b2 / 1e9:.2f} | {(fixed + per * world) / 1e9:,.2f} | {(fixed + per * paper) / 1e9:,.2f} | "
@@ -193,7 +196,7 @@ def bench_options(n_regions: int, dim: int, kinds: list[str], n_queries: int = 5
         )
         print(rows[-1], flush=True)
         del index
-    rc = R.recalls(exact.db_index, pos, (1, 10))
+    rc = recalls(exact.db_index, pos, (1, 10))
     print(
         "\n| index | build s | 1 query s | per query, batch of 64, s | bytes/vector | fixed MB | this DB GB | "
         "world GB (727k vectors) | paper-size GB (700k) | exact top-1 kept % | exact top-1 in top-10 % | "

@@ -7,7 +7,7 @@ years and zooms, the database disc widened to the candidate database radius), th
 one Markdown row:
 test queries kept and dropped (positive outside the database), database regions, mean
 positives per test query, the exact expected Recall@10 of a random ranking (hypergeometric,
-`earthloc.retrieval.random_recall_curve`) uncollapsed (4 rotated copies per region, as
+`earthloc.retrieval.recall.random_recall_curve`) uncollapsed (4 rotated copies per region, as
 evaluate ranks them) and collapsed (one entry per region), the validation queries, the
 region images and unique tiles every fetch shard needs in all, and the photos the scoped
 fetch_queries renders (every query of both sets, plus the training areas' photos whose
@@ -31,7 +31,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from earthloc.retrieval import random_recall_curve  # noqa: E402
+from earthloc.retrieval.recall import random_recall_curve  # noqa: E402
 from pipeline.fetch.plan import request_counts  # noqa: E402
 from pipeline.fetch.queries import select_queries  # noqa: E402
 from pipeline.geo.aoi import aois_for, in_aois  # noqa: E402

@@ -36,8 +36,9 @@ from torch.utils.data import Dataset
 
 from earthloc.augment import YearwiseAugment
 from earthloc.batches import NeutralPairs, batch_regions, neutral_pairs, random_clusters, rank_share
-from earthloc.data import RegionItem, RegionYearsDataset, load_rgb, loader, training_regions
+from earthloc.data import RegionItem, RegionYearsDataset, loader, training_regions
 from earthloc.distributed import Dist
+from earthloc.images import load_rgb
 from earthloc.model import build_model
 from earthloc.objectives import RegionMS
 from earthloc.seeds import STREAM_LOADER, derived_seed, seed_everything

@@ -36,10 +36,12 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from earthloc import retrieval as R  # noqa: E402
 from earthloc.data import training_regions  # noqa: E402
 from earthloc.evaluate import untrained_model  # noqa: E402
+from earthloc.images import load_model_input  # noqa: E402
 from earthloc.model import ModelConfig, load_checkpoint  # noqa: E402
+from earthloc.retrieval.descriptors import rotate_batch  # noqa: E402
+from earthloc.retrieval.evalset import EvalSetFiles, read_evalset, score_descriptors  # noqa: E402
 from pipeline.fetch.queries import CORNER_COLUMNS  # noqa: E402
 from pipeline.synthetic.photos import NO_EFFECTS, PhotoEffects, photo_seed, render_photo  # noqa: E402
 
@@ -51,13 +53,13 @@ ROTATIONS = (0, 90, 180, 270)
 def embed(model: torch.nn.Module, images: torch.Tensor, rotations: tuple[int, ...]) -> np.ndarray:
     model.eval()
     return np.stack([
-        torch.cat([model(R.rotate_batch(images[i : i + 64], r)) for i in range(0, len(images), 64)]).numpy()
+        torch.cat([model(rotate_batch(images[i : i + 64], r)) for i in range(0, len(images), 64)]).numpy()
         for r in rotations
     ])  # fmt: skip
 
 
 def render_variants(
-    ev: R.EvalSetFiles, queries: pd.DataFrame, work: Path, seed: int, world_seed: int
+    ev: EvalSetFiles, queries: pd.DataFrame, work: Path, seed: int, world_seed: int
 ) -> dict[str, list[Path]]:
     rows = queries.set_index("query_id").loc[ev.queries["query_id"]]
     out: dict[str, list[Path]] = {}
@@ -92,7 +94,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
 
-    ev = R.read_evalset(Path("data/evalsets") / args.set, "tiles")
+    ev = read_evalset(Path("data/evalsets") / args.set, "tiles")
     nets: dict[str, torch.nn.Module] = {}
     cfg: ModelConfig | None = None
     for path in args.model:
@@ -107,11 +109,11 @@ def main() -> None:
     assert cfg is not None
     size = cfg.image_size
     zoom = ev.database["zoom"].to_numpy()
-    db = torch.stack([R.load_image(p, size) for p in ev.db_paths])
+    db = torch.stack([load_model_input(p, size) for p in ev.db_paths])
     # the same regions' 2018 images, from the tile store's manifests (as training finds them)
     years = training_regions(Path("tiles"), Path("data/grid/regions.parquet"), (2018, 2021))
     path_2018 = dict(zip(years.region_ids.tolist(), (years.abs_path(i, 0) for i in range(len(years)))))
-    db18 = torch.stack([R.load_image(path_2018[r], size) for r in ev.database["region_id"]])
+    db18 = torch.stack([load_model_input(path_2018[r], size) for r in ev.database["region_id"]])
 
     print(f"1. 2018 image -> 2021 images of the same {len(db)} regions, R@1 of its own region (the training positives)")
     for name, net in nets.items():
@@ -130,10 +132,10 @@ def main() -> None:
     print("| photos | " + " | ".join(nets) + " |\n|---|" + "---|" * len(nets))
     top1: dict[str, np.ndarray] = {}
     for vname, paths in variants.items():
-        q = torch.stack([R.load_image(p, size) for p in paths])
+        q = torch.stack([load_model_input(p, size) for p in paths])
         cells = []
         for name, net in nets.items():
-            res = R.score_descriptors(db_desc[name], embed(net, q, (0,))[0], ev, k=100)
+            res = score_descriptors(db_desc[name], embed(net, q, (0,))[0], ev, k=100)
             cells.append(" / ".join(f"{res.recalls[n]:.1f}" for n in (1, 5, 10)))
             if vname == "all effects":
                 top1[name] = res.search.db_index[:, 0]

@@ -2,7 +2,7 @@
 grey thumbnail descriptor.
 
 - random: the DB ranked uniformly at random. Its expected Recall@N is computed exactly
-  (hypergeometric, `retrieval.random_recall_curve`), uncollapsed (a random order of the
+  (hypergeometric, `retrieval.recall.random_recall_curve`), uncollapsed (a random order of the
   4 rotated copies of every image, as upstream's list is) and collapsed (of images).
 - nadir: what one knows without looking at the photo: the ISS was above the nadir point,
   so guess the regions under it. Ranking, per query: first the regions whose footprint
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthloc.retrieval import IMAGENET_MEAN, IMAGENET_STD
+from earthloc.augment import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.geo.distance import haversine_km
 from pipeline.geo.regions import parse_region_id, region_bounds
 

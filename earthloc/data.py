@@ -4,11 +4,9 @@
   keeps every region with an `ok` row in *all* training years, joined to the grid's
   footprints (for the neutral pairs). Order is by region id, so indices are stable.
 - `RegionYearsDataset`: one item = one region's Y images, decoded and resized in a
-  DataLoader worker to `size` x `size` uint8. A 1024-px JPEG is decoded with PIL's draft
-  mode (libjpeg's DCT scaling) at 1/2, 1/4 or 1/8 scale when the target size allows,
-  which skips most of the IDCT work (benchmarks/bench_input.py measures it); the final
-  resize is bilinear with antialias as upstream. Images travel as uint8 (4x less shared
-  memory than upstream's float32) and become float on the training device.
+  DataLoader worker to `size` x `size` uint8 by `earthloc.images.load_rgb`, the decoder
+  evaluation uses too. Images travel as uint8 (4x less shared memory than upstream's
+  float32) and become float on the training device.
 - `loader` builds a DataLoader over an explicit list of batches (each a list of dataset
   indices), so which regions a batch holds is decided by `earthloc.batches` (a pure
   function of seed and iteration), never by the loader's iterator state.
@@ -29,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from earthloc.images import load_rgb
 from pipeline.errors import InputError
 from pipeline.io import read_geoparquet
 
@@ -111,26 +109,6 @@ def training_regions(
         paths=paths,
         footprints=grid.geometry.to_numpy(dtype=object),
     )
-
-
-# -- decoding --------------------------------------------------------------------------------
-def load_rgb(path: str | Path, size: int, *, draft: bool = True) -> npt.NDArray[np.uint8]:
-    """(size, size, 3) uint8 RGB of an image file; InputError naming the file if it is unusable.
-
-    With `draft`, libjpeg decodes at the smallest 1/1, 1/2, 1/4 or 1/8 scale that is still
-    at least `size` on both sides, so the resize that follows still only downsamples."""
-    try:
-        with Image.open(path) as img:
-            if draft and img.format == "JPEG":
-                img.draft("RGB", (size, size))
-            rgb = img.convert("RGB")
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
-            return np.asarray(rgb, dtype=np.uint8)
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: image file is missing") from exc
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated data...
-        raise InputError(f"{path}: unreadable or corrupt image ({exc})") from exc
 
 
 class RegionItem(NamedTuple):

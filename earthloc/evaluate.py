@@ -14,7 +14,7 @@ under `tiles/`, and the model checkpoint; writes to `data/eval/<set>/` (atomical
                       is_positive, repeat (the image already appeared at a better rank)
   grid.png            ~10 queries with their top-5 predictions framed green/red
   audit.html          the interactive audit page (earthloc.audit_page)
-Protocol: earthloc.retrieval (paper Sec. 5.1.2, docs/upstream.md §7)."""
+Protocol: earthloc.retrieval.protocol (paper Sec. 5.1.2, docs/upstream.md §7)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from earthloc import retrieval as R
 from earthloc.baselines import ThumbnailDescriptor, nadir_ranking, region_bounds_table
+from earthloc.retrieval.bootstrap import cluster_interval, cluster_margin
+from earthloc.retrieval.descriptors import DescriptorMemo
+from earthloc.retrieval.evalset import EvalResult, EvalSetFiles, evaluate_set, read_evalset
+from earthloc.retrieval.index import IndexSpec
+from earthloc.retrieval.orientation import (
+    circular_error_deg,
+    orientation_summary,
+    photo_up_bearing,
+    queries_orientation,
+)
+from earthloc.retrieval.protocol import RECALL_NS, ROTATIONS
+from earthloc.retrieval.recall import first_hit_rank, hits_at, random_hit_probability, random_recall_curve, recall_curve
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import build_config
@@ -70,9 +81,9 @@ class EvaluateParams:
     batch_size: int = 16
     num_workers: int = 2
     k: int = 100
-    recall_ns: tuple[int, ...] = R.RECALL_NS
-    rotations: tuple[int, ...] = R.ROTATIONS
-    index: R.IndexSpec = field(default_factory=R.IndexSpec)
+    recall_ns: tuple[int, ...] = RECALL_NS
+    rotations: tuple[int, ...] = ROTATIONS
+    index: IndexSpec = field(default_factory=IndexSpec)
     baselines: tuple[str, ...] = BASELINES
     # None: the seed the trained model started from (its checkpoint's init_seed, else 0), so
     # "model - untrained" is what training did to that very network.
@@ -107,7 +118,7 @@ class EvaluateParams:
     def from_section(cls, sec: dict[str, Any]) -> EvaluateParams:
         kw = dict(sec)
         if "index" in kw:
-            kw["index"] = R.IndexSpec.from_section(kw["index"])
+            kw["index"] = IndexSpec.from_section(kw["index"])
         return build_config(cls, kw, "evaluate")
 
 
@@ -137,10 +148,10 @@ class MethodScores:
         out: dict[str, Any] = {f"R@{n}": _r(v) for n, v in self.recalls.items()}
         out["collapsed"] = {f"R@{n}": _r(v) for n, v in self.recalls_collapsed.items()}
         if self.hits is not None and len(self.hits) and ns:
-            ci = R.cluster_interval(self.hits, clusters, ns, n_boot=n_boot)
+            ci = cluster_interval(self.hits, clusters, ns, n_boot=n_boot)
             out["interval"] = {f"R@{n}": [_r(v["lo"]), _r(v["hi"])] for n, v in ci.items()}
         if self.hits_collapsed is not None and len(self.hits_collapsed) and ns:
-            ci = R.cluster_interval(self.hits_collapsed, clusters, ns, n_boot=n_boot)
+            ci = cluster_interval(self.hits_collapsed, clusters, ns, n_boot=n_boot)
             out["collapsed"]["interval"] = {f"R@{n}": [_r(v["lo"]), _r(v["hi"])] for n, v in ci.items()}
         if self.orientation is not None:
             out["orientation"] = self.orientation
@@ -157,9 +168,9 @@ def _at(curve: np.ndarray, ns: Sequence[int]) -> dict[int, float]:
     return {int(n): float(curve[n - 1]) for n in ns}
 
 
-def _from_result(res: R.EvalResult, ev: R.EvalSetFiles, ns: Sequence[int], note: str = "") -> MethodScores:
-    hits = R.hits_at(R.first_hit_rank(res.search.db_index, ev.positives), ns)
-    hits_c = R.hits_at(R.first_hit_rank(res.search_collapsed.db_index, ev.positives), ns)
+def _from_result(res: EvalResult, ev: EvalSetFiles, ns: Sequence[int], note: str = "") -> MethodScores:
+    hits = hits_at(first_hit_rank(res.search.db_index, ev.positives), ns)
+    hits_c = hits_at(first_hit_rank(res.search_collapsed.db_index, ev.positives), ns)
     return MethodScores(res.recalls, res.recalls_collapsed, res.curve, res.curve_collapsed, res.orientation, note,
                         hits, hits_c)  # fmt: skip
 
@@ -195,7 +206,7 @@ def margins(
     others.update(extra_hits or {})
 
     def table(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-        m = R.cluster_margin(a, b, ns, clusters, seed=seed, n_boot=n_boot)
+        m = cluster_margin(a, b, ns, clusters, seed=seed, n_boot=n_boot)
         return {f"R@{n}": {k: round(v, 2) for k, v in m[n].items()} for n in ns}
 
     for name, (hits, hits_c) in others.items():
@@ -224,13 +235,13 @@ def seed_spread(scores: Sequence[MethodScores], seeds: Sequence[int], ns: Sequen
     }
 
 
-def always_zero_orientation(ev: R.EvalSetFiles, thresholds: Sequence[float]) -> tuple[dict[str, Any], np.ndarray]:
+def always_zero_orientation(ev: EvalSetFiles, thresholds: Sequence[float]) -> tuple[dict[str, Any], np.ndarray]:
     """The orientation prior that ignores the image: every photo's top faces north (the
     TTA angle 0). Returns its summary and each query's error (NaN where unknown)."""
-    bearing = R.photo_up_bearing(R.queries_orientation(ev.queries))
+    bearing = photo_up_bearing(queries_orientation(ev.queries))
     zero = np.zeros(len(bearing))
-    summary = R.orientation_summary(zero, bearing, thresholds)
-    return summary, R.circular_error_deg(zero, bearing)
+    summary = orientation_summary(zero, bearing, thresholds)
+    return summary, circular_error_deg(zero, bearing)
 
 
 # ---------------------------------------------------------------------------
@@ -239,42 +250,42 @@ def always_zero_orientation(ev: R.EvalSetFiles, thresholds: Sequence[float]) -> 
 def evaluate_model(
     model: torch.nn.Module,
     image_size: int,
-    ev: R.EvalSetFiles,
+    ev: EvalSetFiles,
     p: EvaluateParams,
     set_dir: Path,
     features: Path | None,
-    memo: tuple[R.DescriptorMemo, str] | None = None,
-) -> R.EvalResult:
-    res = R.evaluate_set(
+    memo: tuple[DescriptorMemo, str] | None = None,
+) -> EvalResult:
+    res = evaluate_set(
         model, set_dir, p.tiles_root, image_size=image_size, batch_size=p.batch_size, num_workers=p.num_workers,
         k=p.k, ns=p.recall_ns, index_spec=p.index, rotations=p.rotations, features_dir=features, bf16=p.bf16,
         evalset=ev, memo=memo,
     )  # fmt: skip
     if res.orientation is not None:
-        bearing = R.photo_up_bearing(R.queries_orientation(ev.queries))
-        res.orientation.update(R.orientation_summary(res.search.angle[:, 0], bearing, p.orientation_thresholds))
+        bearing = photo_up_bearing(queries_orientation(ev.queries))
+        res.orientation.update(orientation_summary(res.search.angle[:, 0], bearing, p.orientation_thresholds))
     return res
 
 
-def random_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
+def random_scores(ev: EvalSetFiles, p: EvaluateParams) -> MethodScores:
     npos = [len(x) for x in ev.positives]
     num_db = len(ev.database)
-    col = R.random_recall_curve(num_db, npos, p.k, copies=1)
+    col = random_recall_curve(num_db, npos, p.k, copies=1)
     if not npos:
-        up, hits = R.random_recall_curve(num_db, npos, p.k, copies=len(p.rotations)), None
+        up, hits = random_recall_curve(num_db, npos, p.k, copies=len(p.rotations)), None
     else:  # the per-query probabilities once: the curve is their mean, the margins use them as they are
-        prob = R.random_hit_probability(num_db, npos, p.k, copies=len(p.rotations))
+        prob = random_hit_probability(num_db, npos, p.k, copies=len(p.rotations))
         up = (100.0 * prob.mean(axis=0)).astype(np.float32)
         hits = prob[:, [n - 1 for n in p.recall_ns]]
     hits_c = None
     if npos:
-        hits_c = R.random_hit_probability(num_db, npos, p.k, copies=1)[:, [n - 1 for n in p.recall_ns]]
+        hits_c = random_hit_probability(num_db, npos, p.k, copies=1)[:, [n - 1 for n in p.recall_ns]]
     return MethodScores(_at(up, p.recall_ns), _at(col, p.recall_ns), up, col,
                         note="expected recall of a uniformly random ranking, computed exactly (hypergeometric)",
                         hits=hits, hits_collapsed=hits_c)  # fmt: skip
 
 
-def nadir_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
+def nadir_scores(ev: EvalSetFiles, p: EvaluateParams) -> MethodScores:
     for col in ("nadir_lat", "nadir_lon"):
         if col not in ev.queries.columns:
             raise InputError(f"queries.csv: missing column {col} (needed by the nadir baseline)")
@@ -287,9 +298,9 @@ def nadir_scores(ev: R.EvalSetFiles, p: EvaluateParams) -> MethodScores:
     pred = nadir_ranking(
         ev.queries["nadir_lat"], ev.queries["nadir_lon"], clat, clon, region_bounds_table(db["region_id"]), p.k
     )
-    curve = R.recall_curve(pred, ev.positives)
+    curve = recall_curve(pred, ev.positives)
     rec = _at(curve, p.recall_ns)
-    hits = R.hits_at(R.first_hit_rank(pred, ev.positives), p.recall_ns)
+    hits = hits_at(first_hit_rank(pred, ev.positives), p.recall_ns)
     return MethodScores(
         rec,
         dict(rec),
@@ -328,7 +339,7 @@ def untrained_model(cfg: Any, seed: int) -> torch.nn.Module:
 # Outputs
 
 
-def predictions_table(res: R.EvalResult, ev: R.EvalSetFiles) -> pd.DataFrame:
+def predictions_table(res: EvalResult, ev: EvalSetFiles) -> pd.DataFrame:
     s = res.search.head(max(res.search.k, 1))
     m, k = s.db_index.shape
     qidx = np.repeat(np.arange(m), k)
@@ -358,16 +369,16 @@ def predictions_table(res: R.EvalResult, ev: R.EvalSetFiles) -> pd.DataFrame:
     return table[valid].reset_index(drop=True)
 
 
-def orientation_errors(res: R.EvalResult, ev: R.EvalSetFiles) -> np.ndarray:
+def orientation_errors(res: EvalResult, ev: EvalSetFiles) -> np.ndarray:
     """Each query's orientation error of the model's top-1 angle (NaN where unknown)."""
-    bearing = R.photo_up_bearing(R.queries_orientation(ev.queries))
+    bearing = photo_up_bearing(queries_orientation(ev.queries))
     angle = res.search.angle[:, 0].astype(np.float64) if len(ev.queries) else np.zeros(0)
-    err = R.circular_error_deg(angle, bearing)
+    err = circular_error_deg(angle, bearing)
     return np.where(np.isfinite(bearing) & (angle >= 0), err, np.nan)
 
 
 def per_query_table(
-    ev: R.EvalSetFiles,
+    ev: EvalSetFiles,
     scores: Mapping[str, MethodScores],
     ns: Sequence[int],
     model_err: np.ndarray,
@@ -415,7 +426,7 @@ def write_curves(dest: Path, scores: dict[str, MethodScores]) -> None:
             stale.unlink()
 
 
-def write_grid(dest: Path, res: R.EvalResult, ev: R.EvalSetFiles, p: EvaluateParams, set_name: str) -> None:
+def write_grid(dest: Path, res: EvalResult, ev: EvalSetFiles, p: EvaluateParams, set_name: str) -> None:
     from earthloc.evalviz import GridRow, pick_queries, render_grid
 
     rows = []
@@ -484,7 +495,7 @@ def run_set(
     p: EvaluateParams,
     model_path: Path | None = None,
     out_dir: Path | None = None,
-    memo: R.DescriptorMemo | None = None,
+    memo: DescriptorMemo | None = None,
 ) -> dict[str, Any]:
     """Evaluate one set. With `memo`, descriptors computed for an earlier set of the same
     run (same networks, overlapping database or queries) are reused, not recomputed."""
@@ -493,14 +504,14 @@ def run_set(
     set_dir = Path(p.evalsets_dir) / name
     out_dir = Path(out_dir) if out_dir is not None else Path(p.out_root) / name
     model_path = Path(model_path) if model_path is not None else Path(p.model)
-    ev = R.read_evalset(set_dir, p.tiles_root)
+    ev = read_evalset(set_dir, p.tiles_root)
     model, cfg, extra = load_checkpoint(model_path)
     features = Path(p.features_dir) / name if p.features_dir else None
 
     clusters, unit = query_clusters(ev.queries)
 
     t0 = time.monotonic()
-    memo = memo if memo is not None else R.DescriptorMemo()
+    memo = memo if memo is not None else DescriptorMemo()
     # The checkpoint's weights: its file, and its modification time in case it is replaced mid-run.
     net_id = f"{model_path.resolve()}@{model_path.stat().st_mtime_ns if model_path.is_file() else 0}"
     res = evaluate_model(
@@ -570,7 +581,7 @@ def run_set(
         if ok.any():
             a = (model_err[ok] <= 45.0).astype(np.float64)[:, None]
             b = (zero_err[ok] <= 45.0).astype(np.float64)[:, None]
-            m = R.cluster_margin(
+            m = cluster_margin(
                 a, b, [45], clusters[ok] if clusters is not None else None, n_boot=p.bootstrap_resamples
             )[45]
             margin_table["model-always_0deg"] = {"within_45deg": {k: round(v, 2) for k, v in m.items()}}
@@ -649,5 +660,5 @@ def run(config: EvaluateParams, paths: EvaluatePaths = EvaluatePaths()) -> dict[
     names = list(config.sets)
     # One output folder can hold one set's results only; several sets go to <out_root>/<set>.
     out_dir = paths.out_dir if len(names) == 1 else None
-    memo = R.DescriptorMemo()  # the sets' databases and queries overlap: each image is embedded once per network
+    memo = DescriptorMemo()  # the sets' databases and queries overlap: each image is embedded once per network
     return {name: run_set(name, config, model_path=paths.model, out_dir=out_dir, memo=memo) for name in names}

@@ -32,7 +32,11 @@ import pandas as pd
 import shapely
 import torch
 
-from earthloc import retrieval as R
+from earthloc.images import check_images_exist, load_model_input
+from earthloc.retrieval.descriptors import embed
+from earthloc.retrieval.index import IndexSpec, build_index, index_bytes
+from earthloc.retrieval.protocol import ROTATIONS
+from earthloc.retrieval.search import SearchResult, collapse_rotations, map_raw_ids
 from pipeline.errors import ConfigError, InputError
 from pipeline.geo.distance import haversine_km
 from pipeline.geo.regions import describe_regions, parse_region_id, region_bounds, region_footprint
@@ -58,8 +62,8 @@ class IndexParams:
     out_dir: str = "data/index"
     batch_size: int = 16
     num_workers: int = 2
-    rotations: tuple[int, ...] = R.ROTATIONS
-    index: R.IndexSpec = field(default_factory=R.IndexSpec)
+    rotations: tuple[int, ...] = ROTATIONS
+    index: IndexSpec = field(default_factory=IndexSpec)
     bf16: bool = False
 
     def __post_init__(self) -> None:
@@ -108,7 +112,7 @@ class LocalizeRequest:
 def _from_section(cls: Any, sec: dict[str, Any], name: str) -> Any:
     kw = dict(sec)
     if "index" in kw:
-        kw["index"] = R.IndexSpec.from_section(kw["index"])
+        kw["index"] = IndexSpec.from_section(kw["index"])
     return build_config(cls, kw, name)
 
 
@@ -165,10 +169,10 @@ def build_index_dir(
 
     out_dir = Path(out_dir)
     paths = [Path(p.tiles_root) / rel for rel in regions["path"]]
-    R.check_images_exist(paths, "index database")
+    check_images_exist(paths, "index database")
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_desc = out_dir / ".descriptors.npy.tmp"
-    desc = R.embed(
+    desc = embed(
         model,
         paths,
         image_size=image_size,
@@ -178,7 +182,7 @@ def build_index_dir(
         out=tmp_desc,
         bf16=p.bf16,
     )
-    index = R.build_index(desc, p.index)
+    index = build_index(desc, p.index)
     del desc
     os.replace(tmp_desc, out_dir / "descriptors.npy")
     with atomic_path(out_dir / "index.faiss") as tmp:
@@ -190,7 +194,7 @@ def build_index_dir(
         "num_db": len(regions),
         "rotations": list(p.rotations),
         "index": p.index.__dict__,
-        "index_bytes": R.index_bytes(index),
+        "index_bytes": index_bytes(index),
         "image_size": image_size,
         **model_meta,
     }
@@ -359,8 +363,8 @@ def localize_descriptor(
         allowed = (np.arange(len(rot), dtype=np.int64)[:, None] * n + cand[None, :]).ravel()
     k_raw = min(len(rot) * top, int(loaded.index.ntotal))
     scores, raw = restricted_search(loaded.index, query, k_raw, allowed)
-    db, angle = R.map_raw_ids(raw, n, rot)
-    res = R.collapse_rotations(R.SearchResult(db, angle, scores.astype(np.float32), raw), top)
+    db, angle = map_raw_ids(raw, n, rot)
+    res = collapse_rotations(SearchResult(db, angle, scores.astype(np.float32), raw), top)
     out: list[Match] = []
     for rank, (di, a, s) in enumerate(zip(res.db_index[0], res.angle[0], res.score[0], strict=True), start=1):
         if di < 0:
@@ -442,7 +446,7 @@ def localize_image(
     loaded = load_index(index_dir)
     check_model_matches(loaded, Path(model_path))
     model, cfg = load_model(model_path)
-    x = R.load_image(image, cfg.image_size).unsqueeze(0)
+    x = load_model_input(image, cfg.image_size).unsqueeze(0)
     with torch.inference_mode():
         q = model.eval()(x).float().numpy()
     return localize_descriptor(loaded, q[0], top=top, nadir=nadir, radius_km=radius_km)

@@ -20,7 +20,7 @@ every key must fit the model so built, by name and shape, and every parameter of
 must be given: the first key that does not fit is named in a one-line `ModelError`.
 
 The published models were trained on pixels / 255 normalised with ImageNet's mean and std
-at 320 x 320, which is what `earthloc.retrieval.load_image` does at `cfg.image_size` (no
+at 320 x 320, which is what `earthloc.images.load_model_input` does at `cfg.image_size` (no
 extra `input_norm`): `preprocessing(cfg)` states it for catalogs and users.
 """
 
@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from earthloc.augment import IMAGENET_MEAN, IMAGENET_STD
 from earthloc.model import (
     RESNET_STAGES,
     Checkpoint,
@@ -45,7 +46,6 @@ from earthloc.model import (
     unwrap,
 )
 from earthloc.model import load_checkpoint as load_project_checkpoint
-from earthloc.retrieval import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.errors import ModelError
 
 FORMATS = ("earthloc", "upstream", "torchgeo")
@@ -72,7 +72,7 @@ class Preprocessing:
 
 
 def preprocessing(cfg: ModelConfig) -> Preprocessing:
-    """The preprocessing `earthloc.retrieval.load_image` applies for `cfg`; for the published
+    """The preprocessing `earthloc.images.load_model_input` applies for `cfg`; for the published
     weights (paper config) that is pixels / 255, ImageNet mean and std, 320 x 320."""
     return Preprocessing(1.0 / 255.0, IMAGENET_MEAN, IMAGENET_STD, cfg.image_size, cfg.input_norm)
 

@@ -297,7 +297,7 @@ def recluster(model: torch.nn.Module, regions: TrainingRegions, cfg: TrainConfig
 def validate(
     model: torch.nn.Module, cfg: TrainConfig, mcfg: ModelConfig, tiles_root: Path, device: torch.device
 ) -> dict[int, float]:
-    from earthloc.retrieval import evaluate_set
+    from earthloc.retrieval.evalset import evaluate_set
 
     net = unwrap(model)
     was_training = net.training

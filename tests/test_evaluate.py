@@ -334,7 +334,7 @@ def test_region_corners_match_footprint() -> None:
 def test_orientation_convention_matches_the_photo_simulator(orientation: float) -> None:
     """A simulated photo (no effects) of a region, rendered with NASA ORIENTATION O, best
     matches the region's mosaic turned CCW by the angle nearest photo_up_bearing(O)."""
-    from earthloc.retrieval import circular_error_deg, photo_up_bearing
+    from earthloc.retrieval.orientation import circular_error_deg, photo_up_bearing
     from pipeline.geo.regions import describe_regions
     from pipeline.synthetic.photos import NO_EFFECTS, render_photo
 
@@ -362,7 +362,7 @@ def test_orientation_convention_matches_the_photo_simulator(orientation: float) 
 
 
 def test_orientation_from_file_name_when_no_column(tiny: tuple[TinySet, Path]) -> None:
-    from earthloc.retrieval import queries_orientation
+    from earthloc.retrieval.orientation import queries_orientation
 
     ts, _ = tiny
     q = pd.read_csv(ts.set_dir / "queries.csv")
@@ -413,8 +413,8 @@ def test_thumbnail_descriptor_matches_a_numpy_reference() -> None:
     and contrast; turning the image turns the thumbnail."""
     import torch
 
+    from earthloc.augment import IMAGENET_MEAN, IMAGENET_STD
     from earthloc.baselines import ThumbnailDescriptor
-    from earthloc.retrieval import IMAGENET_MEAN, IMAGENET_STD
 
     rng = np.random.default_rng(0)
     rgb = rng.random((2, 64, 64, 3))

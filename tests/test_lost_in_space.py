@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from earthloc.retrieval import read_evalset
+from earthloc.retrieval.evalset import read_evalset
 from pipeline.errors import ConfigError, InputError
 from pipeline.stages.lost_in_space import LostInSpaceSpec, build, run
 

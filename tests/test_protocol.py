@@ -237,7 +237,7 @@ DEMO = ROOT / "data" / "evalsets" / "demo"
 
 @pytest.mark.skipif(not (DEMO / "positives.parquet").exists(), reason="needs the evalset stage's demo set (dvc repro)")
 def test_built_demo_set_has_a_low_base_rate_and_drops_nothing() -> None:
-    from earthloc.retrieval import random_recall_curve
+    from earthloc.retrieval.recall import random_recall_curve
 
     summary = json.loads((DEMO / "summary.json").read_text())
     if summary["db_radius_km"] != PARAMS["evalset"]["sets"]["demo"]["db_radius_km"]:
@@ -253,7 +253,7 @@ def test_demo_protocol_on_a_set_this_test_builds(tmp_path: Path) -> None:
     """The demo sets, built here from the shipped NASA rows near the POI, the params' grid
     over the database disc and the project's exact overlaps: no query loses a positive
     outside the database, and a random ranking's R@10 stays within the protocol's 10 %."""
-    from earthloc.retrieval import random_recall_curve
+    from earthloc.retrieval.recall import random_recall_curve
     from pipeline.geo.overlap import overlap_table
     from pipeline.io import write_geoparquet
     from pipeline.stages import evalset as evalset_stage

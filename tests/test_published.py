@@ -19,8 +19,9 @@ from PIL import Image
 from torch import nn
 
 from earthloc import published
+from earthloc.augment import IMAGENET_MEAN, IMAGENET_STD
+from earthloc.images import load_model_input
 from earthloc.model import ModelConfig, build_model, save_checkpoint
-from earthloc.retrieval import IMAGENET_MEAN, IMAGENET_STD, load_image
 from pipeline.errors import ModelError
 
 
@@ -118,7 +119,7 @@ def test_torchgeo_state_dict_loads_and_gives_the_same_descriptors(tmp_path, torc
 
     with torch.inference_mode():
         want = torchgeo_model(torch.stack([_torchgeo_preprocess(p) for p in images]))
-        got = model.eval()(torch.stack([load_image(p, cfg.image_size) for p in images]))
+        got = model.eval()(torch.stack([load_model_input(p, cfg.image_size) for p in images]))
     assert got.shape == want.shape == (2, 4096)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(want[0], want[1], atol=1e-3)  # the images are told apart

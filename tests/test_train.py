@@ -22,7 +22,8 @@ import yaml
 from PIL import Image
 
 from earthloc.batches import batch_regions, random_clusters
-from earthloc.data import RegionYearsDataset, load_rgb, loader, one_line, training_regions
+from earthloc.data import RegionYearsDataset, loader, one_line, training_regions
+from earthloc.images import load_rgb
 from earthloc.model import load_model
 from earthloc.train import TrainConfig, TrainPaths, train
 from pipeline.config import training_config

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from earthloc.astroloc import PhotoLossConfig, PhotoPairLoss, photo_region_masks
-from earthloc.data import TrainingRegions, load_rgb
+from earthloc.data import TrainingRegions
+from earthloc.images import load_rgb
 from earthloc.objectives.base import IntArray, Objective, ObjectiveOutput, StepBatch
 from earthloc.seeds import STREAM_PHOTOS
 from pipeline.errors import InputError
@@ -93,7 +94,7 @@ def photo_pool(tiles_root: Path, pairs_path: Path, neutral_path: Path, regions: 
 
 
 class PhotoDataset(Dataset[torch.Tensor]):
-    """Item i = photo i as (3, S, S) uint8, turned north-up to the nearest 90 degrees."""
+    """Item i = photo i as (3, S, S) uint8, stretched to a square, turned north-up to the nearest 90 degrees."""
 
     def __init__(self, pool: PhotoPool, size: int) -> None:
         self.pool, self.size = pool, size
@@ -102,7 +103,7 @@ class PhotoDataset(Dataset[torch.Tensor]):
         return len(self.pool)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        rgb = load_rgb(self.pool.tiles_root / str(self.pool.paths[i]), self.size)
+        rgb = load_rgb(self.pool.tiles_root / str(self.pool.paths[i]), self.size, fit="stretch")
         x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
         k = int(self.pool.turns[i])
         return torch.rot90(x, k, dims=(1, 2)).contiguous() if k else x
