@@ -40,7 +40,7 @@ from earthloc import retrieval as R  # noqa: E402
 from earthloc.data import training_regions  # noqa: E402
 from earthloc.evaluate import untrained_model  # noqa: E402
 from earthloc.model import ModelConfig, load_checkpoint  # noqa: E402
-from pipeline.fetch.queries import CORNER_COLUMNS  # noqa: E402
+from pipeline.schema import CORNER_COLUMNS  # noqa: E402
 from pipeline.synthetic.photos import NO_EFFECTS, PhotoEffects, photo_seed, render_photo  # noqa: E402
 
 VARIANTS = {"all effects": PhotoEffects(), "no clouds": PhotoEffects(cloud_chance=0.0), "no effects": NO_EFFECTS}

@@ -57,11 +57,11 @@ from pipeline.errors import ConfigError, FetchError, InputError
 from pipeline.fetch.client import IMAGE_TYPES, ClientConfig, release_shared, shared_client
 from pipeline.fetch.store import atomic_write_bytes, encode_jpeg, read_manifest, sha256_bytes, sha256_file
 from pipeline.io import atomic_path, exclusive_lock, write_text
+from pipeline.schema import CORNER_COLUMNS
 from pipeline.synthetic.photos import PhotoEffects, photo_seed, render_photo
 
 SOURCES = ("synthetic", "nasa")
 RESIZE_POLICIES = ("stretch", "crop", "pad")
-CORNER_COLUMNS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 MANIFEST_COLUMNS = [
     "query_id", "filename", "path", "sha256", "bytes", "status", "reason", "source", "url",
     "attempts", "config_id", "fetched_at",

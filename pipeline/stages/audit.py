@@ -38,6 +38,7 @@ from pipeline.geo.area import DEFAULT_DENSIFY_DEG
 from pipeline.geo.names import SAFE_ID_RE, db_relpath, parse_filename
 from pipeline.io import atomic_path, read_geoparquet, write_text
 from pipeline.presentation.query_map import format_date, query_png
+from pipeline.schema import CORNER_COLUMNS, DATABASE_YEAR, REGION_FOOTPRINT_COLUMNS
 
 COLUMNS = ["query_id", "region_id", "zoom", "intersection_km2", "iou", "query_fraction", "region_fraction"]
 VALUE_COLUMNS = ["intersection_km2", "iou", "query_fraction", "region_fraction"]
@@ -250,7 +251,7 @@ def load_intersections(path: Path, only: set[str] | None = None) -> Intersection
 class AuditParams:
     densify_deg: float = DEFAULT_DENSIFY_DEG
     min_intersection_km2: float = 0.0
-    year: int = 2021
+    year: int = DATABASE_YEAR
     source: str = "defaults"
 
 
@@ -269,7 +270,7 @@ def load_audit_params(path: Path | None) -> AuditParams:
         return AuditParams(
             densify_deg=float(q.get("densify_deg", DEFAULT_DENSIFY_DEG)),
             min_intersection_km2=float(i.get("min_intersection_km2", 0.0)),
-            year=int(i.get("year", 2021)),
+            year=int(i.get("year", DATABASE_YEAR)),
             source=str(path),
         )
     except (TypeError, ValueError) as exc:
@@ -582,8 +583,7 @@ def _pt_name_checks(
                     }
                 )
             )
-    corner_cols = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
-    need = ["region_id", "zoom", *corner_cols, "center_lat", "center_lon", "area_km2"]
+    need = REGION_FOOTPRINT_COLUMNS
     if not all(c in regions for c in need):
         return found
     used = regions[regions["region_id"].isin(pd.unique(mine["region_id"]))]
@@ -595,7 +595,7 @@ def _pt_name_checks(
         for rid, z, c, la, lo, a in zip(
             used["region_id"],
             used["zoom"],
-            used[corner_cols].to_numpy().tolist(),
+            used[list(CORNER_COLUMNS)].to_numpy().tolist(),
             used["center_lat"],
             used["center_lon"],
             used["area_km2"],
