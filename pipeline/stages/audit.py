@@ -38,7 +38,7 @@ from pipeline.geo.area import DEFAULT_DENSIFY_DEG
 from pipeline.geo.names import SAFE_ID_RE, db_relpath, parse_filename
 from pipeline.io import atomic_path, read_geoparquet, write_text
 from pipeline.presentation.query_map import format_date, query_png
-from pipeline.schema import CORNER_COLUMNS, DATABASE_YEAR, REGION_FOOTPRINT_COLUMNS
+from pipeline.schema import CENTER_COLUMNS, CORNER_COLUMNS, DATABASE_YEAR, NADIR_COLUMNS, REGION_FOOTPRINT_COLUMNS
 
 COLUMNS = ["query_id", "region_id", "zoom", "intersection_km2", "iou", "query_fraction", "region_fraction"]
 VALUE_COLUMNS = ["intersection_km2", "iou", "query_fraction", "region_fraction"]
@@ -333,7 +333,7 @@ def query_geojson(query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFra
     keep = ["region_id", "zoom", *VALUE_COLUMNS]
     if "db_relpath" in merged:
         keep.append("db_relpath")
-    keep += [c for c in ("row", "col", "center_lat", "center_lon", "area_km2", "land_fraction") if c in merged]
+    keep += [c for c in ("row", "col", *CENTER_COLUMNS, "area_km2", "land_fraction") if c in merged]
     for _, r in merged.iterrows():
         if not isinstance(r["geometry"], shapely.Geometry):
             continue  # region not in the grid: reported by --check, nothing to draw
@@ -660,7 +660,7 @@ def _read_inputs(args: argparse.Namespace) -> tuple[gpd.GeoDataFrame, gpd.GeoDat
     queries = read_geoparquet(args.queries)
     regions = read_geoparquet(args.grid)
     for path, gdf, cols in (
-        (args.queries, queries, ["query_id", "nadir_lat", "nadir_lon"]),
+        (args.queries, queries, ["query_id", *NADIR_COLUMNS]),
         (args.grid, regions, ["region_id", "zoom"]),
     ):
         missing = [c for c in cols if c not in gdf.columns]

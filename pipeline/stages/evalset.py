@@ -220,7 +220,7 @@ def _write_csv(df: pd.DataFrame, dest: Path) -> None:
 
 
 def write_outputs(out_dir: Path, ev: EvalSet, year: int, summary: dict[str, Any]) -> None:
-    queries = ev.queries[["query_index", "query_id", "filename", "nadir_lat", "nadir_lon", "num_positives", "pass_id"]]
+    queries = ev.queries[["query_index", "query_id", "filename", *NADIR_COLUMNS, "num_positives", "pass_id"]]
     database = pd.DataFrame(
         {
             "db_index": ev.database["db_index"].to_numpy(),
