@@ -17,7 +17,7 @@ from __future__ import annotations
 # latitude then a longitude: the order of every corner list the stages read and write.
 CORNERS: tuple[str, ...] = ("ll", "ul", "ur", "lr")
 
-# The eight corner columns of the grid, queries and evaluation outputs.
+# The eight corner columns of the grid, the queries and the tables built from them.
 CORNER_COLUMNS: tuple[str, ...] = ("ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon")
 CORNER_LAT_COLUMNS: tuple[str, ...] = CORNER_COLUMNS[0::2]  # ll, ul, ur, lr
 CORNER_LON_COLUMNS: tuple[str, ...] = CORNER_COLUMNS[1::2]
