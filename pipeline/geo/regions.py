@@ -190,6 +190,7 @@ def describe_regions(regions: pd.DataFrame, region_tiles: int = 4) -> tuple[pd.D
             "zoom": z,
             "row": r,
             "col": c,
+            # (lat, lon) of the lower-left, upper-left, upper-right and lower-right corner
             **dict(zip(CORNER_COLUMNS, (b.south, west, b.north, west, b.north, east, b.south, east))),
             **dict(zip(CENTER_COLUMNS, ((b.north + b.south) / 2.0, tiles.wrap_lon((b.west + b.east) / 2.0)))),
         }

@@ -583,8 +583,7 @@ def _pt_name_checks(
                     }
                 )
             )
-    need = REGION_FOOTPRINT_COLUMNS
-    if not all(c in regions for c in need):
+    if not all(c in regions for c in REGION_FOOTPRINT_COLUMNS):
         return found
     used = regions[regions["region_id"].isin(pd.unique(mine["region_id"]))]
     r = mine[mine["region_id"].isin(used["region_id"])].copy()  # unknown regions are reported elsewhere
