@@ -95,14 +95,15 @@ def generated_queries(n: int) -> object:
     import geopandas as gpd
 
     from pipeline.geo.footprints import quads_from_corners, split_antimeridian
-    from pipeline.stages.queries import CORNER_COLUMNS, QueriesParams, ingest, read_nasa_csv
+    from pipeline.schema import CORNER_LAT_COLUMNS, CORNER_LON_COLUMNS
+    from pipeline.stages.queries import QueriesParams, ingest, read_nasa_csv
 
     params = QueriesParams()
     real, _ = ingest(read_nasa_csv(ROOT / params.csv), params)
     rng = np.random.default_rng(1)
     pick = rng.integers(0, len(real), n)
-    lats = real[[c.lower() for c in CORNER_COLUMNS[0::2]]].to_numpy()[pick]
-    lons = real[[c.lower() for c in CORNER_COLUMNS[1::2]]].to_numpy()[pick]
+    lats = real[list(CORNER_LAT_COLUMNS)].to_numpy()[pick]
+    lons = real[list(CORNER_LON_COLUMNS)].to_numpy()[pick]
     dlat = rng.uniform(-55, 55, n) - lats.mean(axis=1)
     dlon = rng.uniform(-180, 180, n) - lons.mean(axis=1)
     lats = np.clip(lats + dlat[:, None], -84, 84)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.fetch.queries import CORNER_COLUMNS  # noqa: E402
+from pipeline.schema import CORNER_COLUMNS  # noqa: E402
 from pipeline.synthetic.photos import photo_seed, render_photo  # noqa: E402
 
 

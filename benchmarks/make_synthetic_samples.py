@@ -37,11 +37,11 @@ import mercantile  # noqa: E402
 from matplotlib.patches import Polygon, Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipeline.schema import CORNER_COLUMNS  # noqa: E402
 from pipeline.synthetic.photos import PhotoGeometry, photo_seed, render_photo  # noqa: E402
 from pipeline.synthetic.world import render_tile  # noqa: E402
 
 PHOTO_QUERIES = ("ISS050-E-14232", "ISS055-E-64628", "ISS040-E-11848")  # best region at z9, z10, z11
-CORNERS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 
 ZOOMS = (9, 10, 11)
 YEARS = (2018, 2021)
@@ -89,7 +89,7 @@ def photos_figure(query_ids: list[str], seed: int, out: Path) -> None:
     fig, axes = plt.subplots(len(query_ids), 3, figsize=(15.0, 5.2 * len(query_ids)), dpi=100)
     for row, qid in enumerate(query_ids):
         q = queries.loc[qid]
-        corners = [float(q[c]) for c in CORNERS]
+        corners = [float(q[c]) for c in CORNER_COLUMNS]
         orientation = float(q["orientation"])
         photo = render_photo(
             corners, int(q["year"]), photo_seed(qid), 1024, orientation=orientation,

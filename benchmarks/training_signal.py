@@ -42,7 +42,7 @@ from earthloc.images import load_model_input  # noqa: E402
 from earthloc.model import ModelConfig, load_checkpoint  # noqa: E402
 from earthloc.retrieval.descriptors import rotate_batch  # noqa: E402
 from earthloc.retrieval.evalset import EvalSetFiles, read_evalset, score_descriptors  # noqa: E402
-from pipeline.fetch.queries import CORNER_COLUMNS  # noqa: E402
+from pipeline.schema import CORNER_COLUMNS  # noqa: E402
 from pipeline.synthetic.photos import NO_EFFECTS, PhotoEffects, photo_seed, render_photo  # noqa: E402
 
 VARIANTS = {"all effects": PhotoEffects(), "no clouds": PhotoEffects(cloud_chance=0.0), "no effects": NO_EFFECTS}

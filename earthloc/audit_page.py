@@ -48,6 +48,7 @@ import pandas as pd
 from pipeline.errors import ConfigError, InputError
 from pipeline.geo.regions import REGION_ID_RE
 from pipeline.io import write_text
+from pipeline.schema import CORNER_COLUMNS
 
 LatLon = tuple[float, float]
 Ring = Sequence[LatLon]  # (lat, lon) corners, not closed; lons unwrapped
@@ -62,7 +63,6 @@ PREDICTION_COLUMNS = {
     "angle_deg": "float64",  # rotation of the best-matching database image: 0/90/180/270
     "is_positive": "bool",  # region_id is one of the query's positives
 }
-CORNER_COLUMNS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 LEAFLET_VERSION = "1.9.4"
 
 

@@ -32,8 +32,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from earthloc.images import load_rgb
 from pipeline.errors import InputError
 from pipeline.io import read_geoparquet
+from pipeline.schema import DATABASE_YEARS
 
-YEARS: tuple[int, ...] = (2018, 2019, 2020, 2021)
+YEARS: tuple[int, ...] = DATABASE_YEARS  # the years a training region has images of
 
 
 # -- which regions ---------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from earthloc.retrieval.recall import first_hit_rank, hits_at, random_hit_probab
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import build_config
+from pipeline.schema import CENTER_COLUMNS, NADIR_COLUMNS
 
 BASELINES = ("random", "nadir", "untrained", "thumbnail", "always_0deg")
 COUNTING_NOTE = (
@@ -286,12 +287,12 @@ def random_scores(ev: EvalSetFiles, p: EvaluateParams) -> MethodScores:
 
 
 def nadir_scores(ev: EvalSetFiles, p: EvaluateParams) -> MethodScores:
-    for col in ("nadir_lat", "nadir_lon"):
+    for col in NADIR_COLUMNS:
         if col not in ev.queries.columns:
             raise InputError(f"queries.csv: missing column {col} (needed by the nadir baseline)")
     db = ev.database
-    if "center_lat" in db.columns and "center_lon" in db.columns:
-        clat, clon = db["center_lat"].to_numpy(np.float64), db["center_lon"].to_numpy(np.float64)
+    if set(CENTER_COLUMNS) <= set(db.columns):
+        clat, clon = (db[c].to_numpy(np.float64) for c in CENTER_COLUMNS)
     else:
         b = region_bounds_table(db["region_id"])
         clat, clon = (b["south"] + b["north"]).to_numpy() / 2, (b["west"] + b["east"]).to_numpy() / 2

@@ -42,8 +42,8 @@ from pipeline.geo.distance import haversine_km
 from pipeline.geo.regions import describe_regions, parse_region_id, region_bounds, region_footprint
 from pipeline.io import atomic_path, write_json
 from pipeline.params import build_config
+from pipeline.schema import CENTER_COLUMNS, CORNER_COLUMNS, DATABASE_YEAR
 
-CORNERS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 INDEX_FORMAT = "earthloc-index/1"
 # A photo is checked from its header before any pixel is decoded. The largest ISS camera
 # frames are about 46 megapixels at 3:2; decoding costs 3 bytes a pixel, and the resize to
@@ -58,7 +58,7 @@ class IndexParams:
 
     model: str = "models/earthloc.pt"
     tiles_root: str = "tiles"
-    year: int = 2021
+    year: int = DATABASE_YEAR
     out_dir: str = "data/index"
     batch_size: int = 16
     num_workers: int = 2
@@ -133,7 +133,7 @@ def region_table(region_ids: Any, paths: Any) -> pd.DataFrame:
     ids = [str(r) for r in region_ids]
     zrc = pd.DataFrame([parse_region_id(r) for r in ids], columns=["zoom", "row", "col"])
     described, _ = describe_regions(zrc)
-    out = described[["region_id", "zoom", "center_lat", "center_lon", *CORNERS]].copy()
+    out = described[["region_id", "zoom", *CENTER_COLUMNS, *CORNER_COLUMNS]].copy()
     out.insert(0, "db_index", np.arange(len(out), dtype=np.int64))
     out.insert(3, "path", [str(p) for p in paths])
     return out
@@ -381,7 +381,7 @@ def localize_descriptor(
                 int(row["zoom"]),
                 float(s),
                 int(a),
-                tuple(float(row[c]) for c in CORNERS),
+                tuple(float(row[c]) for c in CORNER_COLUMNS),
                 (float(row["center_lat"]), float(row["center_lon"])),
                 dist,
             )

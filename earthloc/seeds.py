@@ -5,7 +5,8 @@ or a torch.Generator seeded with `derived_seed(seed, STREAM_X, iteration)`, so n
 consumers share random numbers and none depends on how many numbers another one drew.
 That is what makes a resumed run (or a run on more DDP ranks) draw exactly what an
 uninterrupted one draws: the data order lives in no iterator. The numbers are part of
-the results: changing one changes every run's weights, so they live here, once.
+the results: changing one changes every run's weights, so they live once, with the rest
+of the data schema, in `pipeline.schema`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-STREAM_RANDOM_CLUSTERS = 1  # the random cluster assignment before the first k-means
-STREAM_BATCH = 2  # the cluster and the regions of a batch
-STREAM_AUGMENT = 3  # the year-wise augmentation parameters of an iteration
-STREAM_KMEANS = 4  # the faiss k-means seed of a re-clustering
-STREAM_LOADER = 5  # the DataLoader's worker seeds of a segment
-STREAM_PHOTOS = 7  # the astronaut photos of a batch and their positive regions
-STREAM_WEIGHTED_BATCH = 8  # the relevance-weighted cluster draw (weighted_clusters, use sample|both)
-STREAM_CLUSTER_WEIGHTS = 9  # the k-means seed of a relevance-weight refresh
+from pipeline.schema import (
+    STREAM_AUGMENT,
+    STREAM_BATCH,
+    STREAM_CLUSTER_WEIGHTS,
+    STREAM_KMEANS,
+    STREAM_LOADER,
+    STREAM_PHOTOS,
+    STREAM_RANDOM_CLUSTERS,
+    STREAM_WEIGHTED_BATCH,
+)
 
 
 def derived_seed(seed: int, stream: int, iteration: int) -> int:
@@ -71,3 +74,19 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+__all__ = [
+    "STREAM_AUGMENT",
+    "STREAM_BATCH",
+    "STREAM_CLUSTER_WEIGHTS",
+    "STREAM_KMEANS",
+    "STREAM_LOADER",
+    "STREAM_PHOTOS",
+    "STREAM_RANDOM_CLUSTERS",
+    "STREAM_WEIGHTED_BATCH",
+    "derived_seed",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+]

@@ -77,13 +77,14 @@ from earthloc.seeds import (
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json
 from pipeline.params import build_config
+from pipeline.schema import DATABASE_YEAR
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
 BEST_NAME = "best.pt"
 SUMMARY_NAME = "summary.json"
-CLUSTERING_YEAR = 2021  # the year whose descriptors the k-means groups
+CLUSTERING_YEAR = DATABASE_YEAR  # the year whose descriptors the k-means groups
 # Keys that change how fast or how far a run goes, not what a given iteration computes:
 # a checkpoint stays resumable when only these change.
 OPERATIONAL_KEYS = frozenset(
@@ -154,8 +155,8 @@ class TrainConfig:
             raise ConfigError(f"train.small_cluster must be replace or merge, got {self.small_cluster!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
-        if 2021 not in self.years:
-            raise ConfigError("train.years must include 2021 (the clustering year)")
+        if CLUSTERING_YEAR not in self.years:
+            raise ConfigError(f"train.years must include {CLUSTERING_YEAR} (the clustering year)")
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any]) -> TrainConfig:

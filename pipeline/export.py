@@ -45,6 +45,7 @@ from pipeline.geo.names import db_relpath, parse_filename
 from pipeline.geo.regions import GridSpec, describe_regions, parse_region_id
 from pipeline.io import atomic_path, write_text
 from pipeline.params import build_config, check_keys
+from pipeline.schema import CORNER_COLUMNS, DATABASE_YEAR
 
 # Web-Mercator (EPSG:3857) sphere: x = R * lon, so the world is 2 * pi * R wide.
 EARTH_RADIUS_M = 6378137.0
@@ -171,7 +172,7 @@ def region_relpath(key: RegionKey, year: int, region_tiles: int = 4) -> str:
     """Upstream relpath of a region's year-`year` image (as the fetch stage names it)."""
     df, _ = describe_regions(pd.DataFrame({"zoom": [key.zoom], "row": [key.row], "col": [key.col]}), region_tiles)
     r = df.iloc[0]
-    corners = [r[c] for c in ("ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon")]
+    corners = [r[c] for c in CORNER_COLUMNS]
     return db_relpath(corners, key.region_id, key.zoom, year, r.center_lat, r.center_lon, r.area_km2)
 
 
@@ -447,7 +448,7 @@ class ExportRequest:
 
     tiles: Path
     out: Path
-    year: int = 2021
+    year: int = DATABASE_YEAR
     region_ids: tuple[str, ...] = ()
     query: str | None = None  # one mosaic of this query's positives at `zoom`
     all_of_shard: bool = False  # every image of the shard (`year`, `zoom`)

@@ -28,6 +28,7 @@ from pipeline.geo.evalset import (
 )
 from pipeline.geo.names import db_relpath
 from pipeline.presentation import evalset_map
+from pipeline.schema import CORNER_COLUMNS
 from pipeline.stages import evalset as stage
 
 # ---------------------------------------------------------------------------
@@ -389,7 +390,7 @@ def test_stage_writes_outputs(
     regions = make_regions().set_index("region_id")
     for row in db.itertuples():
         g = regions.loc[row.region_id]
-        corners = tuple(g[c] for c in stage.CORNER_COLS)
+        corners = tuple(g[c] for c in CORNER_COLUMNS)
         assert row.path == db_relpath(corners, row.region_id, int(g.zoom), 2021, g.center_lat, g.center_lon, g.area_km2)
         assert row.path.startswith(f"database/2021_{int(g.zoom):02d}/")
 

@@ -27,8 +27,9 @@ from earthloc.loss import LossConfig, NeutralAwareMSLoss
 from earthloc.objectives.base import IntArray, Objective, ObjectiveOutput, StepBatch
 from earthloc.objectives.photos import PhotoDataset, PhotoPool
 from earthloc.seeds import STREAM_CLUSTER_WEIGHTS, STREAM_WEIGHTED_BATCH, derived_seed
+from pipeline.schema import DATABASE_YEAR
 
-CLUSTERING_YEAR = 2021
+CLUSTERING_YEAR = DATABASE_YEAR
 
 
 def weighted_batch(cw: ClusterWeights, *, seed: int, iteration: int, batch_size: int) -> IntArray:

@@ -57,11 +57,11 @@ from pipeline.errors import ConfigError, FetchError, InputError
 from pipeline.fetch.client import IMAGE_TYPES, ClientConfig, release_shared, shared_client
 from pipeline.fetch.store import atomic_write_bytes, encode_jpeg, read_manifest, sha256_bytes, sha256_file
 from pipeline.io import atomic_path, exclusive_lock, write_text
+from pipeline.schema import CORNER_COLUMNS, NADIR_COLUMNS
 from pipeline.synthetic.photos import PhotoEffects, photo_seed, render_photo
 
 SOURCES = ("synthetic", "nasa")
 RESIZE_POLICIES = ("stretch", "crop", "pad")
-CORNER_COLUMNS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
 MANIFEST_COLUMNS = [
     "query_id", "filename", "path", "sha256", "bytes", "status", "reason", "source", "url",
     "attempts", "config_id", "fetched_at",
@@ -339,7 +339,7 @@ def fetch_query_photos(
     Returns a summary: requested, reused, ok (written this run), not_found, failed,
     failed_by_reason, bytes (written), seconds, photos_per_s, source, config_id."""
     root = Path(root)
-    missing = {"query_id", "filename", "year", "orientation", "nadir_lat", "nadir_lon", "url", *CORNER_COLUMNS}
+    missing = {"query_id", "filename", "year", "orientation", *NADIR_COLUMNS, "url", *CORNER_COLUMNS}
     missing -= set(queries.columns)
     if missing:
         raise InputError(f"queries table lacks columns {sorted(missing)}")

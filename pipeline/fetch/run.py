@@ -38,9 +38,7 @@ from pipeline.fetch.store import TileStore, shard_name
 from pipeline.geo.names import db_relpath
 from pipeline.geo.regions import GridSpec, describe_regions
 from pipeline.params import build_config
-
-CORNER_COLUMNS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
-DESCRIBED = ["region_id", "zoom", "row", "col", *CORNER_COLUMNS, "center_lat", "center_lon", "area_km2"]
+from pipeline.schema import CORNER_COLUMNS, GRID_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -97,9 +95,9 @@ def _describe(regions_df: pd.DataFrame, zooms: Sequence[int], size: int) -> pd.D
     if missing:
         raise InputError(f"regions table lacks columns {sorted(missing)}")
     df = regions_df[regions_df["zoom"].isin(list(zooms))]
-    if not set(DESCRIBED) <= set(df.columns):
+    if not set(GRID_COLUMNS) <= set(df.columns):
         df, _ = describe_regions(df[["zoom", "row", "col"]].reset_index(drop=True), size)
-    df = pd.DataFrame(df[DESCRIBED]).drop_duplicates("region_id")
+    df = pd.DataFrame(df[list(GRID_COLUMNS)]).drop_duplicates("region_id")
     return df.sort_values(["zoom", "row", "col"]).reset_index(drop=True)
 
 

@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from pipeline.schema import DATABASE_YEAR
+
 # Characters allowed in a query id: nothing that is a path separator, `@` (the field
 # separator of the names) or anything a shell or file system treats specially.
 SAFE_ID_RE = re.compile(r"^[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*$")
@@ -112,8 +114,8 @@ def swap_year(relpath: str, year: int) -> str:
     parsed = parse_filename(parts[3])
     if int(folder_year) != parsed.year:
         raise ValueError(f"folder year and file year differ in {relpath!r}")
-    if parsed.year != 2021:
-        raise ValueError(f"not a 2021 database path: {relpath!r}")
+    if parsed.year != DATABASE_YEAR:
+        raise ValueError(f"not a {DATABASE_YEAR} database path: {relpath!r}")
     tokens = parts[3].split("@")
     tokens[10] = str(year)
     return f"database/{year}_{zz}/{parts[2]}/{'@'.join(tokens)}"

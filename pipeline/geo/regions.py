@@ -21,6 +21,7 @@ from pipeline.errors import ConfigError
 from pipeline.geo import tiles
 from pipeline.geo.area import area_km2
 from pipeline.geo.footprints import split_antimeridian
+from pipeline.schema import CENTER_COLUMNS, CORNER_COLUMNS
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -189,16 +190,9 @@ def describe_regions(regions: pd.DataFrame, region_tiles: int = 4) -> tuple[pd.D
             "zoom": z,
             "row": r,
             "col": c,
-            "ll_lat": b.south,
-            "ll_lon": west,
-            "ul_lat": b.north,
-            "ul_lon": west,
-            "ur_lat": b.north,
-            "ur_lon": east,
-            "lr_lat": b.south,
-            "lr_lon": east,
-            "center_lat": (b.north + b.south) / 2.0,
-            "center_lon": tiles.wrap_lon((b.west + b.east) / 2.0),
+            # (lat, lon) of the lower-left, upper-left, upper-right and lower-right corner
+            **dict(zip(CORNER_COLUMNS, (b.south, west, b.north, west, b.north, east, b.south, east))),
+            **dict(zip(CENTER_COLUMNS, ((b.north + b.south) / 2.0, tiles.wrap_lon((b.west + b.east) / 2.0)))),
         }
     )
     geoms = region_footprint(b)

@@ -22,6 +22,7 @@ from pipeline.geo.evalset import DROP_NO_POSITIVE, DROP_POSITIVE_OUTSIDE_DB, Eva
 from pipeline.io import atomic_path
 from pipeline.presentation.coastlines import contour_segments, sea_fraction_grid
 from pipeline.presentation.maps import draw_segments, exterior_rings, near_lon, polygon_path, wrap_lon
+from pipeline.schema import NADIR_COLUMNS
 
 LAND_RGB = (0.953, 0.937, 0.894)
 SEA_RGB = (0.855, 0.910, 0.953)
@@ -265,8 +266,9 @@ def evalset_figure(spec: EvalSetSpec, ev: EvalSet, queries: pd.DataFrame, summar
 
     # Nadirs of the dropped queries (their footprints may lie far away: label errors).
     if len(ev.dropped):
-        nadir = queries[["nadir_lat", "nadir_lon"]].reindex(ev.dropped["query_id"].to_numpy())
-        nx, ny = aeqd.fwd(nadir["nadir_lon"].to_numpy(), nadir["nadir_lat"].to_numpy())
+        lat_col, lon_col = NADIR_COLUMNS
+        nadir = queries[[lat_col, lon_col]].reindex(ev.dropped["query_id"].to_numpy())
+        nx, ny = aeqd.fwd(nadir[lon_col].to_numpy(), nadir[lat_col].to_numpy())
         colors = np.where(ev.dropped["reason"].to_numpy() == DROP_NO_POSITIVE, NO_POS_COLOR, OUTSIDE_COLOR)
         ax.scatter(nx, ny, s=14, marker="x", c=list(colors), linewidths=0.9, zorder=6)
 

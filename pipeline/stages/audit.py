@@ -38,6 +38,7 @@ from pipeline.geo.area import DEFAULT_DENSIFY_DEG
 from pipeline.geo.names import SAFE_ID_RE, db_relpath, parse_filename
 from pipeline.io import atomic_path, read_geoparquet, write_text
 from pipeline.presentation.query_map import format_date, query_png
+from pipeline.schema import CENTER_COLUMNS, CORNER_COLUMNS, DATABASE_YEAR, NADIR_COLUMNS, REGION_FOOTPRINT_COLUMNS
 
 COLUMNS = ["query_id", "region_id", "zoom", "intersection_km2", "iou", "query_fraction", "region_fraction"]
 VALUE_COLUMNS = ["intersection_km2", "iou", "query_fraction", "region_fraction"]
@@ -250,7 +251,7 @@ def load_intersections(path: Path, only: set[str] | None = None) -> Intersection
 class AuditParams:
     densify_deg: float = DEFAULT_DENSIFY_DEG
     min_intersection_km2: float = 0.0
-    year: int = 2021
+    year: int = DATABASE_YEAR
     source: str = "defaults"
 
 
@@ -269,7 +270,7 @@ def load_audit_params(path: Path | None) -> AuditParams:
         return AuditParams(
             densify_deg=float(q.get("densify_deg", DEFAULT_DENSIFY_DEG)),
             min_intersection_km2=float(i.get("min_intersection_km2", 0.0)),
-            year=int(i.get("year", 2021)),
+            year=int(i.get("year", DATABASE_YEAR)),
             source=str(path),
         )
     except (TypeError, ValueError) as exc:
@@ -332,7 +333,7 @@ def query_geojson(query: pd.Series, pairs: pd.DataFrame, regions: gpd.GeoDataFra
     keep = ["region_id", "zoom", *VALUE_COLUMNS]
     if "db_relpath" in merged:
         keep.append("db_relpath")
-    keep += [c for c in ("row", "col", "center_lat", "center_lon", "area_km2", "land_fraction") if c in merged]
+    keep += [c for c in ("row", "col", *CENTER_COLUMNS, "area_km2", "land_fraction") if c in merged]
     for _, r in merged.iterrows():
         if not isinstance(r["geometry"], shapely.Geometry):
             continue  # region not in the grid: reported by --check, nothing to draw
@@ -582,9 +583,7 @@ def _pt_name_checks(
                     }
                 )
             )
-    corner_cols = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
-    need = ["region_id", "zoom", *corner_cols, "center_lat", "center_lon", "area_km2"]
-    if not all(c in regions for c in need):
+    if not all(c in regions for c in REGION_FOOTPRINT_COLUMNS):
         return found
     used = regions[regions["region_id"].isin(pd.unique(mine["region_id"]))]
     r = mine[mine["region_id"].isin(used["region_id"])].copy()  # unknown regions are reported elsewhere
@@ -595,7 +594,7 @@ def _pt_name_checks(
         for rid, z, c, la, lo, a in zip(
             used["region_id"],
             used["zoom"],
-            used[corner_cols].to_numpy().tolist(),
+            used[list(CORNER_COLUMNS)].to_numpy().tolist(),
             used["center_lat"],
             used["center_lon"],
             used["area_km2"],
@@ -660,7 +659,7 @@ def _read_inputs(args: argparse.Namespace) -> tuple[gpd.GeoDataFrame, gpd.GeoDat
     queries = read_geoparquet(args.queries)
     regions = read_geoparquet(args.grid)
     for path, gdf, cols in (
-        (args.queries, queries, ["query_id", "nadir_lat", "nadir_lon"]),
+        (args.queries, queries, ["query_id", *NADIR_COLUMNS]),
         (args.grid, regions, ["region_id", "zoom"]),
     ):
         missing = [c for c in cols if c not in gdf.columns]

@@ -45,6 +45,7 @@ import shapely
 from pipeline.errors import ConfigError, InputError, IntegrityError
 from pipeline.io import atomic_path, read_geoparquet, write_json
 from pipeline.params import build_config, load_params, section
+from pipeline.schema import CORNER_COLUMNS, corner_lat_lon_columns
 
 STAC_VERSION = "1.1.0"
 PROJECTION_EXT = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -223,8 +224,9 @@ def region_items(
     exported COG's href relative to the catalog. Region edges are meridians and parallels
     (Web-Mercator tile edges), so the footprint is its lon/lat box (split at the antimeridian)."""
     start, end = year_span(years)
-    west, east = grid["ll_lon"].to_numpy(np.float64), grid["lr_lon"].to_numpy(np.float64)
-    south, north = grid["ll_lat"].to_numpy(np.float64), grid["ul_lat"].to_numpy(np.float64)
+    (ll_lat, ll_lon), (ul_lat, _), _, (_, lr_lon) = corner_lat_lon_columns()
+    west, east = grid[ll_lon].to_numpy(np.float64), grid[lr_lon].to_numpy(np.float64)
+    south, north = grid[ll_lat].to_numpy(np.float64), grid[ul_lat].to_numpy(np.float64)
     # A region across the antimeridian has west > east: STAC keeps that order in its bbox, its
     # geometry is the grid's two parts split at +-180, and its pixels are one continuous strip
     # of the Mercator plane, so proj:bbox runs past x = 20037508 m rather than wrapping.
@@ -842,7 +844,7 @@ def run(p: CatalogParams, ctx: BuildContext) -> dict[str, Any]:
         raise ConfigError("fetch.years is empty: the database items need the years of their imagery")
 
     grid = read_geoparquet(p.grid)
-    needed = {"region_id", "zoom", "ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"}
+    needed = {"region_id", "zoom", *CORNER_COLUMNS}
     missing = needed - set(grid.columns)
     if missing:
         raise InputError(f"{p.grid}: columns {sorted(missing)} missing: not a grid from `earthloc grid`")

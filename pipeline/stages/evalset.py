@@ -33,10 +33,10 @@ from pipeline.geo.passes import DEFAULT_MAX_DAY_GAP, DEFAULT_MAX_FRAME_GAP, pass
 from pipeline.io import atomic_path, read_geoparquet, write_json, write_text
 from pipeline.params import load_params, section
 from pipeline.presentation.evalset_map import render_map
+from pipeline.schema import CENTER_COLUMNS, CORNER_COLUMNS, DATABASE_YEAR, GRID_COLUMNS, NADIR_COLUMNS, QUERY_COLUMNS
 
-CORNER_COLS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
-GRID_COLS = ["region_id", "zoom", "row", "col", *CORNER_COLS, "center_lat", "center_lon", "area_km2", "geometry"]
-QUERY_COLS = ["query_id", "mission", "roll", "frame", "date", "filename", "nadir_lat", "nadir_lon", "geometry"]
+GRID_COLS = [*GRID_COLUMNS, "geometry"]
+QUERY_COLS = [*QUERY_COLUMNS, "geometry"]
 INTERSECTION_COLS = ["query_id", "region_id", "iou", "intersection_km2"]
 
 
@@ -93,7 +93,7 @@ def load_spec(params: dict[str, Any], name: str) -> tuple[EvalSetSpec, int]:
             take_folds=tuple(int(f) for f in entry.get("take_folds", [0])),
             zooms=_zoom_list(entry.get("zooms")),
         )
-        year = int(sec.get("year", 2021))
+        year = int(sec.get("year", DATABASE_YEAR))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"params evalset.sets.{name}: {exc}") from exc
     if not 1900 < year < 2100:
@@ -173,10 +173,10 @@ def read_inputs(grid: Path, queries: Path, intersections: Path) -> tuple[pd.Data
     _require_unique(regions, ["region_id"], grid)
     _require_unique(qs, ["query_id"], queries)
     _require_unique(pairs, ["query_id", "region_id"], intersections)
-    for col in ("center_lat", "center_lon"):
+    for col in CENTER_COLUMNS:
         if not np.isfinite(regions[col].to_numpy(dtype=np.float64)).all():
             raise InputError(f"{grid}: {col} has missing or non-finite values")
-    for col in ("nadir_lat", "nadir_lon"):
+    for col in NADIR_COLUMNS:
         if not np.isfinite(qs[col].to_numpy(dtype=np.float64)).all():
             raise InputError(f"{queries}: {col} has missing or non-finite values")
     unknown_r = ~pairs["region_id"].isin(regions["region_id"])
@@ -200,7 +200,7 @@ def read_inputs(grid: Path, queries: Path, intersections: Path) -> tuple[pd.Data
 
 def database_paths(database: pd.DataFrame, year: int) -> list[str]:
     """Upstream relative path of every database row (`database/<year>_ZZ/.../@...@.jpg`)."""
-    corners = database[CORNER_COLS].to_numpy(dtype=np.float64)
+    corners = database[list(CORNER_COLUMNS)].to_numpy(dtype=np.float64)
     return [
         db_relpath(tuple(c), rid, int(z), year, float(la), float(lo), float(a))
         for c, rid, z, la, lo, a in zip(
@@ -220,7 +220,7 @@ def _write_csv(df: pd.DataFrame, dest: Path) -> None:
 
 
 def write_outputs(out_dir: Path, ev: EvalSet, year: int, summary: dict[str, Any]) -> None:
-    queries = ev.queries[["query_index", "query_id", "filename", "nadir_lat", "nadir_lon", "num_positives", "pass_id"]]
+    queries = ev.queries[["query_index", "query_id", "filename", *NADIR_COLUMNS, "num_positives", "pass_id"]]
     database = pd.DataFrame(
         {
             "db_index": ev.database["db_index"].to_numpy(),

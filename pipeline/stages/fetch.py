@@ -36,11 +36,12 @@ from pipeline.fetch.estimate import (
     format_table,
     human_bytes,
 )  # fmt: skip
-from pipeline.fetch.run import DESCRIBED, RunConfig, fetch_regions, planned_paths
+from pipeline.fetch.run import RunConfig, fetch_regions, planned_paths
 from pipeline.fetch.store import REGION_COLUMNS, TILE_COLUMNS, TileStore, read_manifest, shard_name
 from pipeline.geo.aoi import Aoi, aois_for, in_aois
 from pipeline.io import write_json
 from pipeline.params import load_params, section
+from pipeline.schema import DATABASE_YEAR, GRID_COLUMNS
 
 SOURCES = ("synthetic", "eox")
 URL_FORMS = {"rest": EOX_RESTFUL, "kvp": EOX_KVP}
@@ -155,9 +156,9 @@ def read_grid(grid: Path) -> pd.DataFrame:
     if not grid.exists():
         raise InputError(f"{grid}: no such file (run the grid stage first)")
     try:
-        return pd.read_parquet(grid, columns=DESCRIBED)
+        return pd.read_parquet(grid, columns=list(GRID_COLUMNS))
     except Exception as exc:  # pyarrow raises many types; report one line
-        raise InputError(f"{grid}: cannot read the region columns {DESCRIBED} ({exc})") from exc
+        raise InputError(f"{grid}: cannot read the region columns {list(GRID_COLUMNS)} ({exc})") from exc
 
 
 def regions_in(df: pd.DataFrame, zoom: int, aois: tuple[Aoi, ...] | None, year: int | None = None) -> pd.DataFrame:
@@ -525,7 +526,7 @@ def run_queries(
     photo_sec = dict(section(params, "fetch_queries"))
     scope = PhotoScope.from_section(photo_sec.pop("scope", None))
     qcfg = QueryPhotoConfig.from_section(photo_sec)
-    year = int(section(params, "intersect").get("year", 2021))
+    year = int(section(params, "intersect").get("year", DATABASE_YEAR))
     if year not in fp.years:
         raise ConfigError(f"fetch.years lacks {year}, the year of the intersections (intersect.year)")
     for path, stage in ((queries_path, "queries"), (intersections_path, "intersect")):

@@ -16,6 +16,7 @@ from pipeline.geo.regions import GridSpec, build_regions, describe_regions, regi
 from pipeline.io import write_geoparquet
 from pipeline.landmask import tile_land_counts
 from pipeline.params import build_config, check_keys
+from pipeline.schema import GRID_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -84,27 +85,7 @@ def build_grid(params: GridParams) -> gpd.GeoDataFrame:
     if params.bbox is not None:
         gdf = gdf[shapely.intersects(gdf.geometry.values, bbox_geometry(params.bbox))].reset_index(drop=True)
     gdf = gdf.sort_values(["zoom", "row", "col"], kind="stable").reset_index(drop=True)
-    return gdf[
-        [
-            "region_id",
-            "zoom",
-            "row",
-            "col",
-            "ll_lat",
-            "ll_lon",
-            "ul_lat",
-            "ul_lon",
-            "ur_lat",
-            "ur_lon",
-            "lr_lat",
-            "lr_lon",
-            "center_lat",
-            "center_lon",
-            "area_km2",
-            "land_fraction",
-            "geometry",
-        ]
-    ]
+    return gdf[[*GRID_COLUMNS, "land_fraction", "geometry"]]
 
 
 def run(config: GridParams, paths: GridPaths) -> dict[str, Any]:

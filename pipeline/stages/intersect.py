@@ -41,6 +41,7 @@ from pipeline.geo.names import db_relpath
 from pipeline.geo.overlap import overlap_pairs
 from pipeline.io import atomic_path, read_geoparquet, write_json
 from pipeline.params import build_config, check_keys
+from pipeline.schema import CORNER_COLUMNS, DATABASE_YEAR
 
 TABLE_COLUMNS = ["query_id", "region_id", "zoom", "intersection_km2", "iou", "query_fraction", "region_fraction"]
 
@@ -50,7 +51,7 @@ class IntersectParams:
     """The `intersect` params section, plus the footprint densification step of the
     `queries` section (footprints are compared as they were ingested)."""
 
-    year: int = 2021
+    year: int = DATABASE_YEAR
     min_intersection_km2: float = 0.0
     partitions: int = 8
     scheduler_address: str | None = None  # else DASK_SCHEDULER_ADDRESS, else a LocalCluster
@@ -178,8 +179,7 @@ def pairs_table(pairs: pd.DataFrame, queries: Any, regions: Any) -> pd.DataFrame
 
 def region_relpaths(regions: Any, year: int) -> dict[str, str]:
     """Upstream database path of every region for `year`."""
-    cols = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
-    corners = regions[cols].to_numpy()
+    corners = regions[list(CORNER_COLUMNS)].to_numpy()
     return {
         rid: db_relpath(c.tolist(), rid, int(z), year, float(la), float(lo), float(a))
         for rid, z, c, la, lo, a in zip(

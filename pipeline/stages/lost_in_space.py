@@ -25,14 +25,15 @@ import pandas as pd
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import load_params, section
-from pipeline.stages.pairs import GRID_COLS, _read_parquet, fetched_regions, region_paths
+from pipeline.schema import DATABASE_YEAR, REGION_FOOTPRINT_COLUMNS
+from pipeline.stages.pairs import _read_parquet, fetched_regions, region_paths
 
 
 @dataclass(frozen=True)
 class LostInSpaceSpec:
     name: str
     source: str  # the evaluation set whose queries are used
-    year: int = 2021
+    year: int = DATABASE_YEAR
     zooms: tuple[int, ...] | None = None  # None: every zoom
 
     @classmethod
@@ -52,7 +53,7 @@ class LostInSpaceSpec:
             if not isinstance(zooms, list) or not zooms or not all(type(z) is int and 0 <= z <= 30 for z in zooms):
                 raise ConfigError(f"params lost_in_space.sets.{name}.zooms: expected a non-empty list of zooms")
             zooms = tuple(sorted(set(zooms)))
-        return cls(name, str(entry["source"]), int(sec.get("year", 2021)), zooms)
+        return cls(name, str(entry["source"]), int(sec.get("year", DATABASE_YEAR)), zooms)
 
 
 def build(
@@ -109,7 +110,7 @@ def run(spec: LostInSpaceSpec, evalsets_dir: Path, intersections: Path, grid: Pa
     ok = fetched_regions(Path(tiles_root), (spec.year,))
     if not ok:
         raise InputError(f"{tiles_root}/manifests: no {spec.year} region image is ok (run the fetch stage first)")
-    g = _read_parquet(Path(grid), GRID_COLS)
+    g = _read_parquet(Path(grid), list(REGION_FOOTPRINT_COLUMNS))
     if spec.zooms is not None:
         g = g.loc[g["zoom"].isin(spec.zooms)]
     at_zooms = set(g["region_id"])

@@ -38,10 +38,9 @@ from pipeline.geo.pairs import (
 from pipeline.geo.passes import DEFAULT_MAX_DAY_GAP, DEFAULT_MAX_FRAME_GAP
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import load_params, section
+from pipeline.schema import CORNER_COLUMNS, DATABASE_YEAR, DATABASE_YEARS, QUERY_COLUMNS, REGION_FOOTPRINT_COLUMNS
 from pipeline.stages.evalset import load_pass_rule, with_pass_ids
 
-CORNER_COLS = ["ll_lat", "ll_lon", "ul_lat", "ul_lon", "ur_lat", "ur_lon", "lr_lat", "lr_lon"]
-GRID_COLS = ["region_id", "zoom", *CORNER_COLS, "center_lat", "center_lon", "area_km2"]
 REGION_MANIFEST_RE = re.compile(r"^(\d{4})_(\d{2})\.parquet$")  # tiles/manifests/<YEAR>_<ZZ>.parquet
 MODES = ("fetched", "all")
 
@@ -78,13 +77,13 @@ class PairsParams:
             )
             p = cls(
                 min_iou=float(sec.get("min_iou", 0.1)),
-                year=int(sec.get("year", 2021)),
+                year=int(sec.get("year", DATABASE_YEAR)),
                 exclude_sets=names,
                 areas=areas,
                 margin_km=float(sec.get("exclude_margin_km", 0.0)),
                 regions=str(sec.get("regions", "fetched")),
                 photos=str(sec.get("photos", "fetched")),
-                years=tuple(int(y) for y in sec.get("years", (2018, 2019, 2020, 2021))),
+                years=tuple(int(y) for y in sec.get("years", DATABASE_YEARS)),
                 pass_rule=load_pass_rule(params),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -159,7 +158,7 @@ def fetched_photos(tiles_root: Path) -> set[str] | None:
 
 def region_paths(grid: pd.DataFrame, year: int) -> pd.Series:
     """Upstream database path of each region's `year` image, indexed by region_id."""
-    corners = grid[CORNER_COLS].to_numpy(dtype=np.float64)
+    corners = grid[list(CORNER_COLUMNS)].to_numpy(dtype=np.float64)
     paths = [
         db_relpath(tuple(c), rid, int(z), year, float(la), float(lo), float(a))
         for c, rid, z, la, lo, a in zip(
@@ -189,9 +188,7 @@ def run(
     out_dir: Path,
 ) -> dict[str, Any]:
     inter = _read_parquet(Path(intersections), ["query_id", "region_id", "zoom", "iou", "intersection_km2"])
-    qs = _read_parquet(
-        Path(queries), ["query_id", "mission", "roll", "frame", "date", "filename", "nadir_lat", "nadir_lon"]
-    )
+    qs = _read_parquet(Path(queries), list(QUERY_COLUMNS))
     qs = with_pass_ids(qs, *p.pass_rule, source=queries)
     members = read_members(Path(evalsets_dir), p.exclude_sets)
     excluded = excluded_photos(qs, members, p.areas, p.margin_km)
@@ -207,7 +204,7 @@ def run(
         raise IntegrityError(f"pairs: {len(leaks)} evaluation photo(s) would be trained on, e.g. {sorted(leaks)[0]}")
 
     used = res.pairs["region_id"].unique()
-    g = _read_parquet(Path(grid), GRID_COLS)
+    g = _read_parquet(Path(grid), list(REGION_FOOTPRINT_COLUMNS))
     g = g.loc[g["region_id"].isin(used)]
     if len(g) != len(used):
         raise InputError(f"{grid}: lacks regions named in {intersections}; were both built from the same grid?")

@@ -29,11 +29,19 @@ from pipeline.geo.area import DEFAULT_DENSIFY_DEG, area_km2, geod_quad_area_km2
 from pipeline.geo.footprints import check_quads, quads_from_corners, split_antimeridian, unwrap_ring_lons
 from pipeline.geo.names import SAFE_ID_RE, query_filename
 from pipeline.io import atomic_path, write_geoparquet
+from pipeline.schema import CORNER_COLUMNS, NASA_CORNER_COLUMNS
 
-CORNER_COLUMNS = ["LL_LAT", "LL_LON", "UL_LAT", "UL_LON", "UR_LAT", "UR_LON", "LR_LAT", "LR_LON"]
-NUMERIC_COLUMNS = [*CORNER_COLUMNS, "NADIR_LAT", "NADIR_LON", "SQ_KM_AREA", "ORIENTATION"]
+NUMERIC_COLUMNS = [*NASA_CORNER_COLUMNS, "NADIR_LAT", "NADIR_LON", "SQ_KM_AREA", "ORIENTATION"]
 ID_COLUMNS = ["MISSION", "ROLL", "FRAME"]
-REQUIRED_COLUMNS = [*CORNER_COLUMNS, *ID_COLUMNS, "YYYYMMDD", "NADIR_LAT", "NADIR_LON", "SQ_KM_AREA", "ORIENTATION"]
+REQUIRED_COLUMNS = [
+    *NASA_CORNER_COLUMNS,
+    *ID_COLUMNS,
+    "YYYYMMDD",
+    "NADIR_LAT",
+    "NADIR_LON",
+    "SQ_KM_AREA",
+    "ORIENTATION",
+]
 OPTIONAL_COLUMNS = ["URL"]
 REJECTED_COLUMNS = ["line", "query_id", "reason", "detail"]
 # A NASA record is about 200 bytes; a line past this is refused unread (not held in memory).
@@ -270,8 +278,8 @@ def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, 
         )
         values[col] = num
 
-    lats = np.stack([values[c] for c in CORNER_COLUMNS[0::2]], axis=1)
-    lons = np.stack([values[c] for c in CORNER_COLUMNS[1::2]], axis=1)
+    lats = np.stack([values[c] for c in NASA_CORNER_COLUMNS[0::2]], axis=1)
+    lons = np.stack([values[c] for c in NASA_CORNER_COLUMNS[1::2]], axis=1)
     with np.errstate(invalid="ignore"):
         rej.add((np.abs(lats) > 90).any(axis=1), "coordinate_out_of_range", "a corner latitude is outside [-90, 90]")
         rej.add(
@@ -353,7 +361,7 @@ def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, 
         }
     )
     idx = np.flatnonzero(ok)
-    corners = np.stack([values[c][idx] for c in CORNER_COLUMNS], axis=1)
+    corners = np.stack([values[c][idx] for c in NASA_CORNER_COLUMNS], axis=1)
     table = pd.DataFrame(
         {
             "query_id": query_id[idx].astype(str),
@@ -364,7 +372,7 @@ def ingest(raw: pd.DataFrame, params: QueriesParams) -> tuple[gpd.GeoDataFrame, 
             "year": dates.dt.year.to_numpy()[idx].astype(np.int64),
             "nadir_lat": values["NADIR_LAT"][idx],
             "nadir_lon": values["NADIR_LON"][idx],
-            **{c.lower(): values[c][idx] for c in CORNER_COLUMNS},
+            **{c: values[n][idx] for c, n in zip(CORNER_COLUMNS, NASA_CORNER_COLUMNS)},
             "orientation": values["ORIENTATION"][idx],
             "orientation_raw": text["ORIENTATION"].to_numpy()[idx],
             "nasa_area_km2": values["SQ_KM_AREA"][idx],

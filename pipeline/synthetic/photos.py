@@ -399,8 +399,8 @@ def render_photo(
 ) -> U8Array:
     """A simulated astronaut photo (size, size, 3) over a NASA footprint.
 
-    corners: ll_lat, ll_lon, ul_lat, ul_lon, ur_lat, ur_lon, lr_lat, lr_lon (the columns of
-    queries.parquet); year: the photo's year (any int); seed: the photo's own seed (effects;
+    corners: ll_lat, ll_lon, ul_lat, ul_lon, ur_lat, ur_lon, lr_lat, lr_lon (the columns
+    `pipeline.schema.CORNER_COLUMNS` of queries.parquet); year: the photo's year (any int); seed: the photo's own seed (effects;
     `photo_seed(query_id)`); orientation: NASA's ORIENTATION in degrees (see the module
     docstring), None to take the corners as they are; nadir: (lat, lon) of the ISS, for the
     haze gradient; world_seed: the synthetic world's seed (the database's); render_px: the

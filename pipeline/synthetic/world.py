@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.schema import DATABASE_YEARS
 from pipeline.synthetic import landfield
 
 FloatArray = npt.NDArray[np.floating]
@@ -59,7 +60,7 @@ U8Array = npt.NDArray[np.uint8]
 EARTH_RADIUS_M = 6378137.0  # the Web-Mercator sphere; noise lives on the same sphere
 EQUATOR_M = 2.0 * math.pi * EARTH_RADIUS_M
 TILE_SIZE = 256
-YEARS = (2018, 2019, 2020, 2021)
+YEARS = DATABASE_YEARS  # the layers the synthetic server renders
 
 # Nodes per octave cell on the node grids: 2 keeps the node count (and time) low while
 # Catmull-Rom still reproduces the smooth value noise closely.
