@@ -66,9 +66,16 @@ def cmd_intersect(args: argparse.Namespace) -> None:
 
 
 def cmd_evalset(args: argparse.Namespace) -> None:
+    from pipeline import config
     from pipeline.stages import evalset
 
-    evalset.main(args)
+    cfg = config.evalset_config(config.load(args.params))
+    out_dir = args.out_dir if args.out_dir is not None else Path("data/evalsets") / args.name
+    paths = evalset.EvalsetPaths(
+        grid=args.grid, queries=args.queries, intersections=args.intersections, out_dir=out_dir
+    )
+    summary = evalset.run(cfg, paths, args.name)
+    print(evalset.summary_line(summary, out_dir))
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
@@ -99,9 +106,20 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
+    from pipeline import config
     from pipeline.stages import pairs
 
-    pairs.main(args)
+    cfg = config.pairs_config(config.load(args.params))
+    paths = pairs.PairsPaths(
+        intersections=args.intersections,
+        queries=args.queries,
+        grid=args.grid,
+        evalsets_dir=args.evalsets,
+        tiles_root=args.tiles,
+        out_dir=args.out_dir,
+    )
+    summary = pairs.run(cfg, paths)
+    print(pairs.summary_line(summary, args.out_dir))
 
 
 def cmd_fetch_queries(args: argparse.Namespace) -> None:
@@ -111,9 +129,19 @@ def cmd_fetch_queries(args: argparse.Namespace) -> None:
 
 
 def cmd_lost_in_space(args: argparse.Namespace) -> None:
+    from pipeline import config
     from pipeline.stages import lost_in_space
 
-    lost_in_space.main(args)
+    spec = config.lost_in_space_config(config.load(args.params)).spec(args.name)
+    out = args.out_dir if args.out_dir is not None else args.evalsets / spec.name
+    paths = lost_in_space.LostInSpacePaths(
+        evalsets_dir=args.evalsets, intersections=args.intersections, grid=args.grid, tiles_root=args.tiles, out_dir=out
+    )
+    s = lost_in_space.run(spec, paths)
+    print(
+        f"lost_in_space {s['name']}: {s['num_queries']} of {s['num_source_queries']} queries of {s['source']} "
+        f"against all {s['num_db']} fetched {s['year']} regions (no nadir prior) -> {out}"
+    )
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -22,7 +22,6 @@ import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import fields
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
@@ -31,9 +30,12 @@ from pipeline.params import build_config, check_keys, load_params, section
 if TYPE_CHECKING:
     from earthloc.audit_page import AuditPageConfig
     from pipeline.export import ExportConfig
+    from pipeline.stages.evalset import EvalsetParams
     from pipeline.stages.fetch import FetchParams
     from pipeline.stages.grid import GridParams
     from pipeline.stages.intersect import IntersectParams
+    from pipeline.stages.lost_in_space import LostInSpaceParams
+    from pipeline.stages.pairs import PairsParams
     from pipeline.stages.queries import QueriesParams
 
 Params = Mapping[str, Any]
@@ -85,6 +87,26 @@ def intersect_config(params: Params) -> IntersectParams:
 
     densify = queries_config(params).densify_deg
     return IntersectParams.from_section(section(dict(params), "intersect"), densify_deg=densify)
+
+
+def evalset_config(params: Params) -> EvalsetParams:
+    """The `evalset` section with every named set built."""
+    from pipeline.stages.evalset import EvalsetParams
+
+    return EvalsetParams.from_section(section(dict(params), "evalset"))
+
+
+def pairs_config(params: Params) -> PairsParams:
+    """The `pairs` section, with the query discs and pass rule of the `evalset` section."""
+    from pipeline.stages.pairs import PairsParams
+
+    return PairsParams.from_section(section(dict(params), "pairs"), evalset_config(params))
+
+
+def lost_in_space_config(params: Params) -> LostInSpaceParams:
+    from pipeline.stages.lost_in_space import LostInSpaceParams
+
+    return LostInSpaceParams.from_section(section(dict(params), "lost_in_space"))
 
 
 def export_config(params: Params) -> ExportConfig:
@@ -192,44 +214,6 @@ def _astroloc(params: Params) -> Any:
     return AstroLocConfig.from_section(params.get("astroloc"))
 
 
-# --------------------------------------------------------------------- sections still read by hand
-#
-# These stages read their section key by key; until they build a dataclass, the loader
-# checks the keys they read, so a misspelt key is an error here too.
-
-EVALSET_SET_KEYS = frozenset({"lat", "lon", "query_radius_km", "db_radius_km", "folds", "take_folds", "zooms"})
-PAIRS_KEYS = frozenset({"min_iou", "year", "exclude_sets", "exclude_margin_km", "regions", "photos", "years"})
-
-
-def _named_sets(sec: Mapping[str, Any], name: str, entry_keys: frozenset[str]) -> None:
-    sets = sec.get("sets") or {}
-    if not isinstance(sets, Mapping):
-        raise ConfigError(f"params {name}.sets: expected a mapping of named sets")
-    for set_name, entry in sets.items():
-        if isinstance(entry, Mapping):
-            check_keys(entry, entry_keys, f"{name}.sets.{set_name}")
-
-
-def _evalset(params: Params) -> Mapping[str, Any]:
-    sec = section(dict(params), "evalset")
-    check_keys(sec, {"year", "sets", "pass_max_frame_gap", "pass_max_day_gap"}, "evalset")
-    _named_sets(sec, "evalset", EVALSET_SET_KEYS)
-    return MappingProxyType(sec)
-
-
-def _pairs(params: Params) -> Mapping[str, Any]:
-    sec = section(dict(params), "pairs")
-    check_keys(sec, PAIRS_KEYS, "pairs")
-    return MappingProxyType(sec)
-
-
-def _lost_in_space(params: Params) -> Mapping[str, Any]:
-    sec = section(dict(params), "lost_in_space")
-    check_keys(sec, {"year", "sets"}, "lost_in_space")
-    _named_sets(sec, "lost_in_space", frozenset({"source", "zooms"}))
-    return MappingProxyType(sec)
-
-
 def _catalog(params: Params) -> Any:
     from pipeline.stages.catalog import CatalogParams
 
@@ -241,7 +225,7 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
     "grid": grid_config,
     "queries": queries_config,
     "intersect": intersect_config,
-    "evalset": _evalset,
+    "evalset": evalset_config,
     "fetch": fetch_config,
     "fetch_queries": _fetch_queries,
     "export": export_config,
@@ -252,18 +236,19 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
     "evaluate": _evaluate,
     "index": _index,
     "localize": _localize,
-    "pairs": _pairs,
+    "pairs": pairs_config,
     "astroloc": _astroloc,
     "audit_page": audit_page_config,
-    "lost_in_space": _lost_in_space,
+    "lost_in_space": lost_in_space_config,
     "catalog": _catalog,
 }
 
 # Sections whose stage takes its dataclass from this module (`run(config, paths)`);
 # the others are built here for checking but their stages still parse them themselves.
-MIGRATED = ("grid", "intersect", "export", "fetch")
+MIGRATED = ("grid", "intersect", "export", "fetch", "evalset", "pairs", "lost_in_space")
 
 __all__ = [
-    "MIGRATED", "SECTIONS", "audit_page_config", "build", "build_all", "export_config", "fetch_config",
-    "grid_config", "intersect_config", "load", "queries_config",
+    "MIGRATED", "SECTIONS", "audit_page_config", "build", "build_all", "evalset_config", "export_config",
+    "fetch_config", "grid_config", "intersect_config", "load", "lost_in_space_config", "pairs_config",
+    "queries_config",
 ]  # fmt: skip
