@@ -44,13 +44,12 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
 
 def cmd_queries(args: argparse.Namespace) -> None:
-    from pipeline.params import load_params, section
+    from pipeline import config
     from pipeline.stages import queries
 
-    sec = section(load_params(args.params), "queries")
-    params = queries.QueriesParams.from_section(sec)
-    csv = args.csv if args.csv is not None else Path(params.csv)
-    queries.run(csv, args.out, args.rejected, params)
+    cfg = config.queries_config(config.load(args.params))
+    csv = args.csv if args.csv is not None else Path(cfg.csv)
+    queries.run(cfg, queries.QueriesPaths(csv=csv, out=args.out, rejected=args.rejected))
 
 
 def cmd_intersect(args: argparse.Namespace) -> None:

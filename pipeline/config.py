@@ -76,9 +76,7 @@ def grid_config(params: Params) -> GridParams:
 def queries_config(params: Params) -> QueriesParams:
     from pipeline.stages.queries import QueriesParams
 
-    sec = section(dict(params), "queries")
-    check_keys(sec, {f.name for f in fields(QueriesParams)}, "queries")
-    return QueriesParams.from_section(sec)
+    return QueriesParams.from_section(section(dict(params), "queries"))
 
 
 def intersect_config(params: Params) -> IntersectParams:
@@ -245,7 +243,7 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
 
 # Sections whose stage takes its dataclass from this module (`run(config, paths)`);
 # the others are built here for checking but their stages still parse them themselves.
-MIGRATED = ("grid", "intersect", "export", "fetch", "evalset", "pairs", "lost_in_space")
+MIGRATED = ("grid", "queries", "intersect", "export", "fetch", "evalset", "pairs", "lost_in_space")
 
 __all__ = [
     "MIGRATED", "SECTIONS", "audit_page_config", "build", "build_all", "evalset_config", "export_config",

@@ -149,7 +149,7 @@ def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, g
     run(tmp_path, grid_file, 40.0, zoom=10)
     csv = texas_csv(tmp_path / "q.csv", 3)
     qparams = queries_stage.QueriesParams.from_section(yaml.safe_load((ROOT / "params.yaml").read_text())["queries"])
-    queries_stage.run(csv, tmp_path / "queries.parquet", tmp_path / "rejected.csv", qparams)
+    queries_stage.run(qparams, queries_stage.QueriesPaths(csv, tmp_path / "queries.parquet", tmp_path / "rejected.csv"))
     qids = sorted(pd.read_parquet(tmp_path / "queries.parquet").query_id)
     fetched = sorted(pd.read_parquet(tmp_path / "tiles" / "manifests" / "2021_11.parquet").region_id)
     # q0: every positive fetched; q1: one positive outside the store; q2: no positive at all
