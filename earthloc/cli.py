@@ -122,9 +122,14 @@ def cmd_pairs(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch_queries(args: argparse.Namespace) -> None:
+    from pipeline import config
     from pipeline.stages import fetch
 
-    fetch.main_queries(args)
+    cfg = config.fetch_queries_config(config.load(args.params))
+    paths = fetch.FetchQueriesPaths(
+        queries=args.queries, intersections=args.intersections, root=args.root, summary=args.summary
+    )
+    fetch.run_queries(cfg, paths)
 
 
 def cmd_lost_in_space(args: argparse.Namespace) -> None:

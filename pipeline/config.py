@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from earthloc.audit_page import AuditPageConfig
     from pipeline.export import ExportConfig
     from pipeline.stages.evalset import EvalsetParams
-    from pipeline.stages.fetch import FetchParams
+    from pipeline.stages.fetch import FetchParams, FetchQueriesParams
     from pipeline.stages.grid import GridParams
     from pipeline.stages.intersect import IntersectParams
     from pipeline.stages.lost_in_space import LostInSpaceParams
@@ -153,12 +153,12 @@ def fetch_config(params: Params) -> FetchParams:
     return FetchParams.from_section(sec)
 
 
-def _fetch_queries(params: Params) -> Any:
-    from pipeline.fetch.queries import PhotoScope, QueryPhotoConfig
+def fetch_queries_config(params: Params) -> FetchQueriesParams:
+    """The `fetch_queries` section, with the built `fetch` section and the intersections' year."""
+    from pipeline.stages.fetch import FetchQueriesParams
 
-    sec = dict(section(dict(params), "fetch_queries"))
-    PhotoScope.from_section(sec.pop("scope", None))  # which photos: read by the stage, checked here
-    return QueryPhotoConfig.from_section(sec)
+    year = intersect_config(params).year
+    return FetchQueriesParams.from_section(section(dict(params), "fetch_queries"), fetch_config(params), year)
 
 
 # --------------------------------------------------------------------- sections owned by earthloc/
@@ -225,7 +225,7 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
     "intersect": intersect_config,
     "evalset": evalset_config,
     "fetch": fetch_config,
-    "fetch_queries": _fetch_queries,
+    "fetch_queries": fetch_queries_config,
     "export": export_config,
     "model": _model,
     "augment": _augment,
@@ -243,10 +243,10 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
 
 # Sections whose stage takes its dataclass from this module (`run(config, paths)`);
 # the others are built here for checking but their stages still parse them themselves.
-MIGRATED = ("grid", "queries", "intersect", "export", "fetch", "evalset", "pairs", "lost_in_space")
+MIGRATED = ("grid", "queries", "intersect", "export", "fetch", "fetch_queries", "evalset", "pairs", "lost_in_space")
 
 __all__ = [
     "MIGRATED", "SECTIONS", "audit_page_config", "build", "build_all", "evalset_config", "export_config",
-    "fetch_config", "grid_config", "intersect_config", "load", "lost_in_space_config", "pairs_config",
+    "fetch_config", "fetch_queries_config", "grid_config", "intersect_config", "load", "lost_in_space_config", "pairs_config",
     "queries_config",
 ]  # fmt: skip

@@ -43,7 +43,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from pipeline.errors import ConfigError, FetchError, InputError
 from pipeline.fetch.client import IMAGE_TYPES, ClientConfig, release_shared, shared_client
 from pipeline.fetch.store import atomic_write_bytes, encode_jpeg, read_manifest, sha256_bytes, sha256_file
 from pipeline.io import atomic_path, exclusive_lock, write_text
+from pipeline.params import check_keys
 from pipeline.synthetic.photos import PhotoEffects, photo_seed, render_photo
 
 SOURCES = ("synthetic", "nasa")
@@ -182,9 +183,7 @@ class PhotoScope:
             return None
         if not isinstance(sec, dict):
             raise ConfigError(f"fetch_queries.scope must be a mapping, got {sec!r}")
-        unknown = set(sec) - {"evalsets", "aois", "evalsets_dir"}
-        if unknown:
-            raise ConfigError(f"fetch_queries.scope: unknown key(s) {sorted(unknown)}")
+        check_keys(sec, {f.name for f in fields(cls)}, "fetch_queries.scope")
         names = {}
         for key in ("evalsets", "aois"):
             raw = sec.get(key) or []
@@ -194,7 +193,9 @@ class PhotoScope:
             for n in names[key]:
                 if not n or "/" in n or "\\" in n or n.startswith("."):
                     raise ConfigError(f"fetch_queries.scope.{key}: bad name {n!r}")
-        return cls(names["evalsets"], names["aois"], str(sec.get("evalsets_dir", "data/evalsets")))
+        if "evalsets_dir" in sec:
+            return cls(names["evalsets"], names["aois"], str(sec["evalsets_dir"]))
+        return cls(names["evalsets"], names["aois"])
 
     def evalset_queries(self, name: str) -> Path:
         return Path(self.evalsets_dir) / name / "queries.csv"
