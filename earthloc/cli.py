@@ -199,9 +199,22 @@ def cmd_localize(args: argparse.Namespace) -> None:
 
 
 def cmd_catalog(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from pipeline import config
     from pipeline.stages import catalog
 
-    catalog.main(args)
+    params = config.load(args.params)
+    cfg = config.catalog_config(params)
+    if args.out_dir is not None:
+        cfg = replace(cfg, out_dir=str(args.out_dir))
+    s = catalog.run(cfg, catalog.BuildContext.from_params(params))
+    print(
+        f"catalog: {s['regions']} regions ({s['regions_fetched']} with images), {s['queries']} queries "
+        f"({s['photos']} photos), evaluation sets {s['evalsets'] or 'none'}, model {'yes' if s['model'] else 'no'}; "
+        f"{s['documents_validated']} documents and {s['items_validated']} items valid STAC {catalog.STAC_VERSION} "
+        f"-> {cfg.out_dir}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

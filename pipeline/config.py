@@ -30,6 +30,7 @@ from pipeline.params import build_config, check_keys, load_params, section
 if TYPE_CHECKING:
     from earthloc.audit_page import AuditPageConfig
     from pipeline.export import ExportConfig
+    from pipeline.stages.catalog import CatalogParams
     from pipeline.stages.evalset import EvalsetParams
     from pipeline.stages.fetch import FetchParams, FetchQueriesParams
     from pipeline.stages.grid import GridParams
@@ -212,7 +213,7 @@ def _astroloc(params: Params) -> Any:
     return AstroLocConfig.from_section(params.get("astroloc"))
 
 
-def _catalog(params: Params) -> Any:
+def catalog_config(params: Params) -> CatalogParams:
     from pipeline.stages.catalog import CatalogParams
 
     return build_config(CatalogParams, dict(section(dict(params), "catalog")), "catalog")
@@ -238,15 +239,26 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
     "astroloc": _astroloc,
     "audit_page": audit_page_config,
     "lost_in_space": lost_in_space_config,
-    "catalog": _catalog,
+    "catalog": catalog_config,
 }
 
 # Sections whose stage takes its dataclass from this module (`run(config, paths)`);
 # the others are built here for checking but their stages still parse them themselves.
-MIGRATED = ("grid", "queries", "intersect", "export", "fetch", "fetch_queries", "evalset", "pairs", "lost_in_space")
+MIGRATED = (
+    "grid",
+    "queries",
+    "intersect",
+    "export",
+    "fetch",
+    "fetch_queries",
+    "evalset",
+    "pairs",
+    "lost_in_space",
+    "catalog",
+)
 
 __all__ = [
-    "MIGRATED", "SECTIONS", "audit_page_config", "build", "build_all", "evalset_config", "export_config",
+    "MIGRATED", "SECTIONS", "audit_page_config", "build", "build_all", "catalog_config", "evalset_config", "export_config",
     "fetch_config", "fetch_queries_config", "grid_config", "intersect_config", "load", "lost_in_space_config", "pairs_config",
     "queries_config",
 ]  # fmt: skip

@@ -27,7 +27,6 @@ the schemas of the extensions they declare (projection v2.0.0, MLM v1.4.0), all 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,7 +43,7 @@ import shapely
 
 from pipeline.errors import ConfigError, InputError, IntegrityError
 from pipeline.io import atomic_path, read_geoparquet, write_json
-from pipeline.params import build_config, load_params, section
+from pipeline.params import section
 
 STAC_VERSION = "1.1.0"
 PROJECTION_EXT = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -900,18 +899,3 @@ def run(p: CatalogParams, ctx: BuildContext) -> dict[str, Any]:
         "items_validated": checked,
         "documents_validated": len(docs),
     }
-
-
-def main(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
-    sec = dict(section(params, "catalog"))
-    if args.out_dir is not None:
-        sec["out_dir"] = str(args.out_dir)
-    p = build_config(CatalogParams, sec, "catalog")
-    s = run(p, BuildContext.from_params(params))
-    print(
-        f"catalog: {s['regions']} regions ({s['regions_fetched']} with images), {s['queries']} queries "
-        f"({s['photos']} photos), evaluation sets {s['evalsets'] or 'none'}, model {'yes' if s['model'] else 'no'}; "
-        f"{s['documents_validated']} documents and {s['items_validated']} items valid STAC {STAC_VERSION} "
-        f"-> {p.out_dir}"
-    )
