@@ -149,9 +149,28 @@ def cmd_lost_in_space(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from pipeline import config
     from pipeline.stages import audit
 
-    return audit.main(args)
+    # The params are read only for --check: summarising or drawing a file needs none.
+    params = audit.AuditParams()
+    if args.check:
+        if args.params.exists():
+            params = config.audit_config(config.load(args.params), source=str(args.params))
+        else:
+            params = audit.AuditParams(source="defaults, no params file")
+    request = audit.AuditRequest(
+        intersections=args.intersections,
+        grid=args.grid,
+        queries=args.queries,
+        out_dir=args.out_dir,
+        query_id=args.query_id,
+        check=args.check,
+        sample=args.sample,
+        seed=args.seed,
+    )
+    summary = audit.run(params, request)
+    return 1 if summary["disagreements"] else 0
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ from pipeline.params import build_config, check_keys, load_params, section
 if TYPE_CHECKING:
     from earthloc.audit_page import AuditPageConfig
     from pipeline.export import ExportConfig
+    from pipeline.stages.audit import AuditParams
     from pipeline.stages.catalog import CatalogParams
     from pipeline.stages.evalset import EvalsetParams
     from pipeline.stages.fetch import FetchParams, FetchQueriesParams
@@ -113,6 +114,17 @@ def export_config(params: Params) -> ExportConfig:
     from pipeline.export import ExportConfig
 
     return ExportConfig.from_section(section(dict(params), "export"), grid_config(params).spec)
+
+
+def audit_config(params: Params, source: str) -> AuditParams:
+    """What `earthloc audit --check` re-derives pairs with: the `intersect` section and the
+    queries' `densify_deg`, built strictly; a section the file lacks takes its defaults.
+    `source` names the file in the report."""
+    from pipeline.stages.audit import AuditParams
+    from pipeline.stages.intersect import IntersectParams
+
+    densify = {"densify_deg": queries_config(params).densify_deg} if "queries" in params else {}
+    return AuditParams(intersect=IntersectParams.from_section(params.get("intersect"), **densify), source=source)
 
 
 def audit_page_config(params: Params) -> AuditPageConfig:
@@ -258,7 +270,7 @@ MIGRATED = (
 )
 
 __all__ = [
-    "MIGRATED", "SECTIONS", "audit_page_config", "build", "build_all", "catalog_config", "evalset_config", "export_config",
+    "MIGRATED", "SECTIONS", "audit_config", "audit_page_config", "build", "build_all", "catalog_config", "evalset_config", "export_config",
     "fetch_config", "fetch_queries_config", "grid_config", "intersect_config", "load", "lost_in_space_config", "pairs_config",
     "queries_config",
 ]  # fmt: skip
