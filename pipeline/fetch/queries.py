@@ -41,7 +41,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -120,13 +120,11 @@ class QueryPhotoConfig:
             raise ConfigError("query photos: workers must be >= 1")
 
     @classmethod
-    def from_section(cls, sec: dict[str, Any]) -> QueryPhotoConfig:
-        """From a params section; `effects` is a nested section; unknown keys are an error."""
+    def from_section(cls, sec: Mapping[str, Any]) -> QueryPhotoConfig:
+        """From the `fetch_queries` section (less its `scope`); `effects` is a nested
+        section; an unknown key is an error naming it."""
         sec = dict(sec)
-        names = set(cls.__dataclass_fields__)
-        unknown = set(sec) - names
-        if unknown:
-            raise ConfigError(f"query photos: unknown params {sorted(unknown)}")
+        check_keys(sec, {f.name for f in fields(cls)}, "fetch_queries")
         if "effects" in sec:
             sec["effects"] = PhotoEffects.from_section(sec["effects"])
         try:
