@@ -227,7 +227,7 @@ def cmd_catalog(args: argparse.Namespace) -> None:
     cfg = config.catalog_config(params)
     if args.out_dir is not None:
         cfg = replace(cfg, out_dir=str(args.out_dir))
-    s = catalog.run(cfg, catalog.BuildContext.from_params(params))
+    s = catalog.run(cfg, config.catalog_context(params))
     print(
         f"catalog: {s['regions']} regions ({s['regions_fetched']} with images), {s['queries']} queries "
         f"({s['photos']} photos), evaluation sets {s['evalsets'] or 'none'}, model {'yes' if s['model'] else 'no'}; "

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from earthloc.audit_page import AuditPageConfig
     from pipeline.export import ExportConfig
     from pipeline.stages.audit import AuditParams
-    from pipeline.stages.catalog import CatalogParams
+    from pipeline.stages.catalog import BuildContext, CatalogParams
     from pipeline.stages.evalset import EvalsetParams
     from pipeline.stages.fetch import FetchParams, FetchQueriesParams
     from pipeline.stages.grid import GridParams
@@ -231,6 +231,22 @@ def catalog_config(params: Params) -> CatalogParams:
     return build_config(CatalogParams, dict(section(dict(params), "catalog")), "catalog")
 
 
+def catalog_context(params: Params) -> BuildContext:
+    """What the catalog describes from other sections: the fetched shards and whose imagery
+    (`fetch`), whose photos (`fetch_queries`), the evaluation sets (`evalset` and
+    `lost_in_space`, either may be absent) and the training recipe, as written."""
+    from pipeline.fetch.queries import QueryPhotoConfig
+    from pipeline.stages.catalog import RECIPE_SECTIONS, BuildContext
+
+    fetch = fetch_config(params)
+    photos = fetch_queries_config(params).photos if "fetch_queries" in params else QueryPhotoConfig()
+    sets = evalset_config(params).names if "evalset" in params else ()
+    if "lost_in_space" in params:
+        sets += tuple(s.name for s in lost_in_space_config(params).sets)
+    recipe = {k: params[k] for k in RECIPE_SECTIONS if k in params}
+    return BuildContext(fetch.years, fetch.zooms, fetch.source, photos.source, sets, recipe)
+
+
 # Every section params.yaml may hold, in the file's order.
 SECTIONS: dict[str, Callable[[Params], Any]] = {
     "grid": grid_config,
@@ -272,7 +288,7 @@ MIGRATED = (
 )
 
 __all__ = [
-    "MIGRATED", "SECTIONS", "audit_config", "audit_page_config", "build", "build_all", "catalog_config",
+    "MIGRATED", "SECTIONS", "audit_config", "audit_page_config", "build", "build_all", "catalog_config", "catalog_context",
     "evalset_config", "export_config", "fetch_config", "fetch_queries_config", "grid_config", "intersect_config",
     "load", "lost_in_space_config", "pairs_config", "queries_config",
 ]  # fmt: skip

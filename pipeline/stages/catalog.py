@@ -43,7 +43,6 @@ import shapely
 
 from pipeline.errors import ConfigError, InputError, IntegrityError
 from pipeline.io import atomic_path, read_geoparquet, write_json
-from pipeline.params import section
 
 STAC_VERSION = "1.1.0"
 PROJECTION_EXT = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -162,25 +161,15 @@ class BuildContext:
     sets: tuple[str, ...]  # evaluation sets to describe (evalset.sets + lost_in_space.sets)
     recipe: Mapping[str, Any] = field(default_factory=dict)  # train/model/augment/loss/astroloc sections
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> BuildContext:
-        fetch = section(dict(params), "fetch")
-        source = str(fetch.get("source", "synthetic"))
-        if source not in _DATABASE_SOURCES:
-            raise ConfigError(f"fetch.source {source!r}: the catalog knows the licences of {sorted(_DATABASE_SOURCES)}")
-        sets = [
-            *dict(params.get("evalset", {}).get("sets", {})),
-            *dict(params.get("lost_in_space", {}).get("sets", {})),
-        ]
-        recipe = {k: params[k] for k in ("train", "model", "augment", "loss", "astroloc") if k in params}
-        return cls(
-            tuple(int(y) for y in fetch.get("years", [])),
-            tuple(int(z) for z in fetch.get("zooms", [])),
-            source,
-            str(params.get("fetch_queries", {}).get("source", "synthetic")),
-            tuple(sets),
-            recipe,
-        )
+    def __post_init__(self) -> None:
+        if self.source not in _DATABASE_SOURCES:
+            raise ConfigError(
+                f"fetch.source {self.source!r}: the catalog knows the licences of {sorted(_DATABASE_SOURCES)}"
+            )
+
+
+# The sections the model item records as written (its training recipe).
+RECIPE_SECTIONS = ("train", "model", "augment", "loss", "astroloc")
 
 
 # ---------------------------------------------------------------------------
