@@ -288,7 +288,7 @@ MIGRATED = (
 )
 
 __all__ = [
-    "MIGRATED", "SECTIONS", "audit_config", "audit_page_config", "build", "build_all", "catalog_config", "catalog_context",
-    "evalset_config", "export_config", "fetch_config", "fetch_queries_config", "grid_config", "intersect_config",
-    "load", "lost_in_space_config", "pairs_config", "queries_config",
+    "MIGRATED", "SECTIONS", "audit_config", "audit_page_config", "build", "build_all", "catalog_config",
+    "catalog_context", "evalset_config", "export_config", "fetch_config", "fetch_queries_config", "grid_config",
+    "intersect_config", "load", "lost_in_space_config", "pairs_config", "queries_config",
 ]  # fmt: skip
