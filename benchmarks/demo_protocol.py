@@ -32,12 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from earthloc.retrieval.recall import random_recall_curve  # noqa: E402
+from pipeline.config import evalset_config  # noqa: E402
 from pipeline.fetch.plan import request_counts  # noqa: E402
 from pipeline.fetch.queries import select_queries  # noqa: E402
 from pipeline.geo.aoi import aois_for, in_aois  # noqa: E402
 from pipeline.geo.evalset import select_evalset  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.stages.evalset import load_pass_rule, load_spec, with_pass_ids  # noqa: E402
+from pipeline.stages.evalset import with_pass_ids  # noqa: E402
 from pipeline.stages.fetch import FetchParams  # noqa: E402
 
 
@@ -75,8 +76,8 @@ def main() -> None:
 
     params = load_params(args.params)
     fetch = FetchParams.from_section(params["fetch"])
-    test_spec, _ = load_spec(params, "demo")
-    val_spec, _ = load_spec(params, "demo_val")
+    evalsets = evalset_config(params)
+    test_spec, val_spec = evalsets.spec("demo"), evalsets.spec("demo_val")
     scope = (params.get("fetch_queries") or {}).get("scope") or {}
     photo_aois = tuple(a for a in fetch.aois or () if a.name in set(scope.get("aois") or []))
 
@@ -86,7 +87,7 @@ def main() -> None:
         args.data / "queries/queries.parquet",
         columns=["query_id", "nadir_lat", "nadir_lon", "mission", "roll", "frame", "date"],
     )
-    queries = with_pass_ids(queries, *load_pass_rule(params), source=args.data / "queries/queries.parquet")
+    queries = with_pass_ids(queries, *evalsets.pass_rule, source=args.data / "queries/queries.parquet")
     pairs = pd.read_parquet(args.data / "intersections/intersections_2021.parquet", columns=["query_id", "region_id"])
     zooms = None if args.zooms is None else tuple(sorted(set(args.zooms)))
     if zooms is not None:

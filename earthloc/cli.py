@@ -44,13 +44,12 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
 
 def cmd_queries(args: argparse.Namespace) -> None:
-    from pipeline.params import load_params, section
+    from pipeline import config
     from pipeline.stages import queries
 
-    sec = section(load_params(args.params), "queries")
-    params = queries.QueriesParams.from_section(sec)
-    csv = args.csv if args.csv is not None else Path(params.csv)
-    queries.run(csv, args.out, args.rejected, params)
+    cfg = config.queries_config(config.load(args.params))
+    csv = args.csv if args.csv is not None else Path(cfg.csv)
+    queries.run(cfg, queries.QueriesPaths(csv=csv, out=args.out, rejected=args.rejected))
 
 
 def cmd_intersect(args: argparse.Namespace) -> None:
@@ -66,9 +65,16 @@ def cmd_intersect(args: argparse.Namespace) -> None:
 
 
 def cmd_evalset(args: argparse.Namespace) -> None:
+    from pipeline import config
     from pipeline.stages import evalset
 
-    evalset.main(args)
+    cfg = config.evalset_config(config.load(args.params))
+    out_dir = args.out_dir if args.out_dir is not None else Path("data/evalsets") / args.name
+    paths = evalset.EvalsetPaths(
+        grid=args.grid, queries=args.queries, intersections=args.intersections, out_dir=out_dir
+    )
+    summary = evalset.run(cfg, paths, args.name)
+    print(evalset.summary_line(summary, out_dir))
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
@@ -99,27 +105,72 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
+    from pipeline import config
     from pipeline.stages import pairs
 
-    pairs.main(args)
+    cfg = config.pairs_config(config.load(args.params))
+    paths = pairs.PairsPaths(
+        intersections=args.intersections,
+        queries=args.queries,
+        grid=args.grid,
+        evalsets_dir=args.evalsets,
+        tiles_root=args.tiles,
+        out_dir=args.out_dir,
+    )
+    summary = pairs.run(cfg, paths)
+    print(pairs.summary_line(summary, args.out_dir))
 
 
 def cmd_fetch_queries(args: argparse.Namespace) -> None:
+    from pipeline import config
     from pipeline.stages import fetch
 
-    fetch.main_queries(args)
+    cfg = config.fetch_queries_config(config.load(args.params))
+    paths = fetch.FetchQueriesPaths(
+        queries=args.queries, intersections=args.intersections, root=args.root, summary=args.summary
+    )
+    fetch.run_queries(cfg, paths)
 
 
 def cmd_lost_in_space(args: argparse.Namespace) -> None:
+    from pipeline import config
     from pipeline.stages import lost_in_space
 
-    lost_in_space.main(args)
+    spec = config.lost_in_space_config(config.load(args.params)).spec(args.name)
+    out = args.out_dir if args.out_dir is not None else args.evalsets / spec.name
+    paths = lost_in_space.LostInSpacePaths(
+        evalsets_dir=args.evalsets, intersections=args.intersections, grid=args.grid, tiles_root=args.tiles, out_dir=out
+    )
+    s = lost_in_space.run(spec, paths)
+    print(
+        f"lost_in_space {s['name']}: {s['num_queries']} of {s['num_source_queries']} queries of {s['source']} "
+        f"against all {s['num_db']} fetched {s['year']} regions (no nadir prior) -> {out}"
+    )
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from pipeline import config
     from pipeline.stages import audit
 
-    return audit.main(args)
+    # The params are read only for --check: summarising or drawing a file needs none.
+    params = audit.AuditParams()
+    if args.check:
+        if args.params.exists():
+            params = config.audit_config(config.load(args.params), source=str(args.params))
+        else:
+            params = audit.AuditParams(source="defaults, no params file")
+    request = audit.AuditRequest(
+        intersections=args.intersections,
+        grid=args.grid,
+        queries=args.queries,
+        out_dir=args.out_dir,
+        query_id=args.query_id,
+        check=args.check,
+        sample=args.sample,
+        seed=args.seed,
+    )
+    summary = audit.run(params, request)
+    return 1 if summary["disagreements"] else 0
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -191,9 +242,22 @@ def cmd_localize(args: argparse.Namespace) -> None:
 
 
 def cmd_catalog(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from pipeline import config
     from pipeline.stages import catalog
 
-    catalog.main(args)
+    params = config.load(args.params)
+    cfg = config.catalog_config(params)
+    if args.out_dir is not None:
+        cfg = replace(cfg, out_dir=str(args.out_dir))
+    s = catalog.run(cfg, config.catalog_context(params))
+    print(
+        f"catalog: {s['regions']} regions ({s['regions_fetched']} with images), {s['queries']} queries "
+        f"({s['photos']} photos), evaluation sets {s['evalsets'] or 'none'}, model {'yes' if s['model'] else 'no'}; "
+        f"{s['documents_validated']} documents and {s['items_validated']} items valid STAC {catalog.STAC_VERSION} "
+        f"-> {cfg.out_dir}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

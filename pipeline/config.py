@@ -22,7 +22,6 @@ import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import fields
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
@@ -38,9 +37,14 @@ if TYPE_CHECKING:
     from earthloc.model import ModelConfig
     from earthloc.train import TrainConfig, TrainingConfig
     from pipeline.export import ExportConfig
-    from pipeline.stages.fetch import FetchParams
+    from pipeline.stages.audit import AuditParams
+    from pipeline.stages.catalog import BuildContext, CatalogParams
+    from pipeline.stages.evalset import EvalsetParams
+    from pipeline.stages.fetch import FetchParams, FetchQueriesParams
     from pipeline.stages.grid import GridParams
     from pipeline.stages.intersect import IntersectParams
+    from pipeline.stages.lost_in_space import LostInSpaceParams
+    from pipeline.stages.pairs import PairsParams
     from pipeline.stages.queries import QueriesParams
 
 Params = Mapping[str, Any]
@@ -81,9 +85,7 @@ def grid_config(params: Params) -> GridParams:
 def queries_config(params: Params) -> QueriesParams:
     from pipeline.stages.queries import QueriesParams
 
-    sec = section(dict(params), "queries")
-    check_keys(sec, {f.name for f in fields(QueriesParams)}, "queries")
-    return QueriesParams.from_section(sec)
+    return QueriesParams.from_section(section(dict(params), "queries"))
 
 
 def intersect_config(params: Params) -> IntersectParams:
@@ -94,11 +96,42 @@ def intersect_config(params: Params) -> IntersectParams:
     return IntersectParams.from_section(section(dict(params), "intersect"), densify_deg=densify)
 
 
+def evalset_config(params: Params) -> EvalsetParams:
+    """The `evalset` section with every named set built."""
+    from pipeline.stages.evalset import EvalsetParams
+
+    return EvalsetParams.from_section(section(dict(params), "evalset"))
+
+
+def pairs_config(params: Params) -> PairsParams:
+    """The `pairs` section, with the query discs and pass rule of the `evalset` section."""
+    from pipeline.stages.pairs import PairsParams
+
+    return PairsParams.from_section(section(dict(params), "pairs"), evalset_config(params))
+
+
+def lost_in_space_config(params: Params) -> LostInSpaceParams:
+    from pipeline.stages.lost_in_space import LostInSpaceParams
+
+    return LostInSpaceParams.from_section(section(dict(params), "lost_in_space"))
+
+
 def export_config(params: Params) -> ExportConfig:
     """The `export` section, with the region shape of the `grid` section."""
     from pipeline.export import ExportConfig
 
     return ExportConfig.from_section(section(dict(params), "export"), grid_config(params).spec)
+
+
+def audit_config(params: Params, source: str) -> AuditParams:
+    """What `earthloc audit --check` re-derives pairs with: the `intersect` section and the
+    queries' `densify_deg`, built strictly; a section the file lacks takes its defaults.
+    `source` names the file in the report."""
+    from pipeline.stages.audit import AuditParams
+    from pipeline.stages.intersect import IntersectParams
+
+    densify = {"densify_deg": queries_config(params).densify_deg} if "queries" in params else {}
+    return AuditParams(intersect=IntersectParams.from_section(params.get("intersect"), **densify), source=source)
 
 
 def audit_page_config(params: Params) -> AuditPageConfig:
@@ -140,12 +173,12 @@ def fetch_config(params: Params) -> FetchParams:
     return FetchParams.from_section(sec)
 
 
-def _fetch_queries(params: Params) -> Any:
-    from pipeline.fetch.queries import PhotoScope, QueryPhotoConfig
+def fetch_queries_config(params: Params) -> FetchQueriesParams:
+    """The `fetch_queries` section, with the built `fetch` section and the intersections' year."""
+    from pipeline.stages.fetch import FetchQueriesParams
 
-    sec = dict(section(dict(params), "fetch_queries"))
-    PhotoScope.from_section(sec.pop("scope", None))  # which photos: read by the stage, checked here
-    return QueryPhotoConfig.from_section(sec)
+    year = intersect_config(params).year
+    return FetchQueriesParams.from_section(section(dict(params), "fetch_queries"), fetch_config(params), year)
 
 
 # --------------------------------------------------------------------- sections owned by earthloc/
@@ -215,48 +248,26 @@ def localize_config(params: Params) -> LocalizeParams:
     return LocalizeParams.from_section(dict(section(dict(params), "localize")))
 
 
-# --------------------------------------------------------------------- sections still read by hand
-#
-# These stages read their section key by key; until they build a dataclass, the loader
-# checks the keys they read, so a misspelt key is an error here too.
-
-EVALSET_SET_KEYS = frozenset({"lat", "lon", "query_radius_km", "db_radius_km", "folds", "take_folds", "zooms"})
-PAIRS_KEYS = frozenset({"min_iou", "year", "exclude_sets", "exclude_margin_km", "regions", "photos", "years"})
-
-
-def _named_sets(sec: Mapping[str, Any], name: str, entry_keys: frozenset[str]) -> None:
-    sets = sec.get("sets") or {}
-    if not isinstance(sets, Mapping):
-        raise ConfigError(f"params {name}.sets: expected a mapping of named sets")
-    for set_name, entry in sets.items():
-        if isinstance(entry, Mapping):
-            check_keys(entry, entry_keys, f"{name}.sets.{set_name}")
-
-
-def _evalset(params: Params) -> Mapping[str, Any]:
-    sec = section(dict(params), "evalset")
-    check_keys(sec, {"year", "sets", "pass_max_frame_gap", "pass_max_day_gap"}, "evalset")
-    _named_sets(sec, "evalset", EVALSET_SET_KEYS)
-    return MappingProxyType(sec)
-
-
-def _pairs(params: Params) -> Mapping[str, Any]:
-    sec = section(dict(params), "pairs")
-    check_keys(sec, PAIRS_KEYS, "pairs")
-    return MappingProxyType(sec)
-
-
-def _lost_in_space(params: Params) -> Mapping[str, Any]:
-    sec = section(dict(params), "lost_in_space")
-    check_keys(sec, {"year", "sets"}, "lost_in_space")
-    _named_sets(sec, "lost_in_space", frozenset({"source", "zooms"}))
-    return MappingProxyType(sec)
-
-
-def _catalog(params: Params) -> Any:
+def catalog_config(params: Params) -> CatalogParams:
     from pipeline.stages.catalog import CatalogParams
 
     return build_config(CatalogParams, dict(section(dict(params), "catalog")), "catalog")
+
+
+def catalog_context(params: Params) -> BuildContext:
+    """What the catalog describes from other sections: the fetched shards and whose imagery
+    (`fetch`), whose photos (`fetch_queries`), the evaluation sets (`evalset` and
+    `lost_in_space`, either may be absent) and the training recipe, as written."""
+    from pipeline.fetch.queries import QueryPhotoConfig
+    from pipeline.stages.catalog import RECIPE_SECTIONS, BuildContext
+
+    fetch = fetch_config(params)
+    photos = fetch_queries_config(params).photos if "fetch_queries" in params else QueryPhotoConfig()
+    sets = evalset_config(params).names if "evalset" in params else ()
+    if "lost_in_space" in params:
+        sets += tuple(s.name for s in lost_in_space_config(params).sets)
+    recipe = {k: params[k] for k in RECIPE_SECTIONS if k in params}
+    return BuildContext(fetch.years, fetch.zooms, fetch.source, photos.source, sets, recipe)
 
 
 # Every section params.yaml may hold, in the file's order.
@@ -264,9 +275,9 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
     "grid": grid_config,
     "queries": queries_config,
     "intersect": intersect_config,
-    "evalset": _evalset,
+    "evalset": evalset_config,
     "fetch": fetch_config,
-    "fetch_queries": _fetch_queries,
+    "fetch_queries": fetch_queries_config,
     "export": export_config,
     "model": model_config,
     "augment": augment_config,
@@ -275,22 +286,23 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
     "evaluate": evaluate_config,
     "index": index_config,
     "localize": localize_config,
-    "pairs": _pairs,
+    "pairs": pairs_config,
     "astroloc": astroloc_config,
     "audit_page": audit_page_config,
-    "lost_in_space": _lost_in_space,
-    "catalog": _catalog,
+    "lost_in_space": lost_in_space_config,
+    "catalog": catalog_config,
 }
 
-# Sections whose stage takes its dataclass from this module (`run(config, paths)`);
-# the others are built here for checking but their stages still parse them themselves.
+# Sections whose stage takes its dataclass from this module (`run(config, paths)`): every one.
 MIGRATED = (
-    "grid", "intersect", "export", "fetch", "model", "augment", "loss", "train", "astroloc", "evaluate", "index",
-    "localize",
+    "grid", "queries", "intersect", "evalset", "fetch", "fetch_queries", "export", "pairs", "lost_in_space",
+    "catalog", "model", "augment", "loss", "train", "astroloc", "evaluate", "index", "localize",
 )  # fmt: skip
 
 __all__ = [
-    "MIGRATED", "SECTIONS", "astroloc_config", "audit_page_config", "augment_config", "build", "build_all",
-    "evaluate_config", "export_config", "fetch_config", "grid_config", "index_config", "intersect_config", "load",
-    "localize_config", "loss_config", "model_config", "queries_config", "train_config", "training_config",
+    "MIGRATED", "SECTIONS", "astroloc_config", "audit_config", "audit_page_config", "augment_config", "build",
+    "build_all", "catalog_config", "catalog_context", "evalset_config", "evaluate_config", "export_config",
+    "fetch_config", "fetch_queries_config", "grid_config", "index_config", "intersect_config", "load",
+    "localize_config", "loss_config", "lost_in_space_config", "model_config", "pairs_config", "queries_config",
+    "train_config", "training_config",
 ]  # fmt: skip

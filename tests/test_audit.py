@@ -105,6 +105,7 @@ def ns(world: dict[str, object], tmp_path: Path, intersections: Path, **kw: obje
         "check": False,
         "sample": 0,
         "seed": 0,
+        "params": Path("params.yaml"),
     }
     base.update(kw)
     return argparse.Namespace(**base)
@@ -125,7 +126,7 @@ def test_fixture_is_meaningful(world: dict[str, object]) -> None:
 
 def test_audit_one_query_parquet(world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = world["dir"]
-    rc = audit.main(ns(world, tmp_path, d / "intersections.parquet", query_id="ISS001-E-1"))
+    rc = cli.cmd_audit(ns(world, tmp_path, d / "intersections.parquet", query_id="ISS001-E-1"))
     assert rc == 0
     out = capsys.readouterr().out
     expected = world["table"].query("query_id == 'ISS001-E-1'").sort_values("iou", ascending=False)
@@ -161,7 +162,7 @@ def test_audit_antimeridian_query_pt_by_filename(
 ) -> None:
     d = world["dir"]
     name = world["queries"].set_index("query_id").loc["ISS002-E-22", "filename"]
-    assert audit.main(ns(world, tmp_path, d / "intersections.pt", query_id=name)) == 0
+    assert cli.cmd_audit(ns(world, tmp_path, d / "intersections.pt", query_id=name)) == 0
     out = capsys.readouterr().out
     assert "database/2021_" in out  # db paths shown for .pt sources
     gj = json.loads((tmp_path / "out" / "ISS002-E-22.geojson").read_text())
@@ -178,7 +179,7 @@ def test_audit_query_without_regions(
     world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     d = world["dir"]
-    assert audit.main(ns(world, tmp_path, d / "intersections.parquet", query_id="ISS003-E-333")) == 0
+    assert cli.cmd_audit(ns(world, tmp_path, d / "intersections.parquet", query_id="ISS003-E-333")) == 0
     assert "0 overlapping regions" in capsys.readouterr().out
     gj = json.loads((tmp_path / "out" / "ISS003-E-333.geojson").read_text())
     assert len(gj["features"]) == 1
@@ -191,22 +192,22 @@ def test_audit_query_without_regions(
 def test_unknown_query_and_bad_files(world: dict[str, object], tmp_path: Path, fname: str) -> None:
     d = world["dir"]
     with pytest.raises(InputError, match="unknown query id"):
-        audit.main(ns(world, tmp_path, d / fname, query_id="ISS999-E-1"))
+        cli.cmd_audit(ns(world, tmp_path, d / fname, query_id="ISS999-E-1"))
     with pytest.raises(InputError, match="not a query id"):
-        audit.main(ns(world, tmp_path, d / fname, query_id="../../etc/passwd"))
+        cli.cmd_audit(ns(world, tmp_path, d / fname, query_id="../../etc/passwd"))
     bad = tmp_path / f"junk{Path(fname).suffix}"
     bad.write_bytes(b"not a file of that kind")
     with pytest.raises(InputError, match="not a readable"):
-        audit.main(ns(world, tmp_path, bad))
+        cli.cmd_audit(ns(world, tmp_path, bad))
     with pytest.raises(InputError, match="no such file"):
-        audit.main(ns(world, tmp_path, tmp_path / f"absent{Path(fname).suffix}"))
+        cli.cmd_audit(ns(world, tmp_path, tmp_path / f"absent{Path(fname).suffix}"))
 
 
 def test_pt_with_wrong_structure(world: dict[str, object], tmp_path: Path) -> None:
     p = tmp_path / "wrong.pt"
     torch.save({"not a file name": []}, p)
     with pytest.raises(InputError, match="not an upstream query file name"):
-        audit.main(ns(world, tmp_path, p))
+        cli.cmd_audit(ns(world, tmp_path, p))
 
 
 def test_pt_entry_not_a_6_tuple(world: dict[str, object], tmp_path: Path) -> None:
@@ -214,7 +215,7 @@ def test_pt_entry_not_a_6_tuple(world: dict[str, object], tmp_path: Path) -> Non
     p = tmp_path / "short.pt"
     torch.save({name: [("database/x.jpg", "09_0001_0002", 1.0)]}, p)
     with pytest.raises(InputError, match="not a 6-tuple"):
-        audit.main(ns(world, tmp_path, p))
+        cli.cmd_audit(ns(world, tmp_path, p))
 
 
 def test_legacy_pt_format_is_read(world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -231,7 +232,7 @@ def test_legacy_pt_format_is_read(world: dict[str, object], tmp_path: Path, caps
 
 def test_summary(world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = world["dir"]
-    assert audit.main(ns(world, tmp_path, d / "intersections.pt")) == 0
+    assert cli.cmd_audit(ns(world, tmp_path, d / "intersections.pt")) == 0
     out = capsys.readouterr().out
     assert f"3 queries, {len(world['table'])} pairs" in out
 
@@ -253,7 +254,7 @@ def test_check_correct_file_passes(
     world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
 ) -> None:
     pq, pt = _complete(world, tmp_path)
-    rc = audit.main(ns(world, tmp_path, pq if fmt == "parquet" else pt, check=True))
+    rc = cli.cmd_audit(ns(world, tmp_path, pq if fmt == "parquet" else pt, check=True))
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "4 of 4 queries" in out and " 0 disagreements" in out
@@ -265,7 +266,7 @@ def test_check_finds_query_missing_from_file(
     world: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     d = world["dir"]
-    assert audit.main(ns(world, tmp_path, d / "intersections.parquet", check=True)) == 1
+    assert cli.cmd_audit(ns(world, tmp_path, d / "intersections.parquet", check=True)) == 1
     out = capsys.readouterr().out
     assert "missing" in out and "ISS004-E-4444 x " in out and "not in the file at all" in out
     csv = pd.read_csv(tmp_path / "out" / "check_disagreements.csv")
@@ -294,7 +295,7 @@ def test_check_flags_edited_parquet(
 ) -> None:
     pq, _ = _complete(world, tmp_path)
     qid, rid = _edit_parquet(pq, how)
-    assert audit.main(ns(world, tmp_path, pq, check=True)) == 1
+    assert cli.cmd_audit(ns(world, tmp_path, pq, check=True)) == 1
     out = capsys.readouterr().out
     flagged = [ln for ln in out.splitlines() if f"{qid} x {rid}" in ln]
     assert flagged, out
@@ -310,7 +311,7 @@ def test_check_flags_extra_pair_on_known_region(
     rid = t.loc[t["query_id"] == "ISS002-E-22", "region_id"].iloc[0]  # a real region, far from ISS001-E-1
     row = t[t["query_id"] == "ISS001-E-1"].iloc[[0]].assign(region_id=rid)
     pd.concat([t, row], ignore_index=True).to_parquet(pq, index=False)
-    assert audit.main(ns(world, tmp_path, pq, check=True)) == 1
+    assert cli.cmd_audit(ns(world, tmp_path, pq, check=True)) == 1
     out = capsys.readouterr().out
     assert any(ln.split()[0] == "extra" and f"ISS001-E-1 x {rid}" in ln for ln in out.splitlines()), out
 
@@ -324,7 +325,7 @@ def test_check_flags_edited_pt(world: dict[str, object], tmp_path: Path, capsys:
     p0, rid0, *rest = data[key][0]
     data[key][0] = (p0.replace("@2021@", "@2020@"), rid0, *rest)
     torch.save(data, pt)
-    assert audit.main(ns(world, tmp_path, pt, check=True)) == 1
+    assert cli.cmd_audit(ns(world, tmp_path, pt, check=True)) == 1
     out = capsys.readouterr().out
     assert any(f"ISS002-E-22 x {rid} intersection_km2" in ln for ln in out.splitlines()), out
     assert any(f"ISS002-E-22 x {rid0} db_relpath" in ln for ln in out.splitlines()), out
@@ -335,10 +336,10 @@ def test_check_uses_params_file(world: dict[str, object], tmp_path: Path, capsys
     pq, _ = _complete(world, tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text("queries:\n  densify_deg: 2.0\nintersect:\n  min_intersection_km2: 0.0\n")
-    assert audit.main(ns(world, tmp_path, pq, check=True)) == 1  # params.yaml in the working directory
+    assert cli.cmd_audit(ns(world, tmp_path, pq, check=True)) == 1  # params.yaml in the working directory
     out = capsys.readouterr().out
     assert "densify_deg=2" in out and "hint:" in out
-    assert audit.main(ns(world, tmp_path, pq, check=True, params=tmp_path / "absent.yaml")) == 0
+    assert cli.cmd_audit(ns(world, tmp_path, pq, check=True, params=tmp_path / "absent.yaml")) == 0
     assert "defaults, no params file" in capsys.readouterr().out
 
 
@@ -347,7 +348,7 @@ def test_check_sample_is_seeded(world: dict[str, object], tmp_path: Path, capsys
     a = audit.sample_queries(world["queries"], 2, seed=7)
     assert len(a) == 2 and np.array_equal(a, audit.sample_queries(world["queries"], 2, seed=7))
     assert len(audit.sample_queries(world["queries"], 0, seed=7)) == 4
-    assert audit.main(ns(world, tmp_path, pq, check=True, sample=2, seed=7)) == 0
+    assert cli.cmd_audit(ns(world, tmp_path, pq, check=True, sample=2, seed=7)) == 0
     assert "2 of 4 queries" in capsys.readouterr().out
 
 
@@ -356,7 +357,7 @@ def test_printout_is_capped(world: dict[str, object], tmp_path: Path, capsys: py
     t = pd.read_parquet(pq)
     t["iou"] *= 2.0  # every pair now disagrees (value + inconsistent)
     t.to_parquet(pq, index=False)
-    assert audit.main(ns(world, tmp_path, pq, check=True)) == 1
+    assert cli.cmd_audit(ns(world, tmp_path, pq, check=True)) == 1
     out = capsys.readouterr().out
     n = len(pd.read_csv(tmp_path / "out" / "check_disagreements.csv"))
     assert n > audit.MAX_PRINTED

@@ -24,7 +24,7 @@ from stac_geoparquet.arrow import stac_table_to_items
 from earthloc.model import load_model, parameter_counts
 from pipeline.errors import IntegrityError
 from pipeline.geo.names import db_relpath
-from pipeline.io import write_geoparquet, write_json
+from pipeline.io import read_geoparquet, write_geoparquet, write_json
 from pipeline.params import load_params, section
 from pipeline.stages import catalog, grid, queries
 from retrieval_support import tiny_checkpoint
@@ -38,9 +38,9 @@ def _build_inputs(root: Path) -> tuple[catalog.CatalogParams, catalog.BuildConte
     g = grid.build_grid(grid.GridParams.from_section({"zooms": [9, 10], "bbox": [-98.0, 28.0, -93.0, 32.0]}))
     write_geoparquet(g, root / "data/grid/regions.parquet")
     qp = queries.QueriesParams.from_section(section(load_params(ROOT / "params.yaml"), "queries"))
-    qs = queries.run(
-        texas_csv(root / "in.csv", 6), root / "data/queries/queries.parquet", root / "data/queries/rejected.csv", qp
-    )
+    out = root / "data/queries/queries.parquet"
+    queries.run(qp, queries.QueriesPaths(texas_csv(root / "in.csv", 6), out, root / "data/queries/rejected.csv"))
+    qs = read_geoparquet(out)
     tiles = root / "tiles"
     fetched = g.iloc[:5]
     for year in YEARS:

@@ -44,7 +44,7 @@ KEYED_MAPPINGS = [
     ("fetch_queries",), ("export",), ("model",), ("augment",), ("loss",), ("train",), ("evaluate",),
     ("evaluate", "index"), ("index",), ("localize",), ("pairs",), ("astroloc",), ("astroloc", "losses"),
     ("astroloc", "clusters"), ("astroloc", "photo_loss"), ("audit_page",), ("lost_in_space",),
-    ("lost_in_space", "sets", "demo_lost_in_space"),
+    ("lost_in_space", "sets", "demo_lost_in_space"), ("fetch_queries", "scope"), ("catalog",),
 ]  # fmt: skip
 
 
@@ -209,3 +209,87 @@ def test_earthloc_cli_reports_an_unknown_key_before_any_work(
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"params {name}: unknown key 'surplus_key'" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
+
+
+# The subcommand of each section whose stage takes its config from `pipeline.config`, with
+# the arguments it needs to reach the config (inputs need not exist: the config comes first).
+MIGRATED_COMMANDS = {
+    "queries": ["queries", "--out", "q.parquet", "--rejected", "r.csv"],
+    "evalset": ["evalset", "demo", "--out-dir", "out"],
+    "pairs": ["pairs", "--out-dir", "out"],
+    "lost_in_space": ["lost-in-space", "demo_lost_in_space", "--out-dir", "out"],
+    "fetch_queries": ["fetch-queries", "--summary", "out/q.json"],
+    "catalog": ["catalog", "--out-dir", "out"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(MIGRATED_COMMANDS))
+def test_migrated_section_refuses_an_unknown_key(
+    name: str, tmp_path: Path, shipped: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown key in the section is an error naming it, from the builder and from the
+    subcommand (one line, exit 1), before the stage writes anything."""
+    assert name in config.MIGRATED
+    params = copy.deepcopy(shipped)
+    params[name]["not_a_key"] = 1
+    with pytest.raises(ConfigError, match=f"params {name}: unknown key 'not_a_key'"):
+        config.build(params, name)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    argv = MIGRATED_COMMANDS[name]
+    out = [str(tmp_path / a) if a.startswith(("out", "q.", "r.")) else a for a in argv[1:]]
+    assert cli_main([argv[0], "--params", str(path), *out]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key 'not_a_key'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("where", "key"),
+    [(("evalset", "sets", "demo"), "zoom"), (("lost_in_space", "sets", "demo_lost_in_space"), "zoom"),
+     (("fetch_queries", "scope"), "evalset"), (("fetch", "run"), "render_process")],
+)  # fmt: skip
+def test_named_sets_and_subsections_refuse_an_unknown_key(
+    shipped: dict[str, Any], where: tuple[str, ...], key: str
+) -> None:
+    params = copy.deepcopy(shipped)
+    node: Any = params
+    for step in where:
+        node = node[step]
+    node[key] = 1
+    with pytest.raises(ConfigError, match=f"params {'.'.join(where)}: unknown key '{key}'"):
+        config.build(params, where[0])
+
+
+def test_audit_check_refuses_an_unknown_intersect_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("queries:\n  densify_deg: 2.0\nintersect:\n  min_intersect_km2: 0.0\n")
+    argv = ["audit", str(tmp_path / "i.parquet"), "--check", "--params", str(path), "--out-dir", str(tmp_path / "o")]
+    assert cli_main(argv) == 1
+    assert "params intersect: unknown key 'min_intersect_km2'" in capsys.readouterr().err
+    path.write_text("queries:\n  densify_deg: 2.0\n")  # no intersect section: its defaults
+    audit = config.audit_config(config.load(path), source=str(path))
+    assert (audit.densify_deg, audit.min_intersection_km2, audit.year) == (2.0, 0.0, IntersectParams().year)
+
+
+def test_stage_defaults_live_on_the_dataclasses(shipped: dict[str, Any]) -> None:
+    from pipeline.stages.evalset import EvalsetParams
+    from pipeline.stages.lost_in_space import LostInSpaceParams
+    from pipeline.stages.pairs import PairsParams
+
+    evalset = config.evalset_config(shipped)
+    assert evalset.pass_rule == (shipped["evalset"]["pass_max_frame_gap"], shipped["evalset"]["pass_max_day_gap"])
+    assert evalset.names == tuple(shipped["evalset"]["sets"])
+    bare = EvalsetParams.from_section({"sets": shipped["evalset"]["sets"]})
+    assert (bare.year, bare.pass_rule) == (EvalsetParams.year, (EvalsetParams.pass_max_frame_gap,
+                                                              EvalsetParams.pass_max_day_gap))  # fmt: skip
+    pairs = PairsParams.from_section({}, evalset)
+    assert pairs.exclude_sets == evalset.names  # `all`, the default
+    assert (pairs.min_iou, pairs.years, pairs.pass_rule) == (PairsParams.min_iou, PairsParams.years, evalset.pass_rule)
+    assert LostInSpaceParams.from_section({}).year == LostInSpaceParams.year
+    run = config.fetch_config(shipped).run
+    assert run.render_processes == shipped["fetch"]["run"]["render_processes"]
+    params = copy.deepcopy(shipped)
+    params["fetch"]["run"]["render_processes"] = -1
+    with pytest.raises(ConfigError, match="fetch.run.render_processes"):
+        config.fetch_config(params)

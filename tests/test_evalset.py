@@ -15,6 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from earthloc.cli import cmd_evalset
 from figure_support import colour_pixels, load_rgb
 from pipeline.errors import ConfigError, InputError
 from pipeline.geo.distance import haversine_km
@@ -188,6 +189,10 @@ def world(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
+def _spec(sec: dict, name: str) -> EvalSetSpec:
+    return stage.EvalsetParams.from_section(sec).spec(name)
+
+
 def _args(world: dict[str, Path], name: str = "tiny", out_dir: Path | None = None) -> argparse.Namespace:
     return argparse.Namespace(
         params=world["params"],
@@ -204,7 +209,8 @@ def _args(world: dict[str, Path], name: str = "tiny", out_dir: Path | None = Non
 
 
 def test_radii_round_trip_through_yaml(world: dict[str, Path]) -> None:
-    spec, year = stage.load_spec(yaml.safe_load(world["params"].read_text()), "tiny")
+    cfg = stage.EvalsetParams.from_section(yaml.safe_load(world["params"].read_text())["evalset"])
+    spec, year = cfg.spec("tiny"), cfg.year
     assert (spec.query_radius_km, spec.db_radius_km, year) == (RQ, RD, 2021)
 
 
@@ -264,13 +270,13 @@ def test_zooms_keep_the_database_and_positives_of_those_zooms() -> None:
 
 def test_set_zooms_are_parsed_strictly() -> None:
     base = {"lat": 0.0, "lon": 0.0, "query_radius_km": 1, "db_radius_km": 2}
-    spec, _ = stage.load_spec({"evalset": {"sets": {"s": {**base, "zooms": ["11", 9, 9]}}}}, "s")
+    spec = _spec({"sets": {"s": {**base, "zooms": ["11", 9, 9]}}}, "s")
     assert spec.zooms == (9, 11)
-    assert stage.load_spec({"evalset": {"sets": {"s": base}}}, "s")[0].zooms is None
+    assert _spec({"sets": {"s": base}}, "s").zooms is None
     for bad in ({"zooms": []}, {"zooms": 10}, {"zooms": "10"}, {"zooms": [31]}, {"zooms": [-1]}, {"zooms": ["x"]},
                 {"zooms": [9.5]}, {"zooms": [True]}, {"zoom": [10]}, {"db_radius": 3}):  # fmt: skip
         with pytest.raises(ConfigError, match="evalset.sets.s"):
-            stage.load_spec({"evalset": {"sets": {"s": {**base, **bad}}}}, "s")
+            _spec({"sets": {"s": {**base, **bad}}}, "s")
 
 
 def test_strict_radius_with_inverse_geodesic() -> None:
@@ -366,7 +372,7 @@ def test_stage_writes_outputs(
     world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    stage.main(_args(world))  # out_dir None -> data/evalsets/tiny
+    cmd_evalset(_args(world))  # out_dir None -> data/evalsets/tiny
     out = tmp_path / "data" / "evalsets" / "tiny"
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and line.startswith("evalset tiny: 3 queries kept of 5")
@@ -434,7 +440,7 @@ def test_stage_writes_outputs(
 
 def test_unknown_set_is_config_error(world: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown set 'nowhere'.*alps, tiny"):
-        stage.main(_args(world, "nowhere", tmp_path / "out"))
+        cmd_evalset(_args(world, "nowhere", tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
@@ -458,9 +464,9 @@ def test_bad_set_values_are_config_errors() -> None:
     }
     for name in ("bad", "neg", "part"):
         with pytest.raises(ConfigError):
-            stage.load_spec(params, name)
+            _spec(params["evalset"], name)
     with pytest.raises(ConfigError):
-        stage.load_spec({}, "bad")
+        _spec({}, "bad")
 
 
 def test_intersections_naming_unknown_region_is_input_error(world: dict[str, Path], tmp_path: Path) -> None:
@@ -468,13 +474,13 @@ def test_intersections_naming_unknown_region_is_input_error(world: dict[str, Pat
     pairs.loc[0, "region_id"] = "09_9999_9999"
     pairs.to_parquet(world["intersections"], index=False)
     with pytest.raises(InputError, match="not in"):
-        stage.main(_args(world, out_dir=tmp_path / "out"))
+        cmd_evalset(_args(world, out_dir=tmp_path / "out"))
 
 
 def test_missing_input_is_input_error(world: dict[str, Path], tmp_path: Path) -> None:
     world["queries"].unlink()
     with pytest.raises(InputError, match="no such file"):
-        stage.main(_args(world, out_dir=tmp_path / "out"))
+        cmd_evalset(_args(world, out_dir=tmp_path / "out"))
 
 
 def test_coastline_segments_italy() -> None:

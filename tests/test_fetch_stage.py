@@ -18,6 +18,7 @@ from PIL import Image
 
 from earthloc.cli import main as cli_main
 from fetch_stub import StubWmts
+from pipeline import config
 from pipeline.errors import ConfigError, FetchError
 from pipeline.fetch.client import EOX_KVP, EOX_RESTFUL
 from pipeline.fetch.store import TileStore
@@ -141,6 +142,12 @@ def test_cli_shard_and_errors(tmp_path: Path, grid_file: Path, capsys: pytest.Ca
     assert "run the grid stage first" in capsys.readouterr().err
 
 
+def run_queries(params: dict[str, Any], tmp: Path, summary: Path | None) -> dict[str, Any]:
+    """The fetch_queries stage on the queries, pairs and tile store under `tmp`."""
+    paths = fetch.FetchQueriesPaths(tmp / "queries.parquet", tmp / "pairs.parquet", tmp / "tiles", summary)
+    return fetch.run_queries(config.fetch_queries_config(params), paths)
+
+
 def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, grid_file: Path) -> None:
     from pipeline.stages import queries as queries_stage
     from support import texas_csv
@@ -149,7 +156,7 @@ def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, g
     run(tmp_path, grid_file, 40.0, zoom=10)
     csv = texas_csv(tmp_path / "q.csv", 3)
     qparams = queries_stage.QueriesParams.from_section(yaml.safe_load((ROOT / "params.yaml").read_text())["queries"])
-    queries_stage.run(csv, tmp_path / "queries.parquet", tmp_path / "rejected.csv", qparams)
+    queries_stage.run(qparams, queries_stage.QueriesPaths(csv, tmp_path / "queries.parquet", tmp_path / "rejected.csv"))
     qids = sorted(pd.read_parquet(tmp_path / "queries.parquet").query_id)
     fetched = sorted(pd.read_parquet(tmp_path / "tiles" / "manifests" / "2021_11.parquet").region_id)
     # q0: every positive fetched; q1: one positive outside the store; q2: no positive at all
@@ -161,22 +168,19 @@ def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, g
     params["fetch"] = section(zooms=["10", "11"])
     params["fetch_queries"].update(workers=1, size=256, scope=None)  # every photographable query
 
-    s = fetch.run_queries(
-        params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", tmp_path / "q.json"
-    )
+    s = run_queries(params, tmp_path, tmp_path / "q.json")
     photos = sorted((tmp_path / "tiles" / "queries").glob("*.jpg"))
     assert [parse_filename(p.name).image_id for p in photos] == [qids[0]] and s["ok"] == 1
     with Image.open(photos[0]) as im:
         assert im.size == (256, 256)
     qm = json.loads((tmp_path / "q.json").read_text())
     assert qm["queries_selected"] == qm["photos_ok"] == 1 and qm["photo_bytes"] == photos[0].stat().st_size
-    assert fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles",
-                             tmp_path / "q.json")["reused"] == 1  # fmt: skip
+    assert run_queries(params, tmp_path, tmp_path / "q.json")["reused"] == 1
     assert json.loads((tmp_path / "q.json").read_text()) == qm  # resumed: the same DVC metrics
 
     # the positive region leaves the store: the photo goes too
     pairs.assign(region_id=["11_0001_0001"] * 4).to_parquet(tmp_path / "pairs.parquet")
-    s = fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", None)
+    s = run_queries(params, tmp_path, None)
     assert s["pruned_photos"] == 1 and not list((tmp_path / "tiles" / "queries").glob("*.jpg"))
 
     # scoped: an evaluation set's query gets its photo although one of its positives (of a
@@ -186,7 +190,7 @@ def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, g
         tmp_path / "evalsets/demo/queries.csv", index=False
     )
     params["fetch_queries"]["scope"] = {"evalsets": ["demo"], "aois": [], "evalsets_dir": str(tmp_path / "evalsets")}
-    s = fetch.run_queries(params, tmp_path / "queries.parquet", tmp_path / "pairs.parquet", tmp_path / "tiles", None)
+    s = run_queries(params, tmp_path, None)
     photos = sorted((tmp_path / "tiles" / "queries").glob("*.jpg"))
     assert [parse_filename(p.name).image_id for p in photos] == [qids[1]] and s["ok"] == 1
 

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from earthloc.retrieval.evalset import read_evalset
+from pipeline.config import lost_in_space_config
 from pipeline.errors import ConfigError, InputError
-from pipeline.stages.lost_in_space import LostInSpaceSpec, build, run
+from pipeline.stages.lost_in_space import LostInSpacePaths, LostInSpaceSpec, build, run
 
 QUERIES = pd.DataFrame(
     {
@@ -47,9 +48,13 @@ def test_build_hand_made() -> None:
 
 def test_spec_from_params() -> None:
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    assert LostInSpaceSpec.from_params(params, "demo_lost_in_space").source == "demo"
+    assert lost_in_space_config(params).spec("demo_lost_in_space").source == "demo"
     with pytest.raises(ConfigError, match="unknown set"):
-        LostInSpaceSpec.from_params(params, "nowhere")
+        lost_in_space_config(params).spec("nowhere")
+
+
+def _paths(tmp_path: Path, store: dict[str, Path], out: Path) -> LostInSpacePaths:
+    return LostInSpacePaths(tmp_path / "sets", tmp_path / "inter.parquet", store["grid"], store["tiles"], out)
 
 
 def test_run_writes_an_evalset_the_evaluator_reads(tmp_path: Path) -> None:
@@ -72,15 +77,13 @@ def test_run_writes_an_evalset_the_evaluator_reads(tmp_path: Path) -> None:
     )
     inter.to_parquet(tmp_path / "inter.parquet")
     out = tmp_path / "sets" / "lis"
-    summary = run(
-        LostInSpaceSpec("lis", "src"), tmp_path / "sets", tmp_path / "inter.parquet", s["grid"], s["tiles"], out
-    )
+    summary = run(LostInSpaceSpec("lis", "src"), _paths(tmp_path, s, out))
     assert summary["num_db"] == len(rids) and summary["num_queries"] == 2  # C has no positive
     ev = read_evalset(out, s["tiles"])
     assert len(ev.db_paths) == len(rids) and all(p.is_file() for p in ev.db_paths)
     assert [sorted(p.tolist()) for p in ev.positives] == [[0, 5], [3]]
     with pytest.raises(InputError, match="source set"):
-        run(LostInSpaceSpec("lis", "nope"), tmp_path / "sets", tmp_path / "inter.parquet", s["grid"], s["tiles"], out)
+        run(LostInSpaceSpec("lis", "nope"), _paths(tmp_path, s, out))
 
 
 def test_zooms_keep_the_database_and_positives_of_those_zooms(tmp_path: Path) -> None:
@@ -101,15 +104,14 @@ def test_zooms_keep_the_database_and_positives_of_those_zooms(tmp_path: Path) ->
         {"query_id": ["A", "A", "B"], "region_id": region, "iou": [0.3, 0.2, 0.5], "intersection_km2": [1.0, 1.0, 1.0]}
     ).to_parquet(tmp_path / "inter.parquet")
     out = tmp_path / "sets" / "lis"
-    summary = run(LostInSpaceSpec("lis", "src", zooms=(keep,)), tmp_path / "sets", tmp_path / "inter.parquet",
-                  s["grid"], s["tiles"], out)  # fmt: skip
+    summary = run(LostInSpaceSpec("lis", "src", zooms=(keep,)), _paths(tmp_path, s, out))
     assert summary["num_db"] == len(at) and summary["zooms"] == [keep]
     if other:
         assert summary["num_queries"] == 1 and summary["num_dropped_no_positive"] == 2
         assert summary["num_dropped_positive_outside_db"] == 0
     params = {"lost_in_space": {"sets": {"x": {"source": "demo", "zooms": "10"}}}}
     with pytest.raises(ConfigError, match="zooms"):
-        LostInSpaceSpec.from_params(params, "x")
+        lost_in_space_config(params).spec("x")
     params = {"lost_in_space": {"sets": {"x": {"source": "demo", "zoom": [10]}}}}
     with pytest.raises(ConfigError, match="unknown key 'zoom'"):
-        LostInSpaceSpec.from_params(params, "x")
+        lost_in_space_config(params).spec("x")

@@ -18,9 +18,10 @@ import shapely
 import yaml
 
 from earthloc.cli import main as cli_main
+from pipeline.config import evalset_config, pairs_config
 from pipeline.errors import ConfigError, InputError
 from pipeline.geo.pairs import SetArea, SetMembers, excluded_photos, leaked_ids, select_pairs
-from pipeline.stages.pairs import PairsParams, fetched_photos, fetched_regions, read_members
+from pipeline.stages.pairs import fetched_photos, fetched_regions, read_members
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,15 +100,15 @@ def _params(tmp: Path, **pairs: object) -> dict:
 
 
 def test_params_validation(tmp_path: Path) -> None:
-    p = PairsParams.from_params(_params(tmp_path))
+    p = pairs_config(_params(tmp_path))
     sets = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))["evalset"]["sets"]
     assert p.exclude_sets == tuple(sets)  # default: every evaluation set
     with pytest.raises(ConfigError, match="unknown set"):
-        PairsParams.from_params(_params(tmp_path, exclude_sets=["nowhere"]))
+        pairs_config(_params(tmp_path, exclude_sets=["nowhere"]))
     with pytest.raises(ConfigError, match="min_iou"):
-        PairsParams.from_params(_params(tmp_path, min_iou=0.0))
+        pairs_config(_params(tmp_path, min_iou=0.0))
     with pytest.raises(ConfigError, match="regions"):
-        PairsParams.from_params(_params(tmp_path, regions="some"))
+        pairs_config(_params(tmp_path, regions="some"))
 
 
 def test_tile_store_filters(tmp_path: Path) -> None:
@@ -229,17 +230,8 @@ def test_no_pass_of_an_evaluation_photo_in_pairs(tmp_path: Path) -> None:
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     for name in ("poi_test", "poi_val"):
-        spec, year = evalset_stage.load_spec(params, name)
-        evalset_stage.run(
-            spec,
-            year,
-            w["grid"],
-            w["queries"],
-            w["intersections"],
-            w["evalsets"] / name,
-            draw_map=False,
-            pass_rule=evalset_stage.load_pass_rule(params),
-        )
+        paths = evalset_stage.EvalsetPaths(w["grid"], w["queries"], w["intersections"], w["evalsets"] / name)
+        evalset_stage.run(evalset_config(params), paths, name, draw_map=False)
     out = tmp_path / "pairs"
     rc = cli_main(
         [

@@ -254,6 +254,7 @@ def test_demo_protocol_on_a_set_this_test_builds(tmp_path: Path) -> None:
     over the database disc and the project's exact overlaps: no query loses a positive
     outside the database, and a random ranking's R@10 stays within the protocol's 10 %."""
     from earthloc.retrieval.recall import random_recall_curve
+    from pipeline.config import evalset_config
     from pipeline.geo.overlap import overlap_table
     from pipeline.io import write_geoparquet
     from pipeline.stages import evalset as evalset_stage
@@ -300,9 +301,10 @@ def test_demo_protocol_on_a_set_this_test_builds(tmp_path: Path) -> None:
     pairs_table(pairs, queries, regions).to_parquet(paths["intersections"], index=False)
 
     for name in ("demo", "demo_val"):
-        spec, year = evalset_stage.load_spec(PARAMS, name)
-        summary = evalset_stage.run(spec, year, paths["grid"], paths["queries"], paths["intersections"],
-                                    tmp_path / name, draw_map=False, pass_rule=evalset_stage.load_pass_rule(PARAMS))  # fmt: skip
+        stage_paths = evalset_stage.EvalsetPaths(
+            paths["grid"], paths["queries"], paths["intersections"], tmp_path / name
+        )
+        summary = evalset_stage.run(evalset_config(PARAMS), stage_paths, name, draw_map=False)
         assert summary["num_queries"] > 0, name
         assert summary["num_dropped_positive_outside_db"] == 0, name
         built = pd.read_csv(tmp_path / name / "queries.csv")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from earthloc import cli
 from pipeline.errors import ConfigError, InputError, RejectedShareError
 from pipeline.stages import queries
-from pipeline.stages.queries import QueriesParams, ingest, read_nasa_csv, run
+from pipeline.stages.queries import QueriesParams, QueriesPaths, ingest, read_nasa_csv, run
 from support import geod_km2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,7 +277,7 @@ def test_run_fails_on_share_but_writes_rejected(case, tmp_path):
     path, exp = case
     out, rej_out = tmp_path / "q.parquet", tmp_path / "rej.csv"
     with pytest.raises(RejectedShareError) as ei:
-        run(path, out, rej_out, QueriesParams(max_rejected_fraction=0.01))
+        run(QueriesParams(max_rejected_fraction=0.01), QueriesPaths(path, out, rej_out))
     msg = str(ei.value)
     assert "\n" not in msg and f"{len(exp['bad'])} of {exp['n_rows']} rows rejected" in msg
     assert isinstance(ei.value, InputError)
@@ -292,9 +292,11 @@ def test_run_succeeds_under_share(case, tmp_path, capsys):
     path, exp = case
     out, rej_out = tmp_path / "sub" / "q.parquet", tmp_path / "rej.csv"
     share = len(exp["bad"]) / exp["n_rows"]
-    gdf = run(path, out, rej_out, QueriesParams(max_rejected_fraction=share))  # share == max passes
+    summary = run(QueriesParams(max_rejected_fraction=share), QueriesPaths(path, out, rej_out))  # share == max passes
+    gdf, _ = ingest(read_nasa_csv(path), QueriesParams(max_rejected_fraction=share))
     back = gpd.read_parquet(out)
     assert sorted(back["query_id"]) == sorted(exp["good"]) == sorted(gdf["query_id"])
+    assert summary["footprints"] == len(exp["good"]) and summary["rejected"] == len(exp["bad"])
     assert back.crs.to_epsg() == 4326
     assert shapely.equals(back.geometry.values, gdf.geometry.values).all()
     assert "queries:" in capsys.readouterr().out
@@ -313,7 +315,7 @@ def test_missing_file_and_column(tmp_path):
     with pytest.raises(InputError):
         read_nasa_csv(e)
     with pytest.raises(InputError):
-        run(tmp_path / "nope.csv", tmp_path / "o.parquet", tmp_path / "r.csv", QueriesParams())
+        run(QueriesParams(), QueriesPaths(tmp_path / "nope.csv", tmp_path / "o.parquet", tmp_path / "r.csv"))
 
 
 def test_url_is_optional(tmp_path):
@@ -398,7 +400,7 @@ def test_bom_before_header_is_accepted(tmp_path):
 def test_rejected_csv_is_printable_and_short(case, tmp_path):
     path, exp = case
     rej_out = tmp_path / "rej.csv"
-    run(path, tmp_path / "q.parquet", rej_out, QueriesParams(max_rejected_fraction=1.0))
+    run(QueriesParams(max_rejected_fraction=1.0), QueriesPaths(path, tmp_path / "q.parquet", rej_out))
     data = rej_out.read_bytes()
     assert not re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", data), "a raw control character in rejected.csv"
     assert len(data.splitlines()) == 1 + len(exp["bad"])  # one line per rejected record

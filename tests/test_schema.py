@@ -46,7 +46,7 @@ def test_queries_stage_writes_the_schema_columns(tmp_path):
     raw = queries_stage.read_nasa_csv(csv)
     assert set(schema.NASA_CORNER_COLUMNS) <= set(raw.columns)
     out, rejected = tmp_path / "queries.parquet", tmp_path / "rejected.csv"
-    queries_stage.run(csv, out, rejected, queries_stage.QueriesParams())
+    queries_stage.run(queries_stage.QueriesParams(), queries_stage.QueriesPaths(csv, out, rejected))
     written = pq.read_schema(out).names
     assert [c for c in written if c in schema.CORNER_COLUMNS] == WRITTEN_CORNERS
     start = written.index("ll_lat")

@@ -41,9 +41,9 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from pipeline.errors import ConfigError, FetchError, InputError
 from pipeline.fetch.client import IMAGE_TYPES, ClientConfig, release_shared, shared_client
 from pipeline.fetch.store import atomic_write_bytes, encode_jpeg, read_manifest, sha256_bytes, sha256_file
 from pipeline.io import atomic_path, exclusive_lock, write_text
+from pipeline.params import check_keys
 from pipeline.schema import CORNER_COLUMNS, NADIR_COLUMNS
 from pipeline.synthetic.photos import PhotoEffects, photo_seed, render_photo
 
@@ -119,13 +120,11 @@ class QueryPhotoConfig:
             raise ConfigError("query photos: workers must be >= 1")
 
     @classmethod
-    def from_section(cls, sec: dict[str, Any]) -> QueryPhotoConfig:
-        """From a params section; `effects` is a nested section; unknown keys are an error."""
+    def from_section(cls, sec: Mapping[str, Any]) -> QueryPhotoConfig:
+        """From the `fetch_queries` section (less its `scope`); `effects` is a nested
+        section; an unknown key is an error naming it."""
         sec = dict(sec)
-        names = set(cls.__dataclass_fields__)
-        unknown = set(sec) - names
-        if unknown:
-            raise ConfigError(f"query photos: unknown params {sorted(unknown)}")
+        check_keys(sec, {f.name for f in fields(cls)}, "fetch_queries")
         if "effects" in sec:
             sec["effects"] = PhotoEffects.from_section(sec["effects"])
         try:
@@ -182,9 +181,7 @@ class PhotoScope:
             return None
         if not isinstance(sec, dict):
             raise ConfigError(f"fetch_queries.scope must be a mapping, got {sec!r}")
-        unknown = set(sec) - {"evalsets", "aois", "evalsets_dir"}
-        if unknown:
-            raise ConfigError(f"fetch_queries.scope: unknown key(s) {sorted(unknown)}")
+        check_keys(sec, {f.name for f in fields(cls)}, "fetch_queries.scope")
         names = {}
         for key in ("evalsets", "aois"):
             raw = sec.get(key) or []
@@ -194,7 +191,9 @@ class PhotoScope:
             for n in names[key]:
                 if not n or "/" in n or "\\" in n or n.startswith("."):
                     raise ConfigError(f"fetch_queries.scope.{key}: bad name {n!r}")
-        return cls(names["evalsets"], names["aois"], str(sec.get("evalsets_dir", "data/evalsets")))
+        if "evalsets_dir" in sec:
+            return cls(names["evalsets"], names["aois"], str(sec["evalsets_dir"]))
+        return cls(names["evalsets"], names["aois"])
 
     def evalset_queries(self, name: str) -> Path:
         return Path(self.evalsets_dir) / name / "queries.csv"

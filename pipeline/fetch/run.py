@@ -56,8 +56,13 @@ class RunConfig:
     source_id: str = ""  # what produced the images (recorded per region; see stages/fetch.py)
     progress: bool = True
     region_tiles: int = GridSpec.region_tiles
+    # The local synthetic server's tile renderers (0: its HTTP threads). How fast it renders,
+    # not what: dvc.yaml does not list `fetch.run` (except jpeg_quality), so a change reruns nothing.
+    render_processes: int = 0
 
     def __post_init__(self) -> None:
+        if self.render_processes < 0:
+            raise ConfigError(f"fetch.run.render_processes must be >= 0, got {self.render_processes}")
         if self.source not in ("eox", "synthetic"):
             raise ConfigError(f"fetch.source must be eox or synthetic, got {self.source!r}")
         if not 1 <= self.jpeg_quality <= 100:

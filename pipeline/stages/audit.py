@@ -17,7 +17,6 @@ Both file formats are read into one table with the Parquet columns (`COLUMNS`), 
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -33,12 +32,12 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.geo.area import DEFAULT_DENSIFY_DEG
+from pipeline.errors import InputError
 from pipeline.geo.names import SAFE_ID_RE, db_relpath, parse_filename
 from pipeline.io import atomic_path, read_geoparquet, write_text
 from pipeline.presentation.query_map import format_date, query_png
-from pipeline.schema import CENTER_COLUMNS, CORNER_COLUMNS, DATABASE_YEAR, NADIR_COLUMNS, REGION_FOOTPRINT_COLUMNS
+from pipeline.schema import CENTER_COLUMNS, CORNER_COLUMNS, NADIR_COLUMNS, REGION_FOOTPRINT_COLUMNS
+from pipeline.stages.intersect import IntersectParams
 
 COLUMNS = ["query_id", "region_id", "zoom", "intersection_km2", "iou", "query_fraction", "region_fraction"]
 VALUE_COLUMNS = ["intersection_km2", "iou", "query_fraction", "region_fraction"]
@@ -249,34 +248,38 @@ def load_intersections(path: Path, only: set[str] | None = None) -> Intersection
 
 @dataclass(frozen=True)
 class AuditParams:
-    densify_deg: float = DEFAULT_DENSIFY_DEG
-    min_intersection_km2: float = 0.0
-    year: int = DATABASE_YEAR
+    """What `--check` re-derives pairs with: the intersect stage's parameters (which hold the
+    queries' `densify_deg`), and where they were read, for the report."""
+
+    intersect: IntersectParams = field(default_factory=IntersectParams)
     source: str = "defaults"
 
+    @property
+    def densify_deg(self) -> float:
+        return self.intersect.densify_deg
 
-def load_audit_params(path: Path | None) -> AuditParams:
-    """The parameters the intersect stage runs with (defaults when there is no params file)."""
-    from pipeline.params import load_params
+    @property
+    def min_intersection_km2(self) -> float:
+        return self.intersect.min_intersection_km2
 
-    path = Path(path) if path is not None else Path("params.yaml")
-    if not path.exists():
-        return AuditParams(source="defaults, no params file")
-    p = load_params(path)
-    q_section, i_section = p.get("queries"), p.get("intersect")
-    q: dict[str, Any] = q_section if isinstance(q_section, dict) else {}
-    i: dict[str, Any] = i_section if isinstance(i_section, dict) else {}
-    try:
-        return AuditParams(
-            densify_deg=float(q.get("densify_deg", DEFAULT_DENSIFY_DEG)),
-            min_intersection_km2=float(i.get("min_intersection_km2", 0.0)),
-            year=int(i.get("year", DATABASE_YEAR)),
-            source=str(path),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"{path}: queries.densify_deg / intersect.min_intersection_km2 / intersect.year: {exc}"
-        ) from exc
+    @property
+    def year(self) -> int:
+        return self.intersect.year
+
+
+@dataclass(frozen=True)
+class AuditRequest:
+    """What to audit: the file and its inputs, and what to do with them (a query, a check,
+    or neither: a summary of the file)."""
+
+    intersections: Path  # intersections Parquet or upstream .pt file
+    grid: Path  # regions GeoParquet
+    queries: Path  # queries GeoParquet
+    out_dir: Path  # where a query's GeoJSON and PNG and the check's disagreements go
+    query_id: str | None = None  # a query id or an upstream query file name
+    check: bool = False  # re-derive a sample of pairs from the footprints
+    sample: int = 2000  # queries to re-derive (0 = all)
+    seed: int = 0
 
 
 # --------------------------------------------------------------------------- one query
@@ -655,12 +658,12 @@ def print_summary(inter: Intersections) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
-def _read_inputs(args: argparse.Namespace) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
-    queries = read_geoparquet(args.queries)
-    regions = read_geoparquet(args.grid)
+def _read_inputs(request: AuditRequest) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    queries = read_geoparquet(request.queries)
+    regions = read_geoparquet(request.grid)
     for path, gdf, cols in (
-        (args.queries, queries, ["query_id", *NADIR_COLUMNS]),
-        (args.grid, regions, ["region_id", "zoom"]),
+        (request.queries, queries, ["query_id", *NADIR_COLUMNS]),
+        (request.grid, regions, ["region_id", "zoom"]),
     ):
         missing = [c for c in cols if c not in gdf.columns]
         if missing:
@@ -668,31 +671,31 @@ def _read_inputs(args: argparse.Namespace) -> tuple[gpd.GeoDataFrame, gpd.GeoDat
     return queries, regions
 
 
-def main(args: argparse.Namespace) -> int:
+def run(params: AuditParams, request: AuditRequest) -> dict[str, Any]:
+    """Summarise the file, audit one query, and/or check it (`request`); return what was
+    done, with `disagreements` (None without a check): a check that finds any fails."""
     t0 = time.perf_counter()
-    path = Path(args.intersections)
-    query_arg = getattr(args, "query_id", None)
-    do_check = bool(getattr(args, "check", False))
+    path = Path(request.intersections)
+    query_arg, do_check = request.query_id, request.check
     if query_arg is None and not do_check:
         print_summary(load_intersections(path))
-        return 0
+        return {"query_id": None, "disagreements": None}
     if not path.exists():
         raise InputError(f"{path}: no such file (run the intersect stage first)")
-    queries, regions = _read_inputs(args)
-    out_dir = Path(args.out_dir)
+    queries, regions = _read_inputs(request)
+    out_dir = Path(request.out_dir)
     qid = resolve_query_id(query_arg, queries) if query_arg is not None else None
     # Auditing one query reads only its pairs; --check needs the whole file.
     inter = load_intersections(path, only=None if do_check or qid is None else {qid})
     if qid is not None:
         audit_query(qid, inter, queries, regions, out_dir)
     if not do_check:
-        return 0
+        return {"query_id": qid, "disagreements": None}
 
-    params = load_audit_params(getattr(args, "params", None))
     if qid is not None:
         picked = np.flatnonzero(queries["query_id"].to_numpy() == qid)
     else:
-        picked = sample_queries(queries, int(args.sample), int(args.seed))
+        picked = sample_queries(queries, int(request.sample), int(request.seed))
     table, n_pairs = check(inter, queries, regions, params, picked)
     dest = out_dir / "check_disagreements.csv"
     with atomic_path(dest) as tmp:
@@ -713,19 +716,20 @@ def main(args: argparse.Namespace) -> int:
             "hint: most pairs differ slightly, which usually means the file was made with other parameters "
             "(e.g. queries.densify_deg) or older footprints; rerun the intersect stage (dvc repro)"
         )
-    return 1 if len(table) else 0
+    return {"query_id": qid, "queries_checked": len(picked), "pairs_checked": n_pairs, "disagreements": len(table)}
 
 
 __all__ = [
     "COLUMNS",
     "AuditParams",
+    "AuditRequest",
     "Intersections",
     "audit_query",
     "check",
     "file_wide_checks",
     "load_intersections",
-    "main",
     "query_geojson",
     "query_png",
     "resolve_query_id",
+    "run",
 ]

@@ -27,7 +27,6 @@ the schemas of the extensions they declare (projection v2.0.0, MLM v1.4.0), all 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,7 +43,6 @@ import shapely
 
 from pipeline.errors import ConfigError, InputError, IntegrityError
 from pipeline.io import atomic_path, read_geoparquet, write_json
-from pipeline.params import build_config, load_params, section
 from pipeline.schema import CORNER_COLUMNS, corner_lat_lon_columns
 
 STAC_VERSION = "1.1.0"
@@ -164,25 +162,15 @@ class BuildContext:
     sets: tuple[str, ...]  # evaluation sets to describe (evalset.sets + lost_in_space.sets)
     recipe: Mapping[str, Any] = field(default_factory=dict)  # train/model/augment/loss/astroloc sections
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> BuildContext:
-        fetch = section(dict(params), "fetch")
-        source = str(fetch.get("source", "synthetic"))
-        if source not in _DATABASE_SOURCES:
-            raise ConfigError(f"fetch.source {source!r}: the catalog knows the licences of {sorted(_DATABASE_SOURCES)}")
-        sets = [
-            *dict(params.get("evalset", {}).get("sets", {})),
-            *dict(params.get("lost_in_space", {}).get("sets", {})),
-        ]
-        recipe = {k: params[k] for k in ("train", "model", "augment", "loss", "astroloc") if k in params}
-        return cls(
-            tuple(int(y) for y in fetch.get("years", [])),
-            tuple(int(z) for z in fetch.get("zooms", [])),
-            source,
-            str(params.get("fetch_queries", {}).get("source", "synthetic")),
-            tuple(sets),
-            recipe,
-        )
+    def __post_init__(self) -> None:
+        if self.source not in _DATABASE_SOURCES:
+            raise ConfigError(
+                f"fetch.source {self.source!r}: the catalog knows the licences of {sorted(_DATABASE_SOURCES)}"
+            )
+
+
+# The sections the model item records as written (its training recipe).
+RECIPE_SECTIONS = ("train", "model", "augment", "loss", "astroloc")
 
 
 # ---------------------------------------------------------------------------
@@ -902,18 +890,3 @@ def run(p: CatalogParams, ctx: BuildContext) -> dict[str, Any]:
         "items_validated": checked,
         "documents_validated": len(docs),
     }
-
-
-def main(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
-    sec = dict(section(params, "catalog"))
-    if args.out_dir is not None:
-        sec["out_dir"] = str(args.out_dir)
-    p = build_config(CatalogParams, sec, "catalog")
-    s = run(p, BuildContext.from_params(params))
-    print(
-        f"catalog: {s['regions']} regions ({s['regions_fetched']} with images), {s['queries']} queries "
-        f"({s['photos']} photos), evaluation sets {s['evalsets'] or 'none'}, model {'yes' if s['model'] else 'no'}; "
-        f"{s['documents_validated']} documents and {s['items_validated']} items valid STAC {STAC_VERSION} "
-        f"-> {p.out_dir}"
-    )

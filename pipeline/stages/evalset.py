@@ -14,7 +14,8 @@ The selection itself is `pipeline.geo.evalset.select_evalset`."""
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from pipeline.geo.evalset import (
 from pipeline.geo.names import db_relpath
 from pipeline.geo.passes import DEFAULT_MAX_DAY_GAP, DEFAULT_MAX_FRAME_GAP, pass_ids
 from pipeline.io import atomic_path, read_geoparquet, write_json, write_text
-from pipeline.params import load_params, section
+from pipeline.params import build_config, check_keys
 from pipeline.presentation.evalset_map import render_map
 from pipeline.schema import CENTER_COLUMNS, CORNER_COLUMNS, DATABASE_YEAR, GRID_COLUMNS, NADIR_COLUMNS, QUERY_COLUMNS
 
@@ -42,9 +43,6 @@ INTERSECTION_COLS = ["query_id", "region_id", "iou", "intersection_km2"]
 
 # ---------------------------------------------------------------------------
 # Parameters
-
-
-SPEC_KEYS = {"lat", "lon", "query_radius_km", "db_radius_km", "folds", "take_folds", "zooms"}
 
 
 def _zoom_list(raw: Any) -> tuple[int, ...] | None:
@@ -62,58 +60,93 @@ def _zoom_list(raw: Any) -> tuple[int, ...] | None:
     return tuple(sorted(zooms))
 
 
-def load_spec(params: dict[str, Any], name: str) -> tuple[EvalSetSpec, int]:
-    """The named set of params `evalset.sets` and the database year."""
-    sec = section(params, "evalset")
-    sets = sec.get("sets")
-    if not isinstance(sets, dict) or not sets:
-        raise ConfigError("params evalset: 'sets' is missing or empty")
-    if name not in sets:
-        raise ConfigError(f"params evalset: unknown set {name!r}; valid names: {', '.join(sorted(map(str, sets)))}")
-    entry = sets[name]
-    if not isinstance(entry, dict):
-        raise ConfigError(f"params evalset.sets.{name}: expected a mapping")
-    missing = [k for k in ("lat", "lon", "query_radius_km", "db_radius_km") if k not in entry]
+# The keys a set must give: its POI and its two radii have no sensible default.
+REQUIRED_SET_KEYS = ("lat", "lon", "query_radius_km", "db_radius_km")
+
+
+def set_spec(name: str, entry: Any) -> EvalSetSpec:
+    """One named set of `evalset.sets` as an EvalSetSpec (whose defaults are the only ones);
+    an unknown or missing key is a ConfigError naming the set."""
+    where = f"evalset.sets.{name}"
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"params {where}: expected a mapping")
+    check_keys(entry, {f.name for f in fields(EvalSetSpec)} - {"name"}, where)
+    missing = [k for k in REQUIRED_SET_KEYS if k not in entry]
     if missing:
-        raise ConfigError(f"params evalset.sets.{name}: missing {', '.join(missing)}")
-    unknown = sorted(set(map(str, entry)) - SPEC_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"params evalset.sets.{name}: unknown key(s) {', '.join(unknown)}; "
-            f"valid keys: {', '.join(sorted(SPEC_KEYS))}"
-        )
+        raise ConfigError(f"params {where}: missing {', '.join(missing)}")
+    convert: dict[str, Callable[[Any], Any]] = {
+        "lat": float,
+        "lon": float,
+        "query_radius_km": float,
+        "db_radius_km": float,
+        "folds": int,
+        "take_folds": lambda folds: tuple(int(f) for f in folds),
+        "zooms": _zoom_list,
+    }
     try:
-        spec = EvalSetSpec(
-            name=name,
-            lat=float(entry["lat"]),
-            lon=float(entry["lon"]),
-            query_radius_km=float(entry["query_radius_km"]),
-            db_radius_km=float(entry["db_radius_km"]),
-            folds=int(entry.get("folds", 1)),
-            take_folds=tuple(int(f) for f in entry.get("take_folds", [0])),
-            zooms=_zoom_list(entry.get("zooms")),
-        )
-        year = int(sec.get("year", DATABASE_YEAR))
+        return EvalSetSpec(name=name, **{str(k): convert[str(k)](v) for k, v in entry.items()})
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"params evalset.sets.{name}: {exc}") from exc
-    if not 1900 < year < 2100:
-        raise ConfigError(f"params evalset.year: implausible year {year}")
-    return spec, year
+        raise ConfigError(f"params {where}: {exc}") from exc
 
 
-def load_pass_rule(params: dict[str, Any]) -> tuple[int, int]:
-    """(max_frame_gap, max_day_gap) of the pass rule: params `evalset.pass_max_frame_gap`
-    and `evalset.pass_max_day_gap`. The pairs stage reads the same keys, so training and
+@dataclass(frozen=True)
+class EvalsetParams:
+    """The `evalset` params section: the named sets, the database year, and the pass rule
+    (`pipeline.geo.passes`). The pairs stage reads the same pass rule, so training and
     evaluation agree on what a pass is."""
-    sec = params.get("evalset") or {}
-    try:
-        gap = int(sec.get("pass_max_frame_gap", DEFAULT_MAX_FRAME_GAP))
-        days = int(sec.get("pass_max_day_gap", DEFAULT_MAX_DAY_GAP))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"params evalset.pass_max_frame_gap / pass_max_day_gap: {exc}") from exc
-    if gap < 0 or days < 0:
-        raise ConfigError("params evalset.pass_max_frame_gap and pass_max_day_gap must be >= 0")
-    return gap, days
+
+    sets: tuple[EvalSetSpec, ...] = ()
+    year: int = DATABASE_YEAR
+    pass_max_frame_gap: int = DEFAULT_MAX_FRAME_GAP
+    pass_max_day_gap: int = DEFAULT_MAX_DAY_GAP
+
+    def __post_init__(self) -> None:
+        for key in ("year", "pass_max_frame_gap", "pass_max_day_gap"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{key} must be an integer, got {value!r}")
+        if not 1900 < self.year < 2100:
+            raise ValueError(f"implausible year {self.year}")
+        if self.pass_max_frame_gap < 0 or self.pass_max_day_gap < 0:
+            raise ValueError("pass_max_frame_gap and pass_max_day_gap must be >= 0")
+
+    @classmethod
+    def from_section(cls, sec: Mapping[str, Any] | None) -> EvalsetParams:
+        """From the `evalset` section: every named set is built (and checked), not only the
+        one a run asks for, so a typo in any set is found by any stage that reads them."""
+        sec = dict(sec or {})
+        check_keys(sec, {f.name for f in fields(cls)}, "evalset")
+        sets = sec.pop("sets", None)
+        if not isinstance(sets, Mapping) or not sets:
+            raise ConfigError("params evalset: 'sets' is missing or empty")
+        specs = tuple(set_spec(str(name), entry) for name, entry in sets.items())
+        return replace(build_config(cls, sec, "evalset"), sets=specs)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sets)
+
+    @property
+    def pass_rule(self) -> tuple[int, int]:
+        """(max_frame_gap, max_day_gap), the arguments of `pipeline.geo.passes.pass_ids`."""
+        return self.pass_max_frame_gap, self.pass_max_day_gap
+
+    def spec(self, name: str) -> EvalSetSpec:
+        """The named set; a ConfigError listing the valid names if there is none."""
+        for s in self.sets:
+            if s.name == name:
+                return s
+        raise ConfigError(f"params evalset: unknown set {name!r}; valid names: {', '.join(sorted(self.names))}")
+
+
+@dataclass(frozen=True)
+class EvalsetPaths:
+    """What the evalset stage reads, and the folder it writes."""
+
+    grid: Path
+    queries: Path
+    intersections: Path
+    out_dir: Path
 
 
 def with_pass_ids(queries: pd.DataFrame, max_frame_gap: int, max_day_gap: int, source: Path | str) -> pd.DataFrame:
@@ -243,16 +276,10 @@ def write_outputs(out_dir: Path, ev: EvalSet, year: int, summary: dict[str, Any]
 # Stage
 
 
-def run(
-    spec: EvalSetSpec,
-    year: int,
-    grid: Path,
-    queries: Path,
-    intersections: Path,
-    out_dir: Path,
-    draw_map: bool = True,
-    pass_rule: tuple[int, int] = (DEFAULT_MAX_FRAME_GAP, DEFAULT_MAX_DAY_GAP),
-) -> dict[str, Any]:
+def run(config: EvalsetParams, paths: EvalsetPaths, name: str, draw_map: bool = True) -> dict[str, Any]:
+    """Build the named set of `config` into `paths.out_dir`; return its summary."""
+    spec, year, pass_rule = config.spec(name), config.year, config.pass_rule
+    grid, queries, intersections = Path(paths.grid), Path(paths.queries), Path(paths.intersections)
     regions, qs, pairs = read_inputs(grid, queries, intersections)
     qs = with_pass_ids(qs, *pass_rule, source=queries)
     ev = select_evalset(spec, qs, regions, pairs)
@@ -265,7 +292,7 @@ def run(
             "inputs": {"grid": str(grid), "queries": str(queries), "intersections": str(intersections)},
         }
     )
-    out_dir = Path(out_dir)
+    out_dir = Path(paths.out_dir)
     write_outputs(out_dir, ev, year, summary)
     if draw_map:
         table = pd.DataFrame(
@@ -289,19 +316,3 @@ def summary_line(s: dict[str, Any], out_dir: Path) -> str:
         f"{s['num_dropped_positive_outside_db']} positive_outside_db), {s['num_db']} database regions within "
         f"{s['db_radius_km']:g} km, {mean_text} positives/query -> {out_dir}"
     )
-
-
-def main(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
-    spec, year = load_spec(params, args.name)
-    out_dir = Path(args.out_dir) if args.out_dir is not None else Path("data/evalsets") / args.name
-    summary = run(
-        spec,
-        year,
-        Path(args.grid),
-        Path(args.queries),
-        Path(args.intersections),
-        out_dir,
-        pass_rule=load_pass_rule(params),
-    )
-    print(summary_line(summary, out_dir))

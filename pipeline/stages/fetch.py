@@ -13,13 +13,12 @@ Sources (params `fetch.source`):
 
 from __future__ import annotations
 
-import argparse
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -40,8 +39,10 @@ from pipeline.fetch.run import RunConfig, fetch_regions, planned_paths
 from pipeline.fetch.store import REGION_COLUMNS, TILE_COLUMNS, TileStore, read_manifest, shard_name
 from pipeline.geo.aoi import Aoi, aois_for, in_aois
 from pipeline.io import write_json
-from pipeline.params import load_params, section
-from pipeline.schema import DATABASE_YEAR, GRID_COLUMNS
+from pipeline.schema import GRID_COLUMNS
+
+if TYPE_CHECKING:
+    from pipeline.fetch.queries import PhotoScope, QueryPhotoConfig
 
 SOURCES = ("synthetic", "eox")
 URL_FORMS = {"rest": EOX_RESTFUL, "kvp": EOX_KVP}
@@ -62,7 +63,6 @@ class FetchParams:
     synthetic_client: dict[str, Any]  # client overrides for the local server (no politeness needed)
     keep_tile_cache: bool
     max_failed_fraction: float
-    synthetic_render_processes: int = 0  # local server: worker processes rendering tiles (0: its HTTP threads)
 
     @classmethod
     def from_section(cls, sec: dict[str, Any]) -> FetchParams:
@@ -98,11 +98,6 @@ class FetchParams:
             client_keys.setdefault("contact", sec["contact"])
         synthetic = dict(sec.get("synthetic") or {})
         seed = int(synthetic.pop("seed", 0))
-        # How fast the local server renders, not what it renders: under `run`, which dvc.yaml
-        # does not list (except jpeg_quality), so changing it reruns nothing.
-        render_processes = int((sec.get("run") or {}).get("render_processes", 0))
-        if render_processes < 0:
-            raise ConfigError(f"fetch.run.render_processes must be >= 0, got {render_processes}")
         return cls(
             source=source,
             url_form=url_form,
@@ -110,15 +105,11 @@ class FetchParams:
             zooms=zooms,
             aois=aois,
             client=ClientConfig.from_section(client_keys),
-            # render_processes belongs to the local tile server, not to the runner
-            run=RunConfig.from_section(
-                {**{k: v for k, v in (sec.get("run") or {}).items() if k != "render_processes"}, "source": source}
-            ),
+            run=RunConfig.from_section({**(sec.get("run") or {}), "source": source}),
             synthetic_seed=seed,
             synthetic_client=synthetic,
             keep_tile_cache=bool(sec.get("keep_tile_cache", False)),
             max_failed_fraction=float(sec.get("max_failed_fraction", 0.0)),
-            synthetic_render_processes=render_processes,
         )
 
 
@@ -136,7 +127,7 @@ def tile_source(params: FetchParams) -> Iterator[ClientConfig]:
         return
     from pipeline.synthetic.server import SyntheticTileServer
 
-    with SyntheticTileServer(seed=params.synthetic_seed, render_processes=params.synthetic_render_processes) as server:
+    with SyntheticTileServer(seed=params.synthetic_seed, render_processes=params.run.render_processes) as server:
         cfg = replace(
             params.client,
             url_template=local_template(params.client.url_template, server.base_url),
@@ -420,24 +411,6 @@ def photo_metrics(root: Path, selected: pd.DataFrame, source: str) -> dict[str, 
     }
 
 
-def main(args: argparse.Namespace) -> None:
-    params = FetchParams.from_section(section(load_params(args.params), "fetch"))
-    if not args.all and args.zoom is None:
-        raise ConfigError("--zoom is required with --year")
-    shards = [(y, z) for y in params.years for z in params.zooms] if args.all else [(args.year, int(args.zoom, 10))]
-    if getattr(args, "plan", False):
-        for year, zoom in shards:
-            if year not in params.years or zoom not in params.zooms:
-                raise ConfigError(f"shard {shard_name(year, zoom)} is not in fetch.years x fetch.zooms of params")
-        print("\n".join(plan(params, Path(args.grid), Path(args.root), shards)))
-        return
-    for year, zoom in shards:
-        summary_path = (
-            args.summary if args.summary is not None else Path("data/fetch") / f"{shard_name(year, zoom)}.json"
-        )
-        run_shard(params, year, zoom, Path(args.grid), Path(args.root), summary_path, args.scheduler)
-
-
 # ---------------------------------------------------------------------------
 # Query photos
 
@@ -513,20 +486,47 @@ def apply_scope(
     return scoped_queries(everything, evalset_ids, everything["query_id"].isin(trainable).to_numpy())
 
 
-def run_queries(
-    params: dict[str, Any], queries_path: Path, intersections_path: Path, root: Path, summary_path: Path | None
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FetchQueriesParams:
+    """The `fetch_queries` params section: how photos are made (`photos`, the section's own
+    keys) and which queries get one (`scope`); plus what the stage takes from other sections:
+    the built `fetch` section (the shards in the store, the client) and `intersect.year`."""
+
+    photos: QueryPhotoConfig
+    scope: PhotoScope | None
+    fetch: FetchParams
+    year: int  # the year of the intersections: a photo needs all its positives of this year fetched
+
+    @classmethod
+    def from_section(cls, sec: Mapping[str, Any] | None, fetch: FetchParams, year: int) -> FetchQueriesParams:
+        """From the `fetch_queries` section: `scope` strictly through PhotoScope, every other
+        key strictly through QueryPhotoConfig."""
+        from pipeline.fetch.queries import PhotoScope, QueryPhotoConfig
+
+        sec = dict(sec or {})
+        scope = PhotoScope.from_section(sec.pop("scope", None))
+        return cls(photos=QueryPhotoConfig.from_section(sec), scope=scope, fetch=fetch, year=year)
+
+
+@dataclass(frozen=True)
+class FetchQueriesPaths:
+    """What the fetch_queries stage reads and writes."""
+
+    queries: Path  # the queries GeoParquet
+    intersections: Path  # the intersections of `year`
+    root: Path  # the tile store: its manifests are read, the photos written under queries/
+    summary: Path | None  # the DVC metrics JSON; None: none written
+
+
+def run_queries(config: FetchQueriesParams, paths: FetchQueriesPaths) -> dict[str, Any]:
     """Photos of the queries all of whose 2021 positives are fetched regions (so every one of
     them can be evaluated against the fetched database), simulated or downloaded; with
     `fetch_queries.scope`, exactly the queries of the named evaluation sets and those of the
     named training areas whose positives are fetched (`apply_scope`)."""
-    from pipeline.fetch.queries import PhotoScope, QueryPhotoConfig, fetch_query_photos, select_queries
+    from pipeline.fetch.queries import fetch_query_photos, select_queries
 
-    fp = FetchParams.from_section(section(params, "fetch"))
-    photo_sec = dict(section(params, "fetch_queries"))
-    scope = PhotoScope.from_section(photo_sec.pop("scope", None))
-    qcfg = QueryPhotoConfig.from_section(photo_sec)
-    year = int(section(params, "intersect").get("year", DATABASE_YEAR))
+    fp, scope, qcfg, year = config.fetch, config.scope, config.photos, config.year
+    queries_path, intersections_path, root, summary_path = paths.queries, paths.intersections, paths.root, paths.summary
     if year not in fp.years:
         raise ConfigError(f"fetch.years lacks {year}, the year of the intersections (intersect.year)")
     for path, stage in ((queries_path, "queries"), (intersections_path, "intersect")):
@@ -556,7 +556,3 @@ def run_queries(
             "rerun to retry them"
         )
     return summary
-
-
-def main_queries(args: argparse.Namespace) -> None:
-    run_queries(load_params(args.params), Path(args.queries), Path(args.intersections), Path(args.root), args.summary)

@@ -14,8 +14,8 @@ The output has the evalset stage's layout, so `earthloc evaluate` reads it as is
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,36 +24,76 @@ import pandas as pd
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json, write_text
-from pipeline.params import load_params, section
+from pipeline.params import build_config, check_keys
 from pipeline.schema import DATABASE_YEAR, REGION_FOOTPRINT_COLUMNS
 from pipeline.stages.pairs import _read_parquet, fetched_regions, region_paths
 
 
 @dataclass(frozen=True)
 class LostInSpaceSpec:
+    """One named set of `lost_in_space.sets`, with the section's year: what a run builds."""
+
     name: str
     source: str  # the evaluation set whose queries are used
     year: int = DATABASE_YEAR
     zooms: tuple[int, ...] | None = None  # None: every zoom
 
+    def __post_init__(self) -> None:
+        zooms = self.zooms
+        if zooms is not None and (
+            not isinstance(zooms, tuple) or not zooms or not all(type(z) is int and 0 <= z <= 30 for z in zooms)
+        ):
+            raise ValueError(f"zooms: expected a non-empty list of zooms, got {zooms!r}")
+
+
+@dataclass(frozen=True)
+class LostInSpaceParams:
+    """The `lost_in_space` params section: the database year and the named sets."""
+
+    sets: tuple[LostInSpaceSpec, ...] = ()
+    year: int = DATABASE_YEAR
+
     @classmethod
-    def from_params(cls, params: dict[str, Any], name: str) -> LostInSpaceSpec:
-        sec = section(params, "lost_in_space")
-        sets = sec.get("sets") or {}
-        if name not in sets:
-            raise ConfigError(f"params lost_in_space.sets: unknown set {name!r}; valid: {sorted(sets)}")
-        entry = sets[name]
-        if not isinstance(entry, dict) or "source" not in entry:
-            raise ConfigError(f"params lost_in_space.sets.{name}: expected a mapping with 'source'")
-        unknown = sorted(set(entry) - {"source", "zooms"})
-        if unknown:
-            raise ConfigError(f"params lost_in_space.sets.{name}: unknown key {unknown[0]!r}")
-        zooms = entry.get("zooms")
-        if zooms is not None:
-            if not isinstance(zooms, list) or not zooms or not all(type(z) is int and 0 <= z <= 30 for z in zooms):
-                raise ConfigError(f"params lost_in_space.sets.{name}.zooms: expected a non-empty list of zooms")
-            zooms = tuple(sorted(set(zooms)))
-        return cls(name, str(entry["source"]), int(sec.get("year", DATABASE_YEAR)), zooms)
+    def from_section(cls, sec: Mapping[str, Any] | None) -> LostInSpaceParams:
+        """From the `lost_in_space` section; an unknown key, in the section or in a set, is a
+        ConfigError naming it."""
+        sec = dict(sec or {})
+        check_keys(sec, {f.name for f in fields(cls)}, "lost_in_space")
+        sets = sec.pop("sets", None) or {}
+        if not isinstance(sets, Mapping):
+            raise ConfigError("params lost_in_space.sets: expected a mapping of named sets")
+        own = build_config(cls, sec, "lost_in_space")
+        specs = []
+        for name, entry in sets.items():
+            where = f"lost_in_space.sets.{name}"
+            if not isinstance(entry, Mapping) or "source" not in entry:
+                raise ConfigError(f"params {where}: expected a mapping with 'source'")
+            check_keys(entry, {f.name for f in fields(LostInSpaceSpec)} - {"name", "year"}, where)
+            entry = {**entry, "source": str(entry["source"])}
+            if isinstance(entry.get("zooms"), list) and all(type(z) is int for z in entry["zooms"]):
+                entry["zooms"] = sorted(set(entry["zooms"]))
+            specs.append(build_config(LostInSpaceSpec, {**entry, "name": str(name), "year": own.year}, where))
+        return replace(own, sets=tuple(specs))
+
+    def spec(self, name: str) -> LostInSpaceSpec:
+        """The named set; a ConfigError listing the valid names if there is none."""
+        for s in self.sets:
+            if s.name == name:
+                return s
+        raise ConfigError(
+            f"params lost_in_space.sets: unknown set {name!r}; valid: {sorted(s.name for s in self.sets)}"
+        )
+
+
+@dataclass(frozen=True)
+class LostInSpacePaths:
+    """What the lost_in_space stage reads, and the folder it writes."""
+
+    evalsets_dir: Path
+    intersections: Path
+    grid: Path
+    tiles_root: Path
+    out_dir: Path
 
 
 def build(
@@ -101,8 +141,10 @@ def build(
     return kept, positives, dropped
 
 
-def run(spec: LostInSpaceSpec, evalsets_dir: Path, intersections: Path, grid: Path, tiles_root: Path,
-        out_dir: Path) -> dict[str, Any]:  # fmt: skip
+def run(spec: LostInSpaceSpec, paths: LostInSpacePaths) -> dict[str, Any]:
+    """Build the set `spec` into `paths.out_dir`; return its summary."""
+    evalsets_dir, intersections, grid = paths.evalsets_dir, paths.intersections, paths.grid
+    tiles_root, out_dir = paths.tiles_root, paths.out_dir
     src = Path(evalsets_dir) / spec.source / "queries.csv"
     if not src.is_file():
         raise InputError(f"{src}: missing; build the source set first (dvc repro evalset@{spec.source})")
@@ -151,13 +193,3 @@ def run(spec: LostInSpaceSpec, evalsets_dir: Path, intersections: Path, grid: Pa
         positives.to_parquet(tmp, index=False)
     write_json(out_dir / "summary.json", summary)
     return summary
-
-
-def main(args: argparse.Namespace) -> None:
-    spec = LostInSpaceSpec.from_params(load_params(args.params), args.name)
-    out = Path(args.out_dir) if args.out_dir is not None else Path(args.evalsets) / spec.name
-    s = run(spec, Path(args.evalsets), Path(args.intersections), Path(args.grid), Path(args.tiles), out)
-    print(
-        f"lost_in_space {s['name']}: {s['num_queries']} of {s['num_source_queries']} queries of {s['source']} "
-        f"against all {s['num_db']} fetched {s['year']} regions (no nadir prior) -> {out}"
-    )

@@ -14,9 +14,9 @@ The selection itself is `pipeline.geo.pairs`."""
 
 from __future__ import annotations
 
-import argparse
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,9 @@ from pipeline.geo.pairs import (
 )
 from pipeline.geo.passes import DEFAULT_MAX_DAY_GAP, DEFAULT_MAX_FRAME_GAP
 from pipeline.io import atomic_path, write_json, write_text
-from pipeline.params import load_params, section
-from pipeline.schema import CORNER_COLUMNS, DATABASE_YEAR, DATABASE_YEARS, QUERY_COLUMNS, REGION_FOOTPRINT_COLUMNS
-from pipeline.stages.evalset import load_pass_rule, with_pass_ids
+from pipeline.params import build_config, check_keys
+from pipeline.schema import CORNER_COLUMNS, DATABASE_YEAR, QUERY_COLUMNS, REGION_FOOTPRINT_COLUMNS
+from pipeline.stages.evalset import EvalsetParams, with_pass_ids
 
 REGION_MANIFEST_RE = re.compile(r"^(\d{4})_(\d{2})\.parquet$")  # tiles/manifests/<YEAR>_<ZZ>.parquet
 MODES = ("fetched", "all")
@@ -47,54 +47,60 @@ MODES = ("fetched", "all")
 
 @dataclass(frozen=True)
 class PairsParams:
-    """The `pairs` section of params.yaml (plus the evaluation sets it must avoid)."""
+    """The `pairs` section of params.yaml, plus what it takes from the `evalset` section:
+    the query discs of the sets it must avoid (for the nadir check) and the pass rule."""
 
-    min_iou: float
-    year: int
-    exclude_sets: tuple[str, ...]  # names of evalset.sets whose photos are excluded
-    areas: tuple[SetArea, ...]  # their query discs (for the nadir check)
-    margin_km: float  # widen every set's query radius by this for the nadir check
-    regions: str  # fetched: only regions whose images exist for every year in `years`; all
-    photos: str  # fetched: only photos whose image exists; all
-    years: tuple[int, ...]  # years a region's images must all exist in (regions: fetched)
+    min_iou: float = 0.1
+    year: int = DATABASE_YEAR
+    # Names of evalset.sets whose photos are excluded; "all" in params.yaml (every set)
+    # is resolved to the names when the section is built.
+    exclude_sets: tuple[str, ...] = ()
+    exclude_margin_km: float = 0.0  # widen every set's query radius by this for the nadir check
+    regions: str = "fetched"  # fetched: only regions whose images exist for every year in `years`; all
+    photos: str = "fetched"  # fetched: only photos whose image exists; all
+    years: tuple[int, ...] = (2018, 2019, 2020, 2021)  # years a region's images must all exist in
+    areas: tuple[SetArea, ...] = ()  # the query discs of `exclude_sets`, from evalset.sets
     pass_rule: tuple[int, int] = (DEFAULT_MAX_FRAME_GAP, DEFAULT_MAX_DAY_GAP)  # evalset.pass_max_*
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_iou <= 1.0:
+            raise ValueError(f"min_iou must be in (0, 1], got {self.min_iou}")
+        if self.regions not in MODES or self.photos not in MODES:
+            raise ValueError(f"regions and photos must be one of {MODES}")
+        if self.exclude_margin_km < 0:
+            raise ValueError("exclude_margin_km must be >= 0")
+
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> PairsParams:
-        sec = section(params, "pairs")
-        sets = section(params, "evalset").get("sets")
-        if not isinstance(sets, dict) or not sets:
-            raise ConfigError("params evalset.sets is missing or empty: the pairs stage must know what to exclude")
-        raw = sec.get("exclude_sets", "all")
+    def from_section(cls, sec: Mapping[str, Any] | None, evalset: EvalsetParams) -> PairsParams:
+        """From the `pairs` section and the built `evalset` section; an unknown key, or a
+        set name that `evalset.sets` lacks, is a ConfigError naming it."""
+        sec = dict(sec or {})
+        check_keys(sec, {f.name for f in fields(cls)} - FROM_EVALSET, "pairs")
+        sets = {s.name: s for s in evalset.sets}
+        raw = sec.pop("exclude_sets", "all")
         names = tuple(sets) if raw == "all" else tuple(str(n) for n in (raw or []))
         unknown = sorted(set(names) - set(sets))
         if unknown:
             raise ConfigError(f"params pairs.exclude_sets: unknown set(s) {unknown}; valid: {sorted(sets)}")
-        try:
-            areas = tuple(
-                SetArea(n, float(sets[n]["lat"]), float(sets[n]["lon"]), float(sets[n]["query_radius_km"]))
-                for n in names
-            )
-            p = cls(
-                min_iou=float(sec.get("min_iou", 0.1)),
-                year=int(sec.get("year", DATABASE_YEAR)),
-                exclude_sets=names,
-                areas=areas,
-                margin_km=float(sec.get("exclude_margin_km", 0.0)),
-                regions=str(sec.get("regions", "fetched")),
-                photos=str(sec.get("photos", "fetched")),
-                years=tuple(int(y) for y in sec.get("years", DATABASE_YEARS)),
-                pass_rule=load_pass_rule(params),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"params pairs: {exc}") from exc
-        if not 0.0 < p.min_iou <= 1.0:
-            raise ConfigError(f"params pairs.min_iou must be in (0, 1], got {p.min_iou}")
-        if p.regions not in MODES or p.photos not in MODES:
-            raise ConfigError(f"params pairs.regions and pairs.photos must be one of {MODES}")
-        if p.margin_km < 0:
-            raise ConfigError("params pairs.exclude_margin_km must be >= 0")
-        return p
+        areas = tuple(SetArea(n, sets[n].lat, sets[n].lon, sets[n].query_radius_km) for n in names)
+        sec.update(exclude_sets=names, areas=areas, pass_rule=evalset.pass_rule)
+        return build_config(cls, sec, "pairs")
+
+
+# Fields of PairsParams that the `evalset` section supplies: not keys of `pairs`.
+FROM_EVALSET = frozenset({"areas", "pass_rule"})
+
+
+@dataclass(frozen=True)
+class PairsPaths:
+    """What the pairs stage reads, and the folder it writes."""
+
+    intersections: Path
+    queries: Path
+    grid: Path
+    evalsets_dir: Path
+    tiles_root: Path
+    out_dir: Path
 
 
 # ---------------------------------------------------------------------------
@@ -178,20 +184,16 @@ def region_paths(grid: pd.DataFrame, year: int) -> pd.Series:
 # Stage
 
 
-def run(
-    p: PairsParams,
-    intersections: Path,
-    queries: Path,
-    grid: Path,
-    evalsets_dir: Path,
-    tiles_root: Path,
-    out_dir: Path,
-) -> dict[str, Any]:
+def run(p: PairsParams, paths: PairsPaths) -> dict[str, Any]:
+    """Select the pairs, prove that no evaluation photo is among them, write them to
+    `paths.out_dir`; return the summary."""
+    intersections, queries, grid = paths.intersections, paths.queries, paths.grid
+    evalsets_dir, tiles_root, out_dir = paths.evalsets_dir, paths.tiles_root, paths.out_dir
     inter = _read_parquet(Path(intersections), ["query_id", "region_id", "zoom", "iou", "intersection_km2"])
     qs = _read_parquet(Path(queries), list(QUERY_COLUMNS))
     qs = with_pass_ids(qs, *p.pass_rule, source=queries)
     members = read_members(Path(evalsets_dir), p.exclude_sets)
-    excluded = excluded_photos(qs, members, p.areas, p.margin_km)
+    excluded = excluded_photos(qs, members, p.areas, p.exclude_margin_km)
 
     regions_ok = fetched_regions(Path(tiles_root), p.years) if p.regions == "fetched" else None
     photos_ok = fetched_photos(Path(tiles_root)) if p.photos == "fetched" else None
@@ -220,7 +222,7 @@ def run(
         {
             "year": p.year,
             "exclude_sets": list(p.exclude_sets),
-            "exclude_margin_km": p.margin_km,
+            "exclude_margin_km": p.exclude_margin_km,
             "region_filter": (
                 p.regions
                 if regions_ok is not None or p.regions == "all"
@@ -252,9 +254,3 @@ def summary_line(s: dict[str, Any], out_dir: Path) -> str:
         f"({', '.join(f'{k} {v}' for k, v in ex.items())}); regions: {s['region_filter']}; "
         f"photos: {s['photo_filter']} -> {out_dir}"
     )
-
-
-def main(args: argparse.Namespace) -> None:
-    p = PairsParams.from_params(load_params(args.params))
-    summary = run(p, args.intersections, args.queries, args.grid, args.evalsets, args.tiles, args.out_dir)
-    print(summary_line(summary, Path(args.out_dir)))

@@ -14,8 +14,8 @@ import csv
 import re
 import time
 import unicodedata
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -29,6 +29,7 @@ from pipeline.geo.area import DEFAULT_DENSIFY_DEG, area_km2, geod_quad_area_km2
 from pipeline.geo.footprints import check_quads, quads_from_corners, split_antimeridian, unwrap_ring_lons
 from pipeline.geo.names import SAFE_ID_RE, query_filename
 from pipeline.io import atomic_path, write_geoparquet
+from pipeline.params import build_config, check_keys
 from pipeline.schema import CORNER_COLUMNS, NASA_CORNER_COLUMNS
 
 NUMERIC_COLUMNS = [*NASA_CORNER_COLUMNS, "NADIR_LAT", "NADIR_LON", "SQ_KM_AREA", "ORIENTATION"]
@@ -62,27 +63,39 @@ def _unprintable(ch: str) -> bool:
 
 @dataclass(frozen=True)
 class QueriesParams:
-    csv: str = "data/inputs/metadata_queries_images.csv"
-    max_rejected_fraction: float = 0.01
-    max_area_rel_diff: float = 0.05
-    densify_deg: float = DEFAULT_DENSIFY_DEG
+    """The `queries` params section."""
+
+    csv: str = "data/inputs/metadata_queries_images.csv"  # the NASA metadata CSV when the CLI names none
+    max_rejected_fraction: float = 0.01  # the stage fails when a larger share of rows is rejected
+    max_area_rel_diff: float = 0.05  # reject a row whose geodesic area differs more from NASA's
+    densify_deg: float = DEFAULT_DENSIFY_DEG  # footprint edges are densified to this step
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_rejected_fraction <= 1:
+            raise ValueError("max_rejected_fraction must be within [0, 1]")
+        if self.densify_deg <= 0:
+            raise ValueError("densify_deg must be > 0")
 
     @classmethod
-    def from_section(cls, sec: dict[str, Any]) -> QueriesParams:
+    def from_section(cls, sec: Mapping[str, Any] | None) -> QueriesParams:
+        """From the `queries` section; an unknown key is an error naming it. Numbers may
+        be written as strings ("0.5"), as `dvc exp run -S` can leave them."""
+        sec = dict(sec or {})
+        check_keys(sec, {f.name for f in fields(cls)}, "queries")
         try:
-            p = cls(
-                csv=str(sec.get("csv", cls.csv)),
-                max_rejected_fraction=float(sec.get("max_rejected_fraction", cls.max_rejected_fraction)),
-                max_area_rel_diff=float(sec.get("max_area_rel_diff", cls.max_area_rel_diff)),
-                densify_deg=float(sec.get("densify_deg", cls.densify_deg)),
-            )
+            values = {k: str(v) if k == "csv" else float(v) for k, v in sec.items()}
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"params queries: {exc}") from exc
-        if not 0 <= p.max_rejected_fraction <= 1:
-            raise ConfigError("params queries.max_rejected_fraction must be within [0, 1]")
-        if p.densify_deg <= 0:
-            raise ConfigError("params queries.densify_deg must be > 0")
-        return p
+        return build_config(cls, values, "queries")
+
+
+@dataclass(frozen=True)
+class QueriesPaths:
+    """What the queries stage reads and writes."""
+
+    csv: Path  # the NASA metadata CSV
+    out: Path  # the footprints GeoParquet
+    rejected: Path  # the CSV of rejected rows, one per row with its reason
 
 
 class _Rejections:
@@ -419,7 +432,10 @@ def write_rejected(rejected: pd.DataFrame, dest: Path) -> None:
         shown.to_csv(tmp, index=False, columns=REJECTED_COLUMNS, quoting=csv.QUOTE_MINIMAL)
 
 
-def run(csv_path: Path, out: Path, rejected_out: Path, params: QueriesParams) -> gpd.GeoDataFrame:
+def run(params: QueriesParams, paths: QueriesPaths) -> dict[str, Any]:
+    """Ingest `paths.csv`; write the footprints and the rejected rows; return the counts.
+    The rejected rows are written even when too many of them fail the stage."""
+    csv_path, out, rejected_out = paths.csv, paths.out, paths.rejected
     t0 = time.perf_counter()
     raw = read_nasa_csv(csv_path)
     gdf, rejected = ingest(raw, params)
@@ -434,8 +450,15 @@ def run(csv_path: Path, out: Path, rejected_out: Path, params: QueriesParams) ->
         )
     write_geoparquet(gdf, out)
     blank = len(raw.attrs.get("blank_lines", []))
+    across = int(gdf["crosses_antimeridian"].sum())
     print(
         f"queries: {len(gdf):,} footprints, {len(rejected)} rejected {by_reason}, {blank} blank lines "
-        f"({int(gdf['crosses_antimeridian'].sum())} across the antimeridian) -> {out} in {time.perf_counter() - t0:.1f} s"
+        f"({across} across the antimeridian) -> {out} in {time.perf_counter() - t0:.1f} s"
     )
-    return gdf
+    return {
+        "footprints": int(len(gdf)),
+        "rejected": int(len(rejected)),
+        "rejected_by_reason": {str(k): int(v) for k, v in by_reason.items()},
+        "blank_lines": blank,
+        "across_antimeridian": across,
+    }
