@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -146,7 +147,25 @@ def main(argv: list[str] | None = None) -> int:
     print("\nbaselines (first run's; untrained differs per seed):")
     for b in baselines:
         print(f"- {b}: " + " / ".join(f"R@{n} {recall(results[0][2], b, n)}" for n in SHOWN))
+    print("\nover seeds (mean ± sd):")
+    for recipe in args.recipes:
+        runs = [m for r, _, m in results if r == recipe]
+        for method, label in (("model", "trained"), ("untrained", "its own initialisation")):
+            print(f"- {recipe}, {label}: " + ", ".join(f"R@{n} {spread(runs, method, n)}" for n in SHOWN))
+        print(f"- {recipe}: {sum(passes(m, args.must_beat) for m in runs)} of {len(runs)} seeds pass")
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"\n{time.monotonic() - t0:.0f} s wall, {cpu.ru_utime + cpu.ru_stime:.0f} CPU-s in this process "
+          f"(runs reused from --work count as 0)")  # fmt: skip
     return 0
+
+
+def spread(runs: list[dict[str, Any]], method: str, n: int) -> str:
+    values = [float(v) for m in runs if (v := recall(m, method, n)) != "-"]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {sd:.1f}"
 
 
 if __name__ == "__main__":
