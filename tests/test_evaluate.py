@@ -16,9 +16,9 @@ from PIL import Image
 
 from earthloc.baselines import contains_point, nadir_ranking, region_bounds_table
 from earthloc.cli import main as cli_main
-from earthloc.evaluate import EvaluateParams, run_set, write_audit
-from earthloc.localize import footprint_geometry, load_index, localize_descriptor
 from pipeline.errors import ConfigError
+from pipeline.stages.evaluate import EvaluateParams, run_set, write_audit
+from pipeline.tools.localize import footprint_geometry, load_index, localize_descriptor
 from retrieval_support import CORNERS, TinySet, make_tiny_set, render_region, tiny_checkpoint
 
 
@@ -320,7 +320,7 @@ def test_localize_refuses_another_model(
 
 
 def test_region_corners_match_footprint() -> None:
-    from earthloc.localize import region_table
+    from pipeline.stages.index import region_table
 
     t = region_table(["09_0196_0112"], ["x.jpg"])
     g = footprint_geometry("09_0196_0112")
