@@ -233,9 +233,10 @@ def training_config(params: Params) -> TrainingConfig:
 
 
 def evaluate_config(params: Params) -> EvaluateParams:
+    """The `evaluate` section, with the built `audit_page` section the stage draws its pages with."""
     from pipeline.stages.evaluate import EvaluateParams
 
-    return EvaluateParams.from_section(dict(section(dict(params), "evaluate")))
+    return EvaluateParams.from_section(dict(section(dict(params), "evaluate")), page=audit_page_config(params))
 
 
 def index_config(params: Params) -> IndexParams:

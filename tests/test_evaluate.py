@@ -385,6 +385,33 @@ def test_audit_page_off_leaves_a_note_not_a_stale_page(tmp_path: Path) -> None:
     assert [f.name for f in out.iterdir()] == ["audit.html"]  # no temp file left behind
 
 
+def test_audit_page_section_reaches_the_page(tiny: tuple[TinySet, Path], tmp_path: Path) -> None:
+    """The `audit_page` params section, built by the config loader, draws the evaluate
+    stage's page: a non-default top_k cuts every query's predictions on the page."""
+    import re
+
+    from pipeline import config
+
+    ts, model = tiny
+    evaluate = {
+        "sets": ["tiny"], "tiles_root": str(ts.tiles_root), "evalsets_dir": str(ts.set_dir.parent),
+        "out_root": str(tmp_path / "eval"), "regions": str(tmp_path / "no_grid.parquet"), "num_workers": 0,
+        "batch_size": 4, "k": 20, "recall_ns": [1, 5, 10, 20], "grid_queries": 3, "grid_top": 5,
+        "baselines": ["random"],
+    }  # fmt: skip
+    p = config.evaluate_config({"evaluate": evaluate, "audit_page": {"top_k": 3}})
+    assert p.page.top_k == 3
+    assert config.evaluate_config({"evaluate": evaluate}).page == config.audit_page_config({})
+    run_set("tiny", p, model_path=model)
+    text = (tmp_path / "eval" / "tiny" / "audit.html").read_text(encoding="utf-8")
+    m = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)
+    assert m
+    preds = [len(q["preds"]) for q in json.loads(m.group(1))["queries"]]
+    assert preds == [3] * 4  # 36 database vectors per query: the default top_k would show 10
+    with pytest.raises(ConfigError, match="unknown key 'page'"):
+        EvaluateParams.from_section({"page": {"top_k": 3}})
+
+
 def test_bootstrap_resamples_passes_when_the_set_has_them(tiny: tuple[TinySet, Path], tmp_path: Path) -> None:
     """With queries.csv's pass_id, intervals resample passes: here two passes of two queries."""
     import shutil
