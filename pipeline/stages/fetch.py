@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -40,9 +40,6 @@ from pipeline.fetch.store import REGION_COLUMNS, TILE_COLUMNS, TileStore, read_m
 from pipeline.geo.aoi import Aoi, aois_for, in_aois
 from pipeline.io import write_json
 from pipeline.schema import GRID_COLUMNS
-
-if TYPE_CHECKING:
-    pass
 
 SOURCES = ("synthetic", "eox")
 URL_FORMS = {"rest": EOX_RESTFUL, "kvp": EOX_KVP}

@@ -2,9 +2,9 @@
 
 The photos are simulated over the queries' real footprints by default, or downloaded
 (`fetch_queries.source`); `fetch_queries.scope` limits them to the queries of the listed
-evaluation sets and of AstroLoc's training areas. The stage reads the 2021 shard
-manifests of the fetch stage, so it runs after it, and writes under `tiles/queries/`,
-`persist`ed like the shards: a rerun resumes (pipeline/fetch/queries.py).
+evaluation sets and of AstroLoc's training areas. The stage reads the fetch stage's
+manifests of the intersections' year, so it runs after the fetch, and writes under
+`tiles/queries/`, `persist`ed like the shards: a rerun resumes (pipeline/fetch/queries.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Localise a photo against the index of the index stage (`earthloc localize IMAGE [--nadir LAT LON]`).
+"""`earthloc localize IMAGE [--nadir LAT LON]`: the regions of the index stage's index
+(pipeline/stages/index.py) that best match one photo.
 
-`localize` refuses an index built with a different model file (descriptors of two models
-are not comparable).
+A tool, not a dvc.yaml stage: it answers one photo at a time, on demand. It refuses an
+index built with a different model file (descriptors of two models are not comparable).
 
 With a nadir, only regions whose centre lies within `radius_km` (haversine, like the
 evaluation sets' radii) are searched: faiss's ID selector restricts the search to their
