@@ -299,7 +299,7 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
 # Sections whose stage takes its dataclass from this module (`run(config, paths)`): every one.
 MIGRATED = (
     "grid", "queries", "intersect", "evalset", "fetch", "fetch_queries", "export", "pairs", "lost_in_space",
-    "catalog", "model", "augment", "loss", "train", "astroloc", "evaluate", "index", "localize",
+    "catalog", "model", "augment", "loss", "train", "astroloc", "evaluate", "audit_page", "index", "localize",
 )  # fmt: skip
 
 __all__ = [
