@@ -2,8 +2,8 @@
 
 For each recipe (the small EarthLoc variant of params.yaml, and AstroLoc: the same params
 with `astroloc.losses` photo_pairs + weighted_clusters) and each seed, the train stage's
-loop (`earthloc.train.train`) trains a model into a scratch folder, and the evaluate
-stage (`earthloc.evaluate.run_set`, with params.yaml's `evaluate` section) scores it on one
+loop (`earthloc.trainer.train`) trains a model into a scratch folder, and the evaluate
+stage (`pipeline.stages.evaluate.run_set`, with params.yaml's `evaluate` section) scores it on one
 evaluation set with all of that section's baselines; the untrained baseline is the very
 network the run started from (its checkpoint's init_seed). One table: per recipe and seed,
 the model's R@1 and R@10 and its margin over every baseline, with the interval the
@@ -44,9 +44,9 @@ SHOWN = (1, 10)
 
 def run_one(params: dict[str, Any], recipe: str, seed: int, eval_set: str, work: Path) -> dict[str, Any]:
     """Train one model and evaluate it; the evaluate stage's metrics.json, plus timings."""
-    from earthloc.evaluate import run_set
-    from earthloc.train import TrainPaths, train
+    from earthloc.trainer import TrainPaths, train
     from pipeline.config import evaluate_config, training_config
+    from pipeline.stages.evaluate import run_set
 
     d = work / f"{recipe}_seed{seed}"
     done = d / "learning.json"

@@ -4,7 +4,7 @@
     python benchmarks/train_throughput.py --params params_paper.yaml --minutes 5 --device cuda
     python benchmarks/train_throughput.py --params params_paper.yaml --max-iterations 2 --regions-per-batch 8
 
-Each iteration is `earthloc.train.train_step` (year-wise augmentation on the device, forward
+Each iteration is `earthloc.trainer.train_step` (year-wise augmentation on the device, forward
 under bf16 autocast on CUDA, the params' objectives on the global batch, backward, Adam)
 fed by `earthloc.data.loader` (JPEG decoding in `train.num_workers` processes), exactly as
 the train stage runs it. Without --tiles the regions are generated: random-texture JPEGs of
@@ -42,7 +42,7 @@ from earthloc.images import load_rgb
 from earthloc.model import build_model
 from earthloc.objectives import RegionMS
 from earthloc.seeds import STREAM_LOADER, derived_seed, seed_everything
-from earthloc.train import BatchPlan, StepTools, train_step
+from earthloc.trainer import BatchPlan, StepTools, train_step
 from pipeline import config
 
 

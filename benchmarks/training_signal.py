@@ -37,12 +37,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from earthloc.data import training_regions  # noqa: E402
-from earthloc.evaluate import untrained_model  # noqa: E402
 from earthloc.images import load_model_input  # noqa: E402
 from earthloc.model import ModelConfig, load_checkpoint  # noqa: E402
 from earthloc.retrieval.descriptors import rotate_batch  # noqa: E402
 from earthloc.retrieval.evalset import EvalSetFiles, read_evalset, score_descriptors  # noqa: E402
 from pipeline.schema import CORNER_COLUMNS  # noqa: E402
+from pipeline.stages.evaluate import untrained_model  # noqa: E402
 from pipeline.synthetic.photos import NO_EFFECTS, PhotoEffects, photo_seed, render_photo  # noqa: E402
 
 VARIANTS = {"all effects": PhotoEffects(), "no clouds": PhotoEffects(cloud_chance=0.0), "no effects": NO_EFFECTS}

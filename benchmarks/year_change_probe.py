@@ -17,7 +17,7 @@ it straight from the world renderer (no tile server, no fetch, no JPEG):
    - untrained: earthloc.model with params.yaml's model section, one row per init seed;
    - trained (with --train-minutes M > 0): the first seed's network trained for M minutes
      of CPU on a *different* area (--train-lat/--train-lon, > 1000 km away) with the train
-     stage's own step (`earthloc.train.train_step`: year-wise augmentation, multi-similarity
+     stage's own step (`earthloc.trainer.train_step`: year-wise augmentation, multi-similarity
      loss), then probed like the others.
 3. With --photos K: K simulated astronaut photos (pipeline/synthetic/photos.py, every
    effect, the photo's own year) whose footprint centre lies on a probe region, square,
@@ -55,7 +55,7 @@ import yaml  # noqa: E402
 from earthloc.augment import AugmentConfig, YearwiseAugment, prepare  # noqa: E402
 from earthloc.loss import LossConfig, NeutralAwareMSLoss  # noqa: E402
 from earthloc.model import ModelConfig, build_model  # noqa: E402
-from earthloc.train import train_step  # noqa: E402
+from earthloc.trainer import train_step  # noqa: E402
 from pipeline.geo.distance import haversine_km  # noqa: E402
 from pipeline.synthetic import landfield  # noqa: E402
 from pipeline.synthetic.photos import PhotoEffects, render_photo  # noqa: E402

@@ -123,13 +123,13 @@ def cmd_pairs(args: argparse.Namespace) -> None:
 
 def cmd_fetch_queries(args: argparse.Namespace) -> None:
     from pipeline import config
-    from pipeline.stages import fetch
+    from pipeline.stages import fetch_queries
 
     cfg = config.fetch_queries_config(config.load(args.params))
-    paths = fetch.FetchQueriesPaths(
+    paths = fetch_queries.FetchQueriesPaths(
         queries=args.queries, intersections=args.intersections, root=args.root, summary=args.summary
     )
-    fetch.run_queries(cfg, paths)
+    fetch_queries.run(cfg, paths)
 
 
 def cmd_lost_in_space(args: argparse.Namespace) -> None:
@@ -150,7 +150,7 @@ def cmd_lost_in_space(args: argparse.Namespace) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from pipeline import config
-    from pipeline.stages import audit
+    from pipeline.tools import audit
 
     # The params are read only for --check: summarising or drawing a file needs none.
     params = audit.AuditParams()
@@ -174,15 +174,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from earthloc import train
     from pipeline import config
+    from pipeline.stages import train
 
     cfg = config.training_config(config.load(args.params))
     train.run(cfg, train.TrainPaths(args.tiles, args.grid, args.out, args.checkpoints, args.live_dir))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from pipeline import config, export
+    from pipeline import config
+    from pipeline.tools import export
 
     request = export.ExportRequest(
         tiles=args.tiles,
@@ -202,8 +203,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from earthloc import evaluate
     from pipeline import config
+    from pipeline.stages import evaluate
 
     cfg = config.evaluate_config(config.load(args.params))
     if args.sets:
@@ -212,19 +213,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> None:
-    from earthloc import localize
     from pipeline import config
+    from pipeline.stages import index
 
     cfg = config.index_config(config.load(args.params))
-    localize.run_index(cfg, localize.IndexPaths(model=args.model, out_dir=args.out_dir))
+    index.run(cfg, index.IndexPaths(model=args.model, out_dir=args.out_dir))
 
 
 def cmd_localize(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from earthloc import localize
     from pipeline import config
     from pipeline.errors import ConfigError
+    from pipeline.tools import localize
 
     cfg = config.localize_config(config.load(args.params))
     # 0 is not a usable count or radius: like an absent flag, it leaves the params value.
@@ -238,7 +239,7 @@ def cmd_localize(args: argparse.Namespace) -> None:
     request = localize.LocalizeRequest(
         image=args.image, nadir=nadir, model=args.model, index_dir=args.index, out=args.out
     )
-    localize.run_localize(cfg, request)
+    localize.run(cfg, request)
 
 
 def cmd_catalog(args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ extra `input_norm`): `preprocessing(cfg)` states it for catalogs and users.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -252,3 +253,12 @@ def load_model(
 def torchgeo_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights under torchgeo's `EarthLoc` key names."""
     return from_project_keys(unwrap(model).state_dict())
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a model file: what ties an index to the model whose descriptors it holds."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

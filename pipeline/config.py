@@ -31,21 +31,23 @@ if TYPE_CHECKING:
     from earthloc.astroloc import AstroLocConfig
     from earthloc.audit_page import AuditPageConfig
     from earthloc.augment import AugmentConfig
-    from earthloc.evaluate import EvaluateParams
-    from earthloc.localize import IndexParams, LocalizeParams
     from earthloc.loss import LossConfig
     from earthloc.model import ModelConfig
-    from earthloc.train import TrainConfig, TrainingConfig
-    from pipeline.export import ExportConfig
-    from pipeline.stages.audit import AuditParams
+    from earthloc.trainer import TrainConfig, TrainingConfig
     from pipeline.stages.catalog import BuildContext, CatalogParams
     from pipeline.stages.evalset import EvalsetParams
-    from pipeline.stages.fetch import FetchParams, FetchQueriesParams
+    from pipeline.stages.evaluate import EvaluateParams
+    from pipeline.stages.fetch import FetchParams
+    from pipeline.stages.fetch_queries import FetchQueriesParams
     from pipeline.stages.grid import GridParams
+    from pipeline.stages.index import IndexParams
     from pipeline.stages.intersect import IntersectParams
     from pipeline.stages.lost_in_space import LostInSpaceParams
     from pipeline.stages.pairs import PairsParams
     from pipeline.stages.queries import QueriesParams
+    from pipeline.tools.audit import AuditParams
+    from pipeline.tools.export import ExportConfig
+    from pipeline.tools.localize import LocalizeParams
 
 Params = Mapping[str, Any]
 
@@ -118,7 +120,7 @@ def lost_in_space_config(params: Params) -> LostInSpaceParams:
 
 def export_config(params: Params) -> ExportConfig:
     """The `export` section, with the region shape of the `grid` section."""
-    from pipeline.export import ExportConfig
+    from pipeline.tools.export import ExportConfig
 
     return ExportConfig.from_section(section(dict(params), "export"), grid_config(params).spec)
 
@@ -127,8 +129,8 @@ def audit_config(params: Params, source: str) -> AuditParams:
     """What `earthloc audit --check` re-derives pairs with: the `intersect` section and the
     queries' `densify_deg`, built strictly; a section the file lacks takes its defaults.
     `source` names the file in the report."""
-    from pipeline.stages.audit import AuditParams
     from pipeline.stages.intersect import IntersectParams
+    from pipeline.tools.audit import AuditParams
 
     densify = {"densify_deg": queries_config(params).densify_deg} if "queries" in params else {}
     return AuditParams(intersect=IntersectParams.from_section(params.get("intersect"), **densify), source=source)
@@ -175,7 +177,7 @@ def fetch_config(params: Params) -> FetchParams:
 
 def fetch_queries_config(params: Params) -> FetchQueriesParams:
     """The `fetch_queries` section, with the built `fetch` section and the intersections' year."""
-    from pipeline.stages.fetch import FetchQueriesParams
+    from pipeline.stages.fetch_queries import FetchQueriesParams
 
     year = intersect_config(params).year
     return FetchQueriesParams.from_section(section(dict(params), "fetch_queries"), fetch_config(params), year)
@@ -204,7 +206,7 @@ def loss_config(params: Params) -> LossConfig:
 
 
 def train_config(params: Params) -> TrainConfig:
-    from earthloc.train import TrainConfig
+    from earthloc.trainer import TrainConfig
 
     return TrainConfig.from_section(section(dict(params), "train"))
 
@@ -219,7 +221,7 @@ def astroloc_config(params: Params) -> AstroLocConfig:
 def training_config(params: Params) -> TrainingConfig:
     """Everything the train stage reads: `train`, `model`, `augment`, `loss` and `astroloc`,
     each built strictly, bundled so that a checkpoint's fingerprint sees all of them."""
-    from earthloc.train import TrainingConfig
+    from earthloc.trainer import TrainingConfig
 
     return TrainingConfig(
         train=train_config(params),
@@ -231,19 +233,20 @@ def training_config(params: Params) -> TrainingConfig:
 
 
 def evaluate_config(params: Params) -> EvaluateParams:
-    from earthloc.evaluate import EvaluateParams
+    """The `evaluate` section, with the built `audit_page` section the stage draws its pages with."""
+    from pipeline.stages.evaluate import EvaluateParams
 
-    return EvaluateParams.from_section(dict(section(dict(params), "evaluate")))
+    return EvaluateParams.from_section(dict(section(dict(params), "evaluate")), page=audit_page_config(params))
 
 
 def index_config(params: Params) -> IndexParams:
-    from earthloc.localize import IndexParams
+    from pipeline.stages.index import IndexParams
 
     return IndexParams.from_section(dict(section(dict(params), "index")))
 
 
 def localize_config(params: Params) -> LocalizeParams:
-    from earthloc.localize import LocalizeParams
+    from pipeline.tools.localize import LocalizeParams
 
     return LocalizeParams.from_section(dict(section(dict(params), "localize")))
 
@@ -296,7 +299,7 @@ SECTIONS: dict[str, Callable[[Params], Any]] = {
 # Sections whose stage takes its dataclass from this module (`run(config, paths)`): every one.
 MIGRATED = (
     "grid", "queries", "intersect", "evalset", "fetch", "fetch_queries", "export", "pairs", "lost_in_space",
-    "catalog", "model", "augment", "loss", "train", "astroloc", "evaluate", "index", "localize",
+    "catalog", "model", "augment", "loss", "train", "astroloc", "evaluate", "audit_page", "index", "localize",
 )  # fmt: skip
 
 __all__ = [

@@ -19,7 +19,7 @@ from earthloc.loss import LossConfig
 from earthloc.model import load_model
 from earthloc.objectives.clusters import WeightedClusters
 from earthloc.objectives.photos import PhotoDataset, north_up_turns, photo_pool, plan_photos
-from earthloc.train import TrainPaths, train
+from earthloc.trainer import TrainPaths, train
 from pipeline.config import training_config
 from pipeline.errors import ConfigError, InputError
 from train_fixtures import add_photos, astroloc_section, make_store, region_image, tiny_params
@@ -149,7 +149,7 @@ def test_no_photos_is_a_clear_error(tmp_path: Path, store: dict[str, Path]) -> N
 def test_photos_per_batch_must_split_over_ranks(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: dict[str, Path]
 ) -> None:
-    import earthloc.train as T
+    import earthloc.trainer as T
     from earthloc.distributed import Dist
 
     params = astro_params(store, CONFIGS["astroloc"])  # 4 regions, 3 photos per batch

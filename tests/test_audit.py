@@ -21,8 +21,8 @@ from pipeline.geo.footprints import quads_from_corners, split_antimeridian, unwr
 from pipeline.geo.names import query_filename
 from pipeline.geo.overlap import overlap_table
 from pipeline.geo.regions import describe_regions
-from pipeline.stages import audit
 from pipeline.stages.intersect import pairs_table, upstream_dict
+from pipeline.tools import audit
 
 # Queries: a tilted quad in Europe, one across the antimeridian, one over open sea far
 # from every region, and one the intersection files will leave out.

@@ -160,7 +160,7 @@ def test_cli_reports_a_misspelt_key_on_one_line(
 # The earthloc/ stages and the sections each builds its config from.
 EARTHLOC_STAGES = {
     "train": ("model", "augment", "loss", "train", "astroloc"),
-    "evaluate": ("evaluate",),
+    "evaluate": ("evaluate", "audit_page"),
     "index": ("index",),
     "localize": ("localize",),
 }

@@ -241,3 +241,22 @@ def test_every_stage_runs_an_earthloc_subcommand_with_a_handler() -> None:
 def test_stage_deps_list_exactly_the_code_it_imports(stage: str) -> None:
     problems = deps_mismatch(stage, STAGES[stage])
     assert not problems, "\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_has_its_module_first(stage: str) -> None:
+    """A reader finds a stage's code by its name: `pipeline/stages/<stage>.py` (a foreach or
+    matrix stage such as `fetch@2021-10` is the one stage `fetch`), listed first among the
+    stage's code, so dvc.yaml names it where the stage begins."""
+    own = f"pipeline/stages/{stage}.py"
+    assert (ROOT / own).is_file(), f"dvc.yaml stage {stage!r} has no module {own}"
+    code = [str(d) for d in STAGES[stage].get("deps", []) if is_code(str(d))]
+    assert code and code[0] == own, f"dvc.yaml stage {stage!r}: its first code dependency is {code[:1]}, not {own}"
+    assert str(STAGES[stage]["deps"][0]) == own, f"dvc.yaml stage {stage!r}: deps should begin with {own}"
+
+
+def test_stages_folder_holds_only_stages() -> None:
+    """pipeline/stages/ holds the dvc.yaml stages and nothing else; a command that is not a
+    stage lives in pipeline/tools/."""
+    modules = {p.stem for p in (ROOT / "pipeline" / "stages").glob("*.py") if p.name != "__init__.py"}
+    assert modules == set(STAGES), f"not stages: {sorted(modules - set(STAGES))}"

@@ -16,9 +16,9 @@ from PIL import Image
 
 from earthloc.baselines import contains_point, nadir_ranking, region_bounds_table
 from earthloc.cli import main as cli_main
-from earthloc.evaluate import EvaluateParams, run_set, write_audit
-from earthloc.localize import footprint_geometry, load_index, localize_descriptor
 from pipeline.errors import ConfigError
+from pipeline.stages.evaluate import EvaluateParams, run_set, write_audit
+from pipeline.tools.localize import footprint_geometry, load_index, localize_descriptor
 from retrieval_support import CORNERS, TinySet, make_tiny_set, render_region, tiny_checkpoint
 
 
@@ -320,7 +320,7 @@ def test_localize_refuses_another_model(
 
 
 def test_region_corners_match_footprint() -> None:
-    from earthloc.localize import region_table
+    from pipeline.stages.index import region_table
 
     t = region_table(["09_0196_0112"], ["x.jpg"])
     g = footprint_geometry("09_0196_0112")
@@ -383,6 +383,33 @@ def test_audit_page_off_leaves_a_note_not_a_stale_page(tmp_path: Path) -> None:
     page = (out / "audit.html").read_text(encoding="utf-8")
     assert "turned off" in message and "evaluate.audit_page is false" in page and "old page" not in page
     assert [f.name for f in out.iterdir()] == ["audit.html"]  # no temp file left behind
+
+
+def test_audit_page_section_reaches_the_page(tiny: tuple[TinySet, Path], tmp_path: Path) -> None:
+    """The `audit_page` params section, built by the config loader, draws the evaluate
+    stage's page: a non-default top_k cuts every query's predictions on the page."""
+    import re
+
+    from pipeline import config
+
+    ts, model = tiny
+    evaluate = {
+        "sets": ["tiny"], "tiles_root": str(ts.tiles_root), "evalsets_dir": str(ts.set_dir.parent),
+        "out_root": str(tmp_path / "eval"), "regions": str(tmp_path / "no_grid.parquet"), "num_workers": 0,
+        "batch_size": 4, "k": 20, "recall_ns": [1, 5, 10, 20], "grid_queries": 3, "grid_top": 5,
+        "baselines": ["random"],
+    }  # fmt: skip
+    p = config.evaluate_config({"evaluate": evaluate, "audit_page": {"top_k": 3}})
+    assert p.page.top_k == 3
+    assert config.evaluate_config({"evaluate": evaluate}).page == config.audit_page_config({})
+    run_set("tiny", p, model_path=model)
+    text = (tmp_path / "eval" / "tiny" / "audit.html").read_text(encoding="utf-8")
+    m = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)
+    assert m
+    preds = [len(q["preds"]) for q in json.loads(m.group(1))["queries"]]
+    assert preds == [3] * 4  # 36 database vectors per query: the default top_k would show 10
+    with pytest.raises(ConfigError, match="unknown key 'page'"):
+        EvaluateParams.from_section({"page": {"top_k": 3}})
 
 
 def test_bootstrap_resamples_passes_when_the_set_has_them(tiny: tuple[TinySet, Path], tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ from PIL import Image
 from earthloc.cli import main as cli_main
 from fetch_stub import StubWmts
 from pipeline.errors import EarthLocError
-from pipeline.export import (
+from pipeline.fetch.client import ClientConfig
+from pipeline.fetch.run import RunConfig, fetch_regions
+from pipeline.tools.export import (
     HALF_WORLD_M,
     ExportConfig,
     RegionKey,
@@ -31,8 +33,6 @@ from pipeline.export import (
     plan_mosaic,
     region_relpath,
 )
-from pipeline.fetch.client import ClientConfig
-from pipeline.fetch.run import RunConfig, fetch_regions
 
 ROOT = Path(__file__).resolve().parents[1]
 Z = 5

@@ -25,7 +25,7 @@ from pipeline.fetch.store import TileStore
 from pipeline.geo.aoi import Aoi, in_aois
 from pipeline.geo.distance import haversine_km
 from pipeline.geo.names import parse_filename
-from pipeline.stages import fetch, grid
+from pipeline.stages import fetch, fetch_queries, grid
 
 ROOT = Path(__file__).resolve().parents[1]
 POI = (30.0, -95.0)
@@ -144,8 +144,8 @@ def test_cli_shard_and_errors(tmp_path: Path, grid_file: Path, capsys: pytest.Ca
 
 def run_queries(params: dict[str, Any], tmp: Path, summary: Path | None) -> dict[str, Any]:
     """The fetch_queries stage on the queries, pairs and tile store under `tmp`."""
-    paths = fetch.FetchQueriesPaths(tmp / "queries.parquet", tmp / "pairs.parquet", tmp / "tiles", summary)
-    return fetch.run_queries(config.fetch_queries_config(params), paths)
+    paths = fetch_queries.FetchQueriesPaths(tmp / "queries.parquet", tmp / "pairs.parquet", tmp / "tiles", summary)
+    return fetch_queries.run(config.fetch_queries_config(params), paths)
 
 
 def test_query_photos_stage_selects_renders_resumes_and_prunes(tmp_path: Path, grid_file: Path) -> None:

@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from earthloc.localize import INDEX_FORMAT, MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
+from earthloc.retrieval.index import INDEX_FORMAT
+from pipeline.tools.localize import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 

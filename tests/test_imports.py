@@ -63,7 +63,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_known_imports_and_finds_a_cycle() -> None:
     g = import_graph()
-    assert "earthloc.objectives" in g["earthloc.train"]
+    assert "earthloc.objectives" in g["earthloc.trainer"]
     assert "earthloc.astroloc" in g["earthloc.objectives.photos"]
     assert "earthloc.seeds" in g["earthloc.batches"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) is not None  # the detector detects
@@ -72,3 +72,20 @@ def test_the_graph_sees_known_imports_and_finds_a_cycle() -> None:
 def test_no_import_cycle() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+# The command line binds subcommands to stages and tools; it is the one library module allowed to.
+ENTRY_POINTS = {"earthloc.cli"}
+
+
+def test_the_library_does_not_import_stages_or_tools() -> None:
+    """earthloc/ is the library the stages (pipeline/stages/) and tools (pipeline/tools/) are
+    built on; a library module that imported one of them would tie it to a command."""
+    layered = ("pipeline.stages", "pipeline.tools")
+    wrong = {
+        name: sorted(t for t in targets if t.startswith(layered))
+        for name, targets in import_graph().items()
+        if name.startswith("earthloc") and name not in ENTRY_POINTS
+    }
+    wrong = {name: targets for name, targets in wrong.items() if targets}
+    assert not wrong, f"earthloc/ imports stages or tools: {wrong}"

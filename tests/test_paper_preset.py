@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from earthloc.model import load_checkpoint
-from earthloc.train import TrainPaths, train
+from earthloc.trainer import TrainPaths, train
 from pipeline.config import training_config
 from pipeline.params import load_params
 from train_fixtures import make_store

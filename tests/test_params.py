@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from earthloc.train import TrainConfig
+from earthloc.trainer import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.params import load_params, parse_yaml, section
 

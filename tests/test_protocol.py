@@ -169,7 +169,7 @@ def test_photo_scope_params_are_checked() -> None:
 
 def test_scope_keeps_the_evaluation_queries_and_the_training_area(tmp_path: Path) -> None:
     from pipeline.fetch.queries import PhotoScope
-    from pipeline.stages.fetch import apply_scope
+    from pipeline.stages.fetch_queries import apply_scope
 
     photographable = pd.DataFrame(
         {

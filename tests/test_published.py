@@ -194,8 +194,8 @@ def test_evaluate_and_index_take_torchgeo_weights_through_model_flag(tmp_path) -
     import yaml
 
     from earthloc.cli import main as cli_main
-    from earthloc.localize import load_index
     from earthloc.model import load_model as load_project_model
+    from pipeline.tools.localize import load_index
     from retrieval_support import make_tiny_set, tiny_checkpoint
 
     ts = make_tiny_set(tmp_path)

@@ -25,7 +25,7 @@ from earthloc.batches import batch_regions, random_clusters
 from earthloc.data import RegionYearsDataset, loader, one_line, training_regions
 from earthloc.images import load_rgb
 from earthloc.model import load_model
-from earthloc.train import TrainConfig, TrainPaths, train
+from earthloc.trainer import TrainConfig, TrainPaths, train
 from pipeline.config import training_config
 from pipeline.errors import ConfigError, InputError
 from train_fixtures import add_photos, astroloc_section, make_store, region_image, tiny_params
@@ -185,9 +185,9 @@ def test_checkpoint_names_the_seed_that_rebuilds_the_initial_network(
 ) -> None:
     # The evaluate stage's untrained baseline is untrained_model(cfg, init_seed): it must be
     # the very network the training started from, so "model - untrained" is what training did.
-    import earthloc.train as T
-    from earthloc.evaluate import EvaluateParams, untrained_model, untrained_seed_for
+    import earthloc.trainer as T
     from earthloc.model import load_checkpoint
+    from pipeline.stages.evaluate import EvaluateParams, untrained_model, untrained_seed_for
 
     initial: dict[str, torch.Tensor] = {}
     original = T.build_model
@@ -216,7 +216,7 @@ def test_checkpoint_names_the_seed_that_rebuilds_the_initial_network(
 KILL_DRIVER = textwrap.dedent(
     """
     import os, signal, sys
-    import earthloc.train as T
+    import earthloc.trainer as T
     from earthloc.cli import main
 
     kill_at = int(os.environ.get("KILL_AT_STEP", "0"))
@@ -292,7 +292,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path: Path, store: dict[st
 def test_selection_can_return_the_initial_network(tmp_path: Path, store: dict[str, Path],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """When validation gets worse with training, the stage's model is the network it started from."""
-    import earthloc.train as T
+    import earthloc.trainer as T
 
     scores = iter([40.0, 30.0, 20.0])  # R@5 of the initial network, then after 2 and 4 updates
     monkeypatch.setattr(T, "validate", lambda *a, **k: {1: 0.0, 5: next(scores), 10: 0.0, 20: 0.0})
@@ -345,7 +345,7 @@ def test_ddp_two_cpu_processes_match_one(tmp_path: Path, store: dict[str, Path])
 
 
 def test_val_rotations_are_checked() -> None:
-    from earthloc.train import TrainConfig
+    from earthloc.trainer import TrainConfig
 
     assert TrainConfig(val_rotations=[0]).val_rotations == (0,)
     for bad in ([], [45], [0, 0]):

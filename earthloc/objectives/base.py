@@ -1,6 +1,6 @@
 """The interface between the training loop and what it optimises.
 
-The loop (earthloc/train.py) owns everything every objective needs the same way: data,
+The loop (earthloc/trainer.py) owns everything every objective needs the same way: data,
 segments, DDP, checkpoints, validation, the best model and dvclive. An objective owns only
 what makes it different:
 

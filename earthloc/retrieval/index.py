@@ -1,4 +1,5 @@
-"""The faiss index over the rotation-major database descriptors, and its kinds (IndexSpec)."""
+"""The faiss index over the rotation-major database descriptors, and its kinds (IndexSpec);
+the format tag of the index directory that `earthloc index` writes and `earthloc localize` reads."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy.typing as npt
 
 from pipeline.errors import ConfigError
 
+# Written into the index directory's meta.json; a reader refuses any other tag.
+INDEX_FORMAT = "earthloc-index/1"
 INDEX_KINDS = ("flat", "sq_fp16", "ivf_flat", "ivf_pq", "pq")
 
 FloatArray = npt.NDArray[np.float32]

@@ -3,7 +3,7 @@ nadir, and the regions it overlaps coloured by IoU, one panel per zoom, over coa
 
 Plain lon/lat axes (stretched by 1/cos(latitude) so shapes look right) in continuous
 longitudes: a query across the antimeridian is drawn around 180, not split in two.
-The overlaps themselves come from `pipeline.stages.audit`; this module only draws them.
+The overlaps themselves come from `pipeline.tools.audit`; this module only draws them.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Pipeline stages: thin wrappers that read inputs, call `pipeline.geo`, write outputs."""
+"""One module per dvc.yaml stage, named after it: each reads its inputs, calls the libraries
+(`pipeline.geo`, `pipeline.fetch`, `earthloc`) and writes its outputs."""

@@ -1,4 +1,4 @@
-"""The train stage: one training loop for every objective (paper Sec. 4-5), resumable and DDP-ready.
+"""The training loop of the train stage: one loop for every objective (paper Sec. 4-5), resumable and DDP-ready.
 
 One iteration: B regions drawn from one cluster (`earthloc.batches`, or by an objective),
 plus any photos an objective draws with one positive region each; the regions' four year
@@ -648,9 +648,3 @@ def _write_model(net: torch.nn.Module, mcfg: ModelConfig, paths: TrainPaths, sta
     else:
         save_checkpoint(paths.model_out, net, mcfg, iteration=state.iteration, init_seed=cfg.seed,
                         objectives=[o.name for o in objectives])  # fmt: skip
-
-
-def run(config: TrainingConfig, paths: TrainPaths = TrainPaths()) -> TrainSummary:
-    """Entry point of `earthloc train`: every objective of `config.astroloc.losses` in one loop."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    return train(config, paths)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from earthloc.audit_page import AuditPageConfig, audit_page_from_files
 from earthloc.baselines import ThumbnailDescriptor, nadir_ranking, region_bounds_table
 from earthloc.retrieval.bootstrap import cluster_interval, cluster_margin
 from earthloc.retrieval.descriptors import DescriptorMemo
@@ -44,7 +45,7 @@ from earthloc.retrieval.protocol import RECALL_NS, ROTATIONS
 from earthloc.retrieval.recall import first_hit_rank, hits_at, random_hit_probability, random_recall_curve, recall_curve
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json, write_text
-from pipeline.params import build_config
+from pipeline.params import build_config, check_keys
 from pipeline.schema import CENTER_COLUMNS, NADIR_COLUMNS
 
 BASELINES = ("random", "nadir", "untrained", "thumbnail", "always_0deg")
@@ -99,6 +100,9 @@ class EvaluateParams:
     grid_top: int = 5
     orientation_thresholds: tuple[float, ...] = (45.0, 90.0)
     audit_page: bool = True
+    # The `audit_page` section: how the page is drawn. Not a key of this section, so that the
+    # page is configured in one place for every set.
+    page: AuditPageConfig = field(default_factory=AuditPageConfig)
 
     def __post_init__(self) -> None:
         for name in ("sets", "recall_ns", "rotations", "baselines", "orientation_thresholds"):
@@ -116,11 +120,14 @@ class EvaluateParams:
             raise ConfigError("params evaluate.rotations: multiples of 90 starting with 0")
 
     @classmethod
-    def from_section(cls, sec: dict[str, Any]) -> EvaluateParams:
+    def from_section(cls, sec: dict[str, Any], page: AuditPageConfig | None = None) -> EvaluateParams:
+        """From the `evaluate` section and the built `audit_page` section (which is not a key
+        of this section: a `page` here is an unknown key); None takes the page's defaults."""
         kw = dict(sec)
+        check_keys(kw, {f.name for f in fields(cls)} - {"page"}, "evaluate")
         if "index" in kw:
             kw["index"] = IndexSpec.from_section(kw["index"])
-        return build_config(cls, kw, "evaluate")
+        return build_config(cls, {**kw, "page": page or AuditPageConfig()}, "evaluate")
 
 
 @dataclass(frozen=True)
@@ -474,15 +481,10 @@ def write_audit(out_dir: Path, set_dir: Path, p: EvaluateParams) -> str:
     if not p.audit_page:
         write_audit_placeholder(dest, "evaluate.audit_page is false in params.yaml")
         return f"audit page turned off (evaluate.audit_page: false); a note -> {dest}"
-    try:
-        from earthloc.audit_page import audit_page_from_files
-    except ImportError as exc:
-        write_audit_placeholder(dest, f"earthloc.audit_page could not be imported ({exc})")
-        return f"audit page skipped: earthloc.audit_page is not available ({exc})"
     # Without the grid file the page computes the corners from the region ids.
     regions = Path(p.regions) if Path(p.regions).is_file() else None
     audit_page_from_files(
-        set_dir, out_dir / "predictions.parquet", regions, Path(p.tiles_root) / "queries", out_dir / "audit.html"
+        set_dir, out_dir / "predictions.parquet", regions, Path(p.tiles_root) / "queries", dest, cfg=p.page
     )
     return f"audit page -> {out_dir / 'audit.html'}"
 

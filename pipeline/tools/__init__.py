@@ -1,0 +1,1 @@
+"""Commands that are not dvc.yaml stages: they inspect, export or query what the stages built."""
