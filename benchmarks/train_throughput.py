@@ -41,9 +41,10 @@ from earthloc.distributed import Dist
 from earthloc.images import load_rgb
 from earthloc.model import build_model
 from earthloc.objectives import RegionMS
-from earthloc.seeds import STREAM_LOADER, derived_seed, seed_everything
+from earthloc.seeds import derived_seed, seed_everything
 from earthloc.trainer import BatchPlan, StepTools, train_step
 from pipeline import config
+from pipeline.schema import STREAM_LOADER
 
 
 class GeneratedRegions(Dataset[RegionItem]):

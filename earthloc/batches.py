@@ -31,8 +31,8 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 
-from earthloc.seeds import STREAM_BATCH, STREAM_RANDOM_CLUSTERS
 from pipeline.errors import ConfigError
+from pipeline.schema import STREAM_BATCH, STREAM_RANDOM_CLUSTERS
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]

@@ -19,17 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.schema import (
-    STREAM_AUGMENT,
-    STREAM_BATCH,
-    STREAM_CLUSTER_WEIGHTS,
-    STREAM_KMEANS,
-    STREAM_LOADER,
-    STREAM_PHOTOS,
-    STREAM_RANDOM_CLUSTERS,
-    STREAM_WEIGHTED_BATCH,
-)
-
 
 def derived_seed(seed: int, stream: int, iteration: int) -> int:
     """A 63-bit seed for (seed, stream, iteration), for generators that take one integer."""
@@ -76,17 +65,4 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-__all__ = [
-    "STREAM_AUGMENT",
-    "STREAM_BATCH",
-    "STREAM_CLUSTER_WEIGHTS",
-    "STREAM_KMEANS",
-    "STREAM_LOADER",
-    "STREAM_PHOTOS",
-    "STREAM_RANDOM_CLUSTERS",
-    "STREAM_WEIGHTED_BATCH",
-    "derived_seed",
-    "rng_state",
-    "seed_everything",
-    "set_rng_state",
-]
+__all__ = ["derived_seed", "rng_state", "seed_everything", "set_rng_state"]

@@ -65,19 +65,11 @@ from earthloc.embedding import EmbedContext, embed_year
 from earthloc.loss import LossConfig
 from earthloc.model import ModelConfig, build_model, save_checkpoint, unwrap
 from earthloc.objectives import Objective, StepBatch, build_objectives
-from earthloc.seeds import (
-    STREAM_AUGMENT,
-    STREAM_KMEANS,
-    STREAM_LOADER,
-    derived_seed,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from earthloc.seeds import derived_seed, rng_state, seed_everything, set_rng_state
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import atomic_path, write_json
 from pipeline.params import build_config
-from pipeline.schema import DATABASE_YEAR
+from pipeline.schema import DATABASE_YEAR, STREAM_AUGMENT, STREAM_KMEANS, STREAM_LOADER
 
 log = logging.getLogger(__name__)
 

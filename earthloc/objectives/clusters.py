@@ -26,8 +26,8 @@ from earthloc.embedding import EmbedContext, embed_images, embed_year
 from earthloc.loss import LossConfig, NeutralAwareMSLoss
 from earthloc.objectives.base import IntArray, Objective, ObjectiveOutput, StepBatch
 from earthloc.objectives.photos import PhotoDataset, PhotoPool
-from earthloc.seeds import STREAM_CLUSTER_WEIGHTS, STREAM_WEIGHTED_BATCH, derived_seed
-from pipeline.schema import DATABASE_YEAR
+from earthloc.seeds import derived_seed
+from pipeline.schema import DATABASE_YEAR, STREAM_CLUSTER_WEIGHTS, STREAM_WEIGHTED_BATCH
 
 CLUSTERING_YEAR = DATABASE_YEAR
 

@@ -24,9 +24,9 @@ from earthloc.astroloc import PhotoLossConfig, PhotoPairLoss, photo_region_masks
 from earthloc.data import TrainingRegions
 from earthloc.images import load_rgb
 from earthloc.objectives.base import IntArray, Objective, ObjectiveOutput, StepBatch
-from earthloc.seeds import STREAM_PHOTOS
 from pipeline.errors import InputError
 from pipeline.geo.names import parse_filename
+from pipeline.schema import STREAM_PHOTOS
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.dask_cluster import dask_client
 from pipeline.errors import ConfigError, FetchError, InputError
 from pipeline.fetch.client import IMAGE_TYPES, ClientConfig, release_shared, shared_client
 from pipeline.fetch.store import atomic_write_bytes, encode_jpeg, read_manifest, sha256_bytes, sha256_file
@@ -470,22 +471,15 @@ def _run_dask(
 ) -> Iterator[_Outcome]:
     """Tasks on an existing scheduler or a LocalCluster (processes for rendering, threads for
     downloads), at most `max_in_flight` at once so a big list does not flood the scheduler."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
-    if cfg.scheduler_address:
-        client = Client(cfg.scheduler_address)
-        cluster = None
-    else:
-        processes = cfg.processes and cfg.source == "synthetic"
-        cluster = LocalCluster(
-            n_workers=cfg.workers if processes else 1,
-            threads_per_worker=1 if processes else cfg.workers,
-            processes=processes,
-            dashboard_address=None,
-            silence_logs=40,
-        )
-        client = Client(cluster)
-    try:
+    processes = cfg.processes and cfg.source == "synthetic"
+    with dask_client(
+        cfg.scheduler_address,
+        n_workers=cfg.workers if processes else 1,
+        threads_per_worker=1 if processes else cfg.workers,
+        processes=processes,
+    ) as client:
         limit = cfg.max_in_flight or 4 * cfg.workers
         rows = iter(todo)
         futures = as_completed()
@@ -499,7 +493,3 @@ def _run_dask(
             nxt = next(rows, None)
             if nxt is not None:
                 futures.add(client.submit(task, nxt, pure=False))
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
