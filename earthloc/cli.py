@@ -15,6 +15,21 @@ from pipeline.errors import EarthLocError
 Handler = Callable[[argparse.Namespace], int | None]
 
 
+# Where the pipeline's stages write their outputs (dvc.yaml's outs): the default of every
+# command flag that reads one, in one place.
+WORKSPACE_PATHS = {
+    "grid": Path("data/grid/regions.parquet"),
+    "queries": Path("data/queries/queries.parquet"),
+    "intersections": Path("data/intersections/intersections_2021.parquet"),
+    "tiles": Path("tiles"),
+    "evalsets": Path("data/evalsets"),
+}
+
+
+def _workspace_arg(p: argparse.ArgumentParser, name: str, help: str | None = None) -> None:
+    p.add_argument(f"--{name}", type=Path, default=WORKSPACE_PATHS[name], help=help)
+
+
 def _params_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
 
@@ -316,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _params_arg(p)
     p.add_argument("name", help="set name, a key of evalset.sets in params (texas, alps, ..., val)")
-    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
-    p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
-    p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
+    _workspace_arg(p, "grid")
+    _workspace_arg(p, "queries")
+    _workspace_arg(p, "intersections")
     p.add_argument("--out-dir", type=Path, default=None, help="default: data/evalsets/<name>")
     p.set_defaults(func=cmd_evalset)
 
@@ -332,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--year", type=int, help="layer year (2018..2021)")
     g.add_argument("--all", action="store_true", help="every shard of fetch.years x fetch.zooms, one after another")
     p.add_argument("--zoom", default=None, help="zoom, e.g. 09 or 9 (with --year)")
-    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
-    p.add_argument("--root", type=Path, default=Path("tiles"), help="tile store root (default: tiles)")
+    _workspace_arg(p, "grid")
+    p.add_argument("--root", type=Path, default=WORKSPACE_PATHS["tiles"], help="tile store root (default: tiles)")
     p.add_argument("--summary", type=Path, default=None, help="metrics JSON (default: data/fetch/<YEAR>_<ZZ>.json)")
     p.add_argument(
         "--scheduler",
@@ -353,9 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make the photos of the queries all of whose 2021 positives are in the tile store: simulated from the synthetic Earth (offline default) or downloaded from NASA (params fetch_queries.source), resized to upstream's 1024x1024, resuming where a previous run stopped.",
     )
     _params_arg(p)
-    p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
-    p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
-    p.add_argument("--root", type=Path, default=Path("tiles"), help="tile store root (default: tiles)")
+    _workspace_arg(p, "queries")
+    _workspace_arg(p, "intersections")
+    p.add_argument("--root", type=Path, default=WORKSPACE_PATHS["tiles"], help="tile store root (default: tiles)")
     p.add_argument("--summary", type=Path, default=Path("data/fetch/queries.json"), help="metrics JSON")
     p.set_defaults(func=cmd_fetch_queries)
 
@@ -365,13 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Training pairs of astronaut photos and 2021 database regions with IoU >= pairs.min_iou, excluding every photo of every evaluation set (kept, dropped, or with its nadir within a set's query radius), restricted to images present in the tile store.",
     )
     _params_arg(p)
-    p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
-    p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
-    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
-    p.add_argument("--evalsets", type=Path, default=Path("data/evalsets"), help="folder of the evaluation sets")
-    p.add_argument(
-        "--tiles", type=Path, default=Path("tiles"), help="tile store root (manifests say which images exist)"
-    )
+    _workspace_arg(p, "intersections")
+    _workspace_arg(p, "queries")
+    _workspace_arg(p, "grid")
+    _workspace_arg(p, "evalsets", help="folder of the evaluation sets")
+    _workspace_arg(p, "tiles", help="tile store root (manifests say which images exist)")
     p.add_argument("--out-dir", type=Path, default=Path("data/pairs"))
     p.set_defaults(func=cmd_pairs)
 
@@ -382,10 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _params_arg(p)
     p.add_argument("name", help="a key of lost_in_space.sets in params")
-    p.add_argument("--evalsets", type=Path, default=Path("data/evalsets"))
-    p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
-    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
-    p.add_argument("--tiles", type=Path, default=Path("tiles"))
+    _workspace_arg(p, "evalsets")
+    _workspace_arg(p, "intersections")
+    _workspace_arg(p, "grid")
+    _workspace_arg(p, "tiles")
     p.add_argument("--out-dir", type=Path, default=None, help="default: <evalsets>/<name>")
     p.set_defaults(func=cmd_lost_in_space)
 
@@ -397,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     _params_arg(p)
     p.add_argument("intersections", type=Path, help="intersections Parquet or upstream .pt file")
     p.add_argument("query_id", nargs="?", help="query id (MISSION-ROLL-FRAME) or upstream query filename")
-    p.add_argument("--grid", type=Path, default=Path("data/grid/regions.parquet"))
-    p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"))
+    _workspace_arg(p, "grid")
+    _workspace_arg(p, "queries")
     p.add_argument("--out-dir", type=Path, default=Path("audit"), help="where the GeoJSON and PNG go")
     p.add_argument(
         "--check", action="store_true", help="re-derive a sample of pairs from the footprints and report disagreements"
@@ -413,10 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train (or resume) the EarthLoc model on every region with all four years in the tile store; params sections train, model, augment, loss. Under torchrun, DistributedDataParallel.",
     )
     _params_arg(p)
-    p.add_argument("--tiles", type=Path, default=Path("tiles"), help="tile store root (default: tiles)")
-    p.add_argument(
-        "--grid", type=Path, default=Path("data/grid/regions.parquet"), help="regions GeoParquet (footprints)"
-    )
+    _workspace_arg(p, "tiles", help="tile store root (default: tiles)")
+    _workspace_arg(p, "grid", help="regions GeoParquet (footprints)")
     p.add_argument(
         "--out", type=Path, default=Path("models/earthloc.pt"), help="best model (default: models/earthloc.pt)"
     )
@@ -440,10 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--year", type=int, default=2021, help="image year (default 2021)")
     p.add_argument("--zoom", type=int, help="zoom for --query and --all")
     p.add_argument("--mosaic", action="store_true", help="one COG of all regions instead of one per region")
-    p.add_argument("--tiles", type=Path, default=Path("tiles"), help="tile store root (default tiles/)")
+    _workspace_arg(p, "tiles", help="tile store root (default tiles/)")
     p.add_argument("--out", type=Path, default=Path("export"), help="output directory (default export/)")
-    p.add_argument("--intersections", type=Path, default=Path("data/intersections/intersections_2021.parquet"))
-    p.add_argument("--queries", type=Path, default=Path("data/queries/queries.parquet"), help="footprints for --query")
+    _workspace_arg(p, "intersections")
+    _workspace_arg(p, "queries", help="footprints for --query")
     p.add_argument("--no-footprint", action="store_true", help="with --query, skip the footprint GeoJSON")
     p.set_defaults(func=cmd_export)
 
