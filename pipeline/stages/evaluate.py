@@ -513,12 +513,14 @@ def run_set(
 
     clusters, unit = query_clusters(ev.queries)
 
+    def keyed(network: str) -> tuple[DescriptorMemo, str] | None:
+        return (memo, network) if memo is not None else None
+
     t0 = time.monotonic()
-    memo = memo if memo is not None else DescriptorMemo()
     # The checkpoint's weights: its file, and its modification time in case it is replaced mid-run.
     net_id = f"{model_path.resolve()}@{model_path.stat().st_mtime_ns if model_path.is_file() else 0}"
     res = evaluate_model(
-        model, cfg.image_size, ev, p, set_dir, features / "model" if features else None, (memo, f"model {net_id}")
+        model, cfg.image_size, ev, p, set_dir, features / "model" if features else None, keyed(f"model {net_id}")
     )
     timings = {"model_s": round(time.monotonic() - t0, 1)}
     scores: dict[str, MethodScores] = {"model": _from_result(res, ev, p.recall_ns)}
@@ -533,7 +535,7 @@ def run_set(
             name_u = "untrained" if seed == seed0 else f"untrained_seed{seed}"
             sub = features / name_u if features else None
             net_u = untrained_model(cfg, seed)
-            res_u = evaluate_model(net_u, cfg.image_size, ev, p, set_dir, sub, (memo, f"untrained {seed} {net_id}"))
+            res_u = evaluate_model(net_u, cfg.image_size, ev, p, set_dir, sub, keyed(f"untrained {seed} {net_id}"))
             own = " (the trained model's own initial weights)" if seed == seed0 and p.untrained_seed is None else ""
             scores[name_u] = _from_result(
                 res_u, ev, p.recall_ns, f"same architecture, torch seed {seed}, not trained" + own
@@ -556,7 +558,7 @@ def run_set(
             p,
             set_dir,
             features / "thumbnail" if features else None,
-            (memo, f"thumbnail {p.thumbnail_size} {cfg.image_size}"),
+            keyed(f"thumbnail {p.thumbnail_size} {cfg.image_size}"),
         )
         scores["thumbnail"] = _from_result(
             res_t,
@@ -663,5 +665,6 @@ def run(config: EvaluateParams, paths: EvaluatePaths = EvaluatePaths()) -> dict[
     names = list(config.sets)
     # One output folder can hold one set's results only; several sets go to <out_root>/<set>.
     out_dir = paths.out_dir if len(names) == 1 else None
-    memo = DescriptorMemo()  # the sets' databases and queries overlap: each image is embedded once per network
+    # The sets' databases and queries overlap: with several sets each image is embedded once per network.
+    memo = DescriptorMemo() if len(names) > 1 else None
     return {name: run_set(name, config, model_path=paths.model, out_dir=out_dir, memo=memo) for name in names}
